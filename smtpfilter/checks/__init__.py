@@ -1,0 +1,38 @@
+"""Rule kinds. One module per kind; the table below is the whole registry.
+
+A check is built from its rule's options (``from_options`` validates its own keys and reports
+problems with the rule's name) and then only observes: ``observe(msg)`` returns a Finding or None.
+It never decides what happens to the message and never writes an SMTP reply.
+
+Checks that wait on the network (DNS) define ``async def observe``; the pipeline starts those
+early and concurrently, so a slow DNS list does not serialise behind the others.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, ClassVar, Protocol
+
+from ..message import MessageContext
+from ..options import Options
+from ..verdict import Finding
+from .date import DateCheck
+from .header import HeaderCheck
+
+__all__ = ["CHECK_KINDS", "Check"]
+
+
+class Check(Protocol):
+    kind: ClassVar[str]
+
+    @classmethod
+    def from_options(cls, opts: Options) -> "Check": ...
+
+    def describe(self) -> str: ...
+
+    def observe(self, msg: MessageContext) -> Finding | None | Awaitable[Finding | None]: ...
+
+
+CHECK_KINDS: dict[str, type] = {
+    "date": DateCheck,
+    "header": HeaderCheck,
+}

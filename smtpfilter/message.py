@@ -1,0 +1,254 @@
+"""One message as the rules see it: envelope, client, receipt time and the parsed header block.
+
+Only the header block is parsed, and only up to ``header_limit`` bytes: parsing a 25 MB message
+with the email package costs tens of milliseconds even in ``headersonly`` mode (shared/TRAPS.md),
+and no rule kind needs the body. Parsing works directly on the wire bytes so each header knows its
+byte offsets there; that is how our own headers can be stripped without touching anything else.
+
+The header section ends at the first empty line or, as in Postfix's cleanup(8) (``is_header()``),
+at the first line that is neither a header field nor a continuation. Whatever follows is body for
+Postfix and for mail readers, so it is body for the rules too; ``HeaderBlock.malformed_at`` records
+that it happened so the log can say so.
+"""
+
+from __future__ import annotations
+
+import email.header
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterator
+
+__all__ = [
+    "Client",
+    "Header",
+    "HeaderBlock",
+    "MessageContext",
+    "fold_header",
+    "outgoing",
+    "parse_header_block",
+]
+
+# RFC 5322 §3.6.8: field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable, no colon).
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+
+
+class Header:
+    """One logical header field; ``start``/``end`` are byte offsets in the wire data."""
+
+    __slots__ = ("name", "lname", "start", "end", "_parts", "_text", "_decoded")
+
+    def __init__(self, name: str, start: int, first: bytes) -> None:
+        self.name = name
+        self.lname = name.lower()
+        self.start = start
+        self.end = start
+        self._parts = [first]
+        self._text: str | None = None
+        self._decoded: str | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The value as folded on the wire (after the colon), CRLFs kept."""
+        return b"\r\n".join(self._parts)
+
+    @property
+    def text(self) -> str:
+        """Unfolded value (RFC 5322 §2.2.3: CRLF before WSP removed), trimmed, as text.
+
+        8-bit bytes are read as UTF-8 (RFC 6532); bytes that are not UTF-8 become U+FFFD so a
+        pattern can still run over the rest of the value.
+        """
+        if self._text is None:
+            self._text = b"".join(self._parts).decode("utf-8", "replace").strip()
+        return self._text
+
+    @property
+    def decoded(self) -> str:
+        """``text`` with RFC 2047 encoded words decoded; ``text`` if decoding fails."""
+        if self._decoded is None:
+            text = self.text
+            self._decoded = _decode_words(text) if "=?" in text else text
+        return self._decoded
+
+    @property
+    def line(self) -> str:
+        """``Name: value``, unfolded: what a Postfix header_checks pattern is matched against."""
+        return f"{self.name}: {self.text}"
+
+    def __repr__(self) -> str:
+        return f"Header({self.name!r}, {self.text[:60]!r})"
+
+
+def _decode_words(text: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except Exception:  # any charset or syntax oddity: a rule then sees the raw form
+        return text
+
+
+@dataclass(slots=True)
+class HeaderBlock:
+    headers: list[Header]
+    end: int  # offset where the header section ends (blank line, malformed line, or limit)
+    malformed_at: int | None = None  # offset of a line that ended the headers early
+    truncated: bool = False  # the header section continued past header_limit
+    _by_name: dict[str, list[Header]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for header in self.headers:
+            self._by_name.setdefault(header.lname, []).append(header)
+
+    def get_all(self, name: str) -> list[Header]:
+        return self._by_name.get(name.lower(), [])
+
+    def __iter__(self) -> Iterator[Header]:
+        return iter(self.headers)
+
+    def __len__(self) -> int:
+        return len(self.headers)
+
+
+def parse_header_block(data: bytes | bytearray, limit: int = 1 << 20) -> HeaderBlock:
+    """Parse the header section of CRLF, dot-stuffed wire ``data``, reading at most ``limit``."""
+    if data[:2] == b"\r\n":
+        return HeaderBlock([], 0)
+    truncated = False
+    blank = data.find(b"\r\n\r\n", 0, limit)
+    if blank >= 0:
+        region_end = blank + 2
+    elif len(data) <= limit:
+        region_end = len(data)
+    else:
+        region_end = data.rfind(b"\r\n", 0, limit) + 2
+        truncated = True
+    lines = bytes(data[:region_end]).split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the region ends with CRLF; the last element is empty
+
+    headers: list[Header] = []
+    current: Header | None = None
+    offset = 0
+    malformed_at = None
+    for line in lines:
+        size = len(line) + 2
+        if line[:1] == b".":
+            line = line[1:]  # undo dot-stuffing, RFC 5321 §4.5.2
+        if line[:1] in (b" ", b"\t"):
+            if current is None:
+                malformed_at = offset
+                break
+            current._parts.append(line)
+            current.end = offset + size
+        else:
+            colon = line.find(b":")
+            if colon <= 0 or not _FIELD_NAME.fullmatch(line, 0, colon):
+                malformed_at = offset
+                break
+            current = Header(line[:colon].decode("ascii"), offset, line[colon + 1 :])
+            current.end = offset + size
+            headers.append(current)
+        offset += size
+    return HeaderBlock(headers, offset, malformed_at, truncated and malformed_at is None)
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The client that connected to Postfix, as XFORWARD told us (XFORWARD_README).
+
+    ``None`` where Postfix said ``[UNAVAILABLE]`` or sent nothing (local submission via pickup).
+    """
+
+    addr: str | None = None  # IPv4 dotted quad or IPv6 without the "IPv6:" prefix
+    name: str | None = None
+    helo: str | None = None
+    proto: str | None = None
+    ident: str | None = None  # the upstream Postfix queue id
+    source: str | None = None  # LOCAL or REMOTE
+    port: str | None = None
+
+    def describe(self) -> str:
+        if self.addr is None:
+            return "local" if self.name is None else f"{self.name}"
+        return f"{self.name or 'unknown'}[{self.addr}]"
+
+
+@dataclass(slots=True)
+class MessageContext:
+    """Everything a check may look at for one message."""
+
+    received_at: datetime  # aware, UTC: when the final "." arrived
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    client: Client
+    data: bytes | bytearray  # wire form: CRLF lines, dot-stuffed, no final "."
+    headers: HeaderBlock
+    size: int
+
+    @classmethod
+    def build(
+        cls,
+        data: bytes | bytearray,
+        *,
+        received_at: datetime,
+        mail_from: str = "",
+        rcpt_to: tuple[str, ...] = (),
+        client: Client | None = None,
+        header_limit: int = 1 << 20,
+    ) -> "MessageContext":
+        return cls(
+            received_at=received_at,
+            mail_from=mail_from,
+            rcpt_to=rcpt_to,
+            client=client or Client(),
+            data=data,
+            headers=parse_header_block(data, header_limit),
+            size=len(data),
+        )
+
+
+# --- what leaves for 10026 ----------------------------------------------------------------
+_MAX_LINE = 998  # RFC 5322 §2.1.1: a line is at most 998 characters before CRLF
+
+
+def fold_header(name: str, value: str, width: int = 78) -> bytes:
+    """``Name: value\\r\\n`` folded at spaces (RFC 5322 §2.2.3), every line ≤ 998 octets.
+
+    Whatever the value holds, nothing but printable ASCII and our own folding CRLF+TAB leaves:
+    CR, LF, NUL and other controls (from a DNSBL TXT record, a HELO name...) become "?".
+    """
+    clean = "".join(c if " " <= c <= "~" else "?" for c in value)
+    lines: list[str] = []
+    current = f"{name}:"
+    for word in clean.split(" "):
+        while len(word) > _MAX_LINE - 2:  # a single word that cannot fit on any line
+            lines.append(current)
+            current, word = "\t" + word[: _MAX_LINE - 2], word[_MAX_LINE - 2 :]
+        if len(current) + 1 + len(word) > width and current != f"{name}:":
+            lines.append(current)
+            current = "\t" + word
+        else:
+            current += " " + word
+    lines.append(current)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def outgoing(
+    msg: MessageContext, add: tuple[tuple[str, str], ...] = (), strip: tuple[str, ...] = ()
+) -> list[bytes | memoryview]:
+    """The wire bytes for 10026: our headers first, the original bytes after, unchanged except
+    that incoming copies of our own headers (``strip``) are cut out so nobody can pre-forge them.
+    Returned as slices of the original buffer: a large message is never copied."""
+    parts: list[bytes | memoryview] = []
+    if add:
+        parts.append(b"".join(fold_header(name, value) for name, value in add))
+    view = memoryview(msg.data)
+    position = 0
+    if strip:
+        names = {name.lower() for name in strip}
+        for header in msg.headers:
+            if header.lname in names:
+                parts.append(view[position : header.start])
+                position = header.end
+    parts.append(view[position:])
+    return [p for p in parts if len(p)]

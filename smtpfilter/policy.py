@@ -1,0 +1,120 @@
+"""Verdicts → one Decision. The only place where findings become an outcome.
+
+1. The first verdict (in rule order) whose rule forces a final action decides: accept, reject,
+   tempfail or discard. That is Postfix's "first match wins" for table actions, and how an
+   ``accept`` allowlist rule placed first overrides everything after it.
+2. Otherwise the total score meets the thresholds (rspamd's actions.conf): the highest threshold
+   reached decides (``tag: 5, reject: 15`` → 7 tags, 20 rejects).
+3. Otherwise a rule with ``action: tag`` tags the message; else it is delivered as it is.
+
+Rules in ``mode: warn`` and the global ``dry_run`` observe only: the decision they would have
+made is kept as ``intended`` for the log ("would reject"), and the message is delivered untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .config import HeadersConfig, PolicyConfig
+from .replies import render_text
+from .verdict import Action, Decision, Mode, Verdict
+
+__all__ = ["Policy"]
+
+
+def _score(value: float) -> str:
+    return f"{value:g}"
+
+
+class Policy:
+    def __init__(
+        self, config: PolicyConfig, headers: HeadersConfig, *, dry_run: bool = False
+    ) -> None:
+        self.thresholds = config.thresholds  # ascending by score
+        self.headers = headers
+        self.dry_run = dry_run
+
+    def by_score(self, score: float) -> tuple[Action, float] | None:
+        reached = None
+        for threshold, action in self.thresholds:
+            if score >= threshold:
+                reached = (action, threshold)
+        return reached
+
+    def decide(self, verdicts: Sequence[Verdict]) -> Decision:
+        enforced = [v for v in verdicts if v.mode is Mode.ENFORCE]
+        score = sum(v.score for v in enforced)
+        all_verdicts = tuple(verdicts)
+
+        forced = next((v for v in verdicts if v.forces), None)
+        if forced is not None:
+            decision = Decision(
+                forced.action,  # type: ignore[arg-type]  # forces implies an action
+                score,
+                all_verdicts,
+                rule=forced.rule,
+                reason=forced.finding.reason,
+                text=_render(forced),
+            )
+        else:
+            reached = self.by_score(score)
+            if reached is not None:
+                action, threshold = reached
+                decision = Decision(
+                    action,
+                    score,
+                    all_verdicts,
+                    reason=f"score {_score(score)} reached the {action.value} threshold "
+                    f"{_score(threshold)}",
+                )
+            elif any(v.action is Action.TAG for v in enforced):
+                tagger = next(v for v in enforced if v.action is Action.TAG)
+                decision = Decision(
+                    Action.TAG, score, all_verdicts, rule=tagger.rule, reason=tagger.finding.reason
+                )
+            else:
+                decision = Decision(Action.ACCEPT, score, all_verdicts)
+
+        # What observe-only rules would have done, for the log.
+        would = next((v for v in verdicts if v.mode is Mode.WARN and v.action), None)
+        intended = decision.action
+        if self.dry_run and decision.action is not Action.ACCEPT:
+            decision = Decision(
+                Action.ACCEPT, score, all_verdicts, rule=decision.rule, reason=decision.reason
+            )
+        elif would is not None and decision.action in (Action.ACCEPT, Action.TAG):
+            intended = would.action
+        return Decision(
+            decision.action,
+            decision.score,
+            decision.verdicts,
+            rule=decision.rule,
+            reason=decision.reason,
+            text=decision.text,
+            intended=intended,
+            headers=self._headers(decision.action, score, all_verdicts),
+        )
+
+    def _headers(
+        self, action: Action, score: float, verdicts: tuple[Verdict, ...]
+    ) -> tuple[tuple[str, str], ...]:
+        config = self.headers
+        if action not in (Action.ACCEPT, Action.TAG, Action.WARN):
+            return ()
+        tagged = action is Action.TAG
+        result = []
+        if tagged and config.flag:
+            result.append((config.flag, "YES"))
+        if config.status and (
+            config.add_status == "always" or (tagged and config.add_status == "tagged")
+        ):
+            rules = ", ".join(v.label for v in verdicts if v.mode is Mode.ENFORCE) or "none"
+            yes = "Yes" if tagged else "No"
+            result.append((config.status, f"{yes}, score={_score(score)}, rules={rules}"))
+        return tuple(result)
+
+
+def _render(verdict: Verdict) -> str | None:
+    if verdict.text is None:
+        return None
+    return render_text(verdict.text, verdict.finding.groups, verdict.rule)

@@ -1,0 +1,323 @@
+"""The 10026 side: one SMTP connection to Postfix's after-filter smtpd, and a pool of them.
+
+aiosmtplib speaks the protocol; this module adds what a content filter needs on top:
+
+- MAIL and RCPT are sent as command lines we build from what Postfix sent us, so DSN parameters
+  (RET, ENVID, NOTIFY, ORCPT) arrive exactly as received, case preserved (aiosmtplib's
+  ``sendmail`` would add its own SIZE and apply one parameter list to every recipient).
+- XFORWARD before each MAIL, only the attributes the server announced, split so that each command
+  stays within 512 characters (XFORWARD_README; Postfix's smtp_proto.c does the same).
+- DATA streams our already dot-stuffed CRLF wire bytes: aiosmtplib's ``data()`` would rewrite line
+  endings and stuff again with regexes (~50 µs per KB), and we must not change the bytes anyway.
+- Every failure becomes :class:`DownstreamError`, which the handler answers with a 4xx, never 5xx.
+
+Connections are reused: after a message, a clean connection goes back to the pool (LIFO, bounded,
+expiring well before the 10026 smtpd's own 300 s idle timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import aiosmtplib
+
+from . import xtext
+
+__all__ = ["Downstream", "DownstreamError", "DownstreamPool", "Reply", "XFORWARD_GROUPS"]
+
+log = logging.getLogger(__name__)
+
+# XFORWARD_README: Postfix sends NAME/ADDR/PORT first, then PROTO/HELO/IDENT/SOURCE.
+XFORWARD_GROUPS = (("NAME", "ADDR", "PORT"), ("PROTO", "HELO", "IDENT", "SOURCE"))
+# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
+_COMMAND_LIMIT = 512
+# Write DATA in slices so the transport never buffers a second copy of a large message.
+_WRITE_SLICE = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An SMTP reply: code and text (continuation lines joined by "\\n")."""
+
+    code: int
+    text: str
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".replace("\n", " / ")
+
+
+class DownstreamError(Exception):
+    """The 10026 server could not be used. ``stage`` says where: connect, XFORWARD, MAIL..."""
+
+    def __init__(self, stage: str, detail: str, *, sent_data: bool = False) -> None:
+        super().__init__(f"{stage}: {detail}")
+        self.stage = stage
+        self.detail = detail
+        # True once the final "." may have reached 10026: the message may have been queued
+        # there, so a retry by Postfix can produce a duplicate. Logged, never hidden.
+        self.sent_data = sent_data
+
+
+def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
+    return Reply(response.code, response.message)
+
+
+class Downstream:
+    """One connection to the 10026 smtpd. One transaction at a time (the session owns it)."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP, command_timeout: float, data_timeout: float) -> None:
+        self._smtp = smtp
+        self._command_timeout = command_timeout
+        self._data_timeout = data_timeout
+        extensions = {k.lower(): v for k, v in smtp.esmtp_extensions.items()}
+        self.extensions = extensions
+        self.xforward_attrs = frozenset(extensions.get("xforward", "").upper().split())
+        self.in_transaction = False
+        self.transactions = 0
+        self.idle_since = time.monotonic()
+        self._xforward_refused = False
+
+    def supports(self, keyword: str) -> bool:
+        return keyword.lower() in self.extensions
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp.is_connected
+
+    async def _command(self, stage: str, line: str) -> Reply:
+        try:
+            response = await self._smtp.execute_command(
+                line.encode("utf-8", "surrogateescape"), timeout=self._command_timeout
+            )
+        except aiosmtplib.SMTPTimeoutError:
+            self.close()
+            raise DownstreamError(stage, f"no reply within {self._command_timeout:g}s") from None
+        except aiosmtplib.SMTPServerDisconnected as error:
+            self.close()
+            raise DownstreamError(stage, f"connection lost ({error})") from None
+        except (aiosmtplib.SMTPException, ValueError, OSError) as error:
+            self.close()
+            raise DownstreamError(stage, f"{type(error).__name__}: {error}") from None
+        if response.code == 421:
+            # RFC 5321 §3.8: the server is closing the channel.
+            self.close()
+        return _reply(response)
+
+    async def xforward(self, attrs: Mapping[str, str]) -> None:
+        """Send XFORWARD for the attributes 10026 announced. A refusal is logged, not fatal:
+        the message is still delivered, only the audit trail in the second pass is poorer."""
+        if not self.xforward_attrs or not attrs:
+            return
+        for line in xforward_commands(attrs, self.xforward_attrs):
+            reply = await self._command("XFORWARD", line)
+            if reply.code != 250 and not self._xforward_refused:
+                self._xforward_refused = True
+                log.warning(
+                    "10026 refused XFORWARD (%s): check smtpd_authorized_xforward_hosts on the "
+                    "10026 smtpd; mail still flows, but its log shows us as the client",
+                    reply,
+                )
+
+    async def mail(self, path: str, params: Sequence[str]) -> Reply:
+        line = " ".join([f"MAIL FROM:<{path}>", *params])
+        reply = await self._command("MAIL", line)
+        self.in_transaction = reply.positive or self.in_transaction
+        return reply
+
+    async def rcpt(self, path: str, params: Sequence[str]) -> Reply:
+        return await self._command("RCPT", " ".join([f"RCPT TO:<{path}>", *params]))
+
+    async def rset(self) -> None:
+        """Abort the transaction (FILTER_README: abort the 10026 side without sending ".")."""
+        if not self.in_transaction:
+            return
+        reply = await self._command("RSET", "RSET")
+        if reply.code != 250:
+            self.close()
+            raise DownstreamError("RSET", str(reply))
+        self.in_transaction = False
+
+    async def data(self, parts: Iterable[bytes | bytearray | memoryview]) -> Reply:
+        """Send DATA, then ``parts`` (CRLF, dot-stuffed wire bytes), then ".".
+
+        Returns 10026's reply to "." (or to DATA when it refuses to start).
+        """
+        reply = await self._command("DATA", "DATA")
+        if reply.code != 354:
+            return reply
+        protocol = self._smtp.protocol
+        if protocol is None:
+            raise DownstreamError("DATA", "connection lost")
+        # Start waiting for the reply before writing: aiosmtplib drops server bytes that
+        # arrive while no reply is awaited, so an early answer (a 5xx sent mid-transfer
+        # before closing) would otherwise be lost.
+        waiter = asyncio.ensure_future(protocol.read_response(timeout=self._data_timeout))
+        sent_final = False
+        try:
+            for part in parts:
+                view = memoryview(part)
+                for start in range(0, len(view), _WRITE_SLICE):
+                    protocol.write(view[start : start + _WRITE_SLICE])
+                    # StreamWriter.drain()'s flow-control contract (FlowControlMixin):
+                    # wait while the transport's buffer is above its high-water mark.
+                    await protocol._drain_helper()
+            protocol.write(b".\r\n")
+            sent_final = True
+            response = await waiter
+        except aiosmtplib.SMTPTimeoutError:
+            self.close()
+            raise DownstreamError(
+                "end of DATA", f"no reply within {self._data_timeout:g}s", sent_data=sent_final
+            ) from None
+        except (aiosmtplib.SMTPException, ConnectionError, OSError) as error:
+            self.close()
+            raise DownstreamError(
+                "end of DATA", f"connection lost ({error})", sent_data=sent_final
+            ) from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            elif not waiter.cancelled():
+                waiter.exception()  # retrieved: no "exception was never retrieved" noise
+        self.in_transaction = False
+        self.transactions += 1
+        if response.code == 421:
+            self.close()
+        return _reply(response)
+
+    def close(self) -> None:
+        self.in_transaction = False
+        self._smtp.close()
+
+    async def quit(self) -> None:
+        """Polite goodbye, bounded; a server that does not answer is simply closed."""
+        try:
+            await asyncio.wait_for(self._smtp.quit(), 5)
+        except Exception:
+            pass
+        finally:
+            self._smtp.close()
+
+
+def xforward_commands(attrs: Mapping[str, str], announced: frozenset[str]) -> list[str]:
+    """XFORWARD command lines for ``attrs``, in Postfix's grouping, each ≤ 512 octets.
+
+    Values are neutered (characters that Postfix's smtpd would itself replace, and anything not
+    printable, become "?") and xtext-encoded (RFC 3461 §4).
+    """
+    lines: list[str] = []
+    for group in XFORWARD_GROUPS:
+        current = "XFORWARD"
+        for name in group:
+            if name not in announced or name not in attrs:
+                continue
+            item = f" {name}={xtext.encode(xtext.neuter(attrs[name]))}"
+            if current != "XFORWARD" and len(current) + len(item) + 2 > _COMMAND_LIMIT:
+                lines.append(current)
+                current = "XFORWARD"
+            current += item
+        if current != "XFORWARD":
+            lines.append(current)
+    return lines
+
+
+class DownstreamPool:
+    """Connections to 10026, reused across messages and sessions."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        local_hostname: str,
+        connect_timeout: float,
+        command_timeout: float,
+        data_timeout: float,
+        max_idle: int = 20,
+        idle_time: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.local_hostname = local_hostname
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.data_timeout = data_timeout
+        self.max_idle = max_idle
+        self.idle_time = idle_time
+        self._idle: list[Downstream] = []
+        # The extensions 10026 announced most recently: what we may promise upstream.
+        self.last_extensions: dict[str, str] | None = None
+        self.connects = 0
+
+    async def acquire(self) -> tuple[Downstream, bool]:
+        """A ready connection, and whether it was reused (a reused one may be stale)."""
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.connected and now - conn.idle_since < self.idle_time:
+                return conn, True
+            conn.close()
+        return await self.connect(), False
+
+    async def connect(self) -> Downstream:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self.local_hostname,
+            timeout=self.command_timeout,
+            # Never STARTTLS on loopback: aiosmtplib would otherwise upgrade whenever 10026
+            # offers it and then fail on its self-signed certificate (shared/TRAPS.md).
+            start_tls=False,
+            use_tls=False,
+        )
+        try:
+            await smtp.connect(timeout=self.connect_timeout)
+            await smtp.ehlo(timeout=self.command_timeout)
+        except aiosmtplib.SMTPConnectResponseError as error:
+            smtp.close()
+            raise DownstreamError("connect", f"greeting {error.code} {error.message}") from None
+        except aiosmtplib.SMTPHeloError as error:
+            smtp.close()
+            raise DownstreamError("EHLO", f"{error.code} {error.message}") from None
+        except (aiosmtplib.SMTPException, OSError) as error:
+            smtp.close()
+            raise DownstreamError("connect", str(error)) from None
+        self.connects += 1
+        conn = Downstream(smtp, self.command_timeout, self.data_timeout)
+        self.last_extensions = conn.extensions
+        return conn
+
+    def release(self, conn: Downstream) -> None:
+        """Give back a connection; only a clean, connected one is kept."""
+        if conn.connected and not conn.in_transaction and len(self._idle) < self.max_idle:
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def prune(self) -> None:
+        """Close idle connections that are too old to trust (called periodically)."""
+        now = time.monotonic()
+        keep = []
+        for conn in self._idle:
+            if conn.connected and now - conn.idle_since < self.idle_time:
+                keep.append(conn)
+            else:
+                conn.close()
+        self._idle = keep
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(conn.quit() for conn in idle), return_exceptions=True)

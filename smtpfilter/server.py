@@ -1,0 +1,245 @@
+"""The service: bind, serve, reload on SIGHUP, drain on SIGTERM, tell systemd.
+
+- ``start()`` binds the listener and loads nothing lazily: when it returns, rules are loaded and
+  the port is open, which is when systemd gets READY=1.
+- SIGHUP re-reads config and rules, builds the new RuleSet beside the old one and swaps a single
+  reference; a broken file keeps the old rules serving and logs every problem. Sessions in flight
+  are not disturbed; each message finishes with the rules it started with.
+- SIGTERM stops accepting, answers 421 to idle sessions, lets messages in flight finish within a
+  deadline, closes the 10026 pool and returns (exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+import time
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+from . import replies, sdnotify
+from .config import Config, ConfigError, load_config
+from .handler import FilterHandler, Runtime, make_policy
+from .reinject import DownstreamPool
+from .rules import RuleSet, load_rules
+from .smtp import FilterSMTP
+
+__all__ = ["Server"]
+
+log = logging.getLogger(__name__)
+
+_PRUNE_INTERVAL = 5.0
+
+
+def make_pool(config: Config) -> DownstreamPool:
+    limits = config.limits
+    return DownstreamPool(
+        config.forward.host,
+        config.forward.port,
+        local_hostname=config.hostname,
+        connect_timeout=limits.connect_timeout,
+        command_timeout=limits.command_timeout,
+        data_timeout=limits.data_timeout,
+        max_idle=limits.pool_size,
+        idle_time=limits.pool_idle,
+    )
+
+
+def make_tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls.cert, config.tls.key)
+    return context
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        ruleset: RuleSet,
+        *,
+        config_path: Path | None = None,
+        overrides: dict[str, str] | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.runtime = Runtime(config, ruleset, make_pool(config))
+        self.handler = FilterHandler(self.runtime)
+        self.tls_context = make_tls_context(config)
+        self._sock = sock
+        self._server: asyncio.base_events.Server | None = None
+        self._protocols: weakref.WeakSet[FilterSMTP] = weakref.WeakSet()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.started_at = time.time()
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def _protocol(self) -> FilterSMTP:
+        config = self.runtime.config
+        protocol = FilterSMTP(
+            self.handler,
+            hostname=config.hostname,  # else aiosmtpd calls getfqdn() per connection
+            ident="ESMTP smtpfilter",
+            timeout=config.limits.idle_timeout,
+            data_size_limit=config.limits.message_size,
+            enable_SMTPUTF8=True,  # decode arguments as UTF-8 (RFC 6531); announced by us
+            tls_context=self.tls_context,
+            loop=asyncio.get_running_loop(),
+        )
+        self._protocols.add(protocol)
+        return protocol
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        if self._sock is not None:
+            self._server = await loop.create_server(self._protocol, sock=self._sock)
+        else:
+            self._server = await loop.create_server(
+                self._protocol, listen.host, listen.port, reuse_address=True, backlog=128
+            )
+        if not listen.is_loopback:
+            log.warning(
+                "listening on %s, beyond loopback: only allow_clients may connect, "
+                "everyone else gets 554",
+                listen,
+            )
+        self._tasks.append(asyncio.create_task(self._maintenance()))
+        log.info(
+            "smtpfilter listening on %s, forwarding to %s as %s; %d rules from %d files",
+            self.address_text,
+            self.config.forward,
+            self.config.hostname,
+            len(self.runtime.ruleset),
+            len(self.runtime.ruleset.files),
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def address_text(self) -> str:
+        if self._server is None or not self._server.sockets:
+            return str(self.config.listen)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def _maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(_PRUNE_INTERVAL)
+            self.runtime.pool.prune()
+            sdnotify.notify(f"STATUS={self.status()}")
+
+    def status(self) -> str:
+        rt = self.runtime
+        counters = rt.counters
+        delivered = counters.get("action_accept", 0) + counters.get("action_tag", 0)
+        return (
+            f"{rt.sessions} sessions, {len(rt.ruleset)} rules; delivered {delivered}, "
+            f"rejected {counters.get('action_reject', 0)}, "
+            f"discarded {counters.get('action_discard', 0)}, "
+            f"deferred {counters.get('action_tempfail', 0) + counters.get('action_error', 0)}"
+        )
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT (or ``stop()``), then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        sdnotify.notify("STOPPING=1")
+        await self.shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # --- reload --------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read config and rules; keep serving the old ones if anything is wrong."""
+        sdnotify.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
+        try:
+            config = load_config(self.config_path).with_overrides(**self.overrides)
+            ruleset = load_rules(config.rules)
+        except ConfigError as error:
+            for problem in error.problems:
+                log.error("reload: %s", problem)
+            log.error("reload failed: keeping the previous configuration and rules")
+            self.runtime.count("reload_failures")
+            sdnotify.notify(f"READY=1\nSTATUS=reload failed; {self.status()}")
+            return False
+        old = self.runtime.config
+        restart_only = [
+            key
+            for key in ("listen", "forward", "hostname", "tls", "log")
+            if getattr(old, key) != getattr(config, key)
+        ]
+        if restart_only:
+            log.warning("reload: %s changed; that takes a restart", ", ".join(restart_only))
+            config = replace(
+                config, **{key: getattr(old, key) for key in restart_only}
+            )
+        # One assignment each: a message in flight already holds the old rules and policy.
+        self.runtime.config = config
+        self.runtime.policy = make_policy(config)
+        self.runtime.ruleset = ruleset
+        log.info(
+            "reloaded: %d rules from %d files", len(ruleset), len(ruleset.files)
+        )
+        sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
+        return True
+
+    # --- shutdown ------------------------------------------------------------------------
+    async def shutdown(self, deadline: float = 30.0) -> None:
+        self.runtime.accepting = False
+        if self._server is not None:
+            self._server.close()
+        end = time.monotonic() + deadline
+        while True:
+            for protocol in list(self._protocols):
+                self._close_if_idle(protocol)
+            busy = [p for p in self._protocols if p.transport is not None]
+            if not busy or time.monotonic() >= end:
+                break
+            await asyncio.sleep(0.05)
+        for protocol in list(self._protocols):
+            if protocol.transport is not None:
+                log.warning("shutdown deadline: closing a session still in a transaction")
+                protocol.transport.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.runtime.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("smtpfilter stopped")
+
+    def _close_if_idle(self, protocol: FilterSMTP) -> None:
+        """421 to a session with no transaction under way (RFC 5321 §3.8)."""
+        transport = protocol.transport
+        session = protocol.session
+        if transport is None or transport.is_closing() or session is None:
+            return
+        txn = protocol.envelope
+        if session.busy or (txn is not None and getattr(txn, "started", False)):
+            return
+        transport.write(replies.R421_SHUTTING_DOWN.encode() + b"\r\n")
+        transport.close()

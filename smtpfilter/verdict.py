@@ -1,0 +1,94 @@
+"""What rules observe (Finding, Verdict) and what the policy decides (Decision).
+
+Observation and decision are kept apart, as in rspamd and Haraka: a check only reports a
+:class:`Finding` ("the Date is 45 days before receipt"); the rule wraps it into a :class:`Verdict`
+with its score and optional forcing action; :mod:`smtpfilter.policy` turns the verdicts of one
+message into exactly one :class:`Decision`. Nothing here knows SMTP reply codes: those are chosen
+in :mod:`smtpfilter.replies`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = ["Action", "Decision", "Finding", "Mode", "Verdict", "FINAL_ACTIONS"]
+
+
+class Action(enum.StrEnum):
+    """What may happen to a message. The first four end evaluation when a rule forces them."""
+
+    ACCEPT = "accept"  # deliver now, skip the remaining rules (an allowlist)
+    REJECT = "reject"  # 550: Postfix bounces in after-queue mode (backscatter!), refuses before-queue
+    TEMPFAIL = "tempfail"  # 451: Postfix keeps the message and retries
+    DISCARD = "discard"  # 250 to Postfix, nothing re-injected; logged
+    TAG = "tag"  # deliver with our headers added
+    WARN = "warn"  # deliver; log the finding (Postfix's WARN action)
+
+
+FINAL_ACTIONS = frozenset({Action.ACCEPT, Action.REJECT, Action.TEMPFAIL, Action.DISCARD})
+
+
+class Mode(enum.StrEnum):
+    ENFORCE = "enforce"
+    WARN = "warn"  # observe only: log "would reject", deliver (postscreen's "ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What a check saw. ``code`` names it for logs (IN_PAST, MISSING, LISTED...)."""
+
+    code: str
+    reason: str
+    # Values a rule's reply text may quote as {1}, {2}: regex groups, a DNSBL's TXT...
+    groups: tuple[str, ...] = ()
+    # Details that only some checks have (e.g. per-site DNSBL answers) for logs and headers.
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One rule's observation on one message, with its weight and optional forced action."""
+
+    rule: str
+    finding: Finding
+    score: float = 0.0
+    action: Action | None = None
+    mode: Mode = Mode.ENFORCE
+    text: str | None = None  # the rule's reply text, for reject/tempfail
+
+    @property
+    def label(self) -> str:
+        """``OLD_DATE(IN_PAST)``: how a verdict appears in logs and headers."""
+        return f"{self.rule}({self.finding.code})"
+
+    @property
+    def forces(self) -> bool:
+        """True when this verdict ends evaluation with its own action."""
+        return self.mode is Mode.ENFORCE and self.action in FINAL_ACTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The one outcome for a message.
+
+    ``action`` is what happens; ``intended`` is what the rules asked for before observe-only
+    modes (a rule's ``mode: warn`` or the global ``dry_run``) turned it into a delivery.
+    """
+
+    action: Action
+    score: float
+    verdicts: tuple[Verdict, ...] = ()
+    rule: str | None = None  # the rule that forced the action, or None for a score decision
+    reason: str = ""
+    text: str | None = None  # reply text for reject/tempfail
+    intended: Action | None = None
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def delivers(self) -> bool:
+        return self.action in (Action.ACCEPT, Action.TAG, Action.WARN)
+
+    @property
+    def rules_hit(self) -> str:
+        return ",".join(v.label for v in self.verdicts) or "-"

@@ -1,0 +1,67 @@
+"""Shared fixtures: a recording 10026 sink and our filter, both real servers on loopback port 0."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import pytest
+
+from smtpfilter.config import load_config
+from smtpfilter.rules import load_rules
+from smtpfilter.server import Server
+from tests.support.sink import Sink
+
+# The rules exactly as the core issue writes them.
+ISSUE_RULES = r"""
+rules:
+  - name: OLD_DATE
+    check: date
+    older_than: 30d
+    action: reject
+  - name: NO_DATE
+    check: date
+    missing: true
+    action: reject
+  - name: SPAM_MAILER
+    check: header
+    header: X-Mailer
+    match: ['^MaxBulk\.Mailer', '^Avalanche']
+    action: discard
+"""
+
+
+@pytest.fixture
+async def sink():
+    server = await Sink().start()
+    yield server
+    await server.stop()
+
+
+StartFilter = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_filter(sink: Sink, tmp_path: Path):
+    """``await start_filter(rules=..., config=...)`` → a running Server forwarding to ``sink``."""
+    servers: list[Server] = []
+
+    async def start(rules: str = ISSUE_RULES, config: str = "", forward_port: int | None = None) -> Server:
+        rules_path = tmp_path / f"rules{len(servers)}.yaml"
+        rules_path.write_text(textwrap.dedent(rules))
+        config_path = tmp_path / f"config{len(servers)}.yaml"
+        port = sink.port if forward_port is None else forward_port
+        config_path.write_text(
+            f"listen: 127.0.0.1:0\nforward: 127.0.0.1:{port}\nhostname: filter.test\n"
+            f"rules: [{rules_path.name}]\n" + textwrap.dedent(config)
+        )
+        cfg = load_config(config_path)
+        server = Server(cfg, load_rules(cfg.rules), config_path=config_path)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.shutdown(deadline=2)
