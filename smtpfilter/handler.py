@@ -163,6 +163,9 @@ class FilterHandler:
         except DownstreamError as error:
             log.info("RSET to 10026 failed, dropping that connection: %s", error)
             self._drop(session)
+        except Exception:
+            log.exception("RSET to 10026 failed unexpectedly, dropping that connection")
+            self._drop(session)
 
     # --- MAIL / RCPT ---------------------------------------------------------------------
     def _mail_params(self, conn: Downstream, txn: Transaction) -> list[str] | str:

@@ -84,6 +84,9 @@ class Downstream:
         self.transactions = 0
         self.idle_since = time.monotonic()
         self._xforward_refused = False
+        # XFORWARD attributes live until the transaction ends (RSET or "."); after a refused
+        # MAIL they would linger into the next one, so that case is cleared with RSET.
+        self._xforward_pending = False
 
     def supports(self, keyword: str) -> bool:
         return keyword.lower() in self.extensions
@@ -117,6 +120,7 @@ class Downstream:
         if not self.xforward_attrs or not attrs:
             return
         for line in xforward_commands(attrs, self.xforward_attrs):
+            self._xforward_pending = True
             reply = await self._command("XFORWARD", line)
             if reply.code != 250 and not self._xforward_refused:
                 self._xforward_refused = True
@@ -129,7 +133,11 @@ class Downstream:
     async def mail(self, path: str, params: Sequence[str]) -> Reply:
         line = " ".join([f"MAIL FROM:<{path}>", *params])
         reply = await self._command("MAIL", line)
-        self.in_transaction = reply.positive or self.in_transaction
+        if reply.positive:
+            self.in_transaction = True
+        elif self._xforward_pending and self.connected:
+            await self._command("RSET", "RSET")
+            self._xforward_pending = False
         return reply
 
     async def rcpt(self, path: str, params: Sequence[str]) -> Reply:
@@ -144,6 +152,7 @@ class Downstream:
             self.close()
             raise DownstreamError("RSET", str(reply))
         self.in_transaction = False
+        self._xforward_pending = False
 
     async def data(self, parts: Iterable[bytes | bytearray | memoryview]) -> Reply:
         """Send DATA, then ``parts`` (CRLF, dot-stuffed wire bytes), then ".".
@@ -188,6 +197,7 @@ class Downstream:
             elif not waiter.cancelled():
                 waiter.exception()  # retrieved: no "exception was never retrieved" noise
         self.in_transaction = False
+        self._xforward_pending = False
         self.transactions += 1
         if response.code == 421:
             self.close()

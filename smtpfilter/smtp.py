@@ -194,6 +194,16 @@ class FilterSMTP(SMTP):
             self.transport.write(replies.R421_TIMEOUT.encode() + b"\r\n")
         super()._timeout_cb()
 
+    async def handle_exception(self, error: Exception) -> str:
+        """Anything escaping a command: 451 (never aiosmtpd's 500) and a clean transaction
+        state, so the next MAIL on this session works (aiosmtpd would answer 503 nested MAIL)."""
+        status = await self.event_handler.handle_exception(error)
+        try:
+            await self.event_handler.reset(self.session)
+        finally:
+            self._set_rset_state()
+        return status
+
     def refresh_timeout(self, seconds: float | None = None) -> None:
         """Restart the idle timer (for a chunk of DATA, or our own processing)."""
         self._reset_timeout(seconds)
