@@ -102,8 +102,13 @@ class Sink:
         self.connections.append(conn)
         txn = Transaction()
         try:
+            opening = self.script("CONNECT", b"", txn) if self.script else None
+            if opening is Hang:
+                await asyncio.Event().wait()
+            if opening is Close:
+                return
             if self.greeting is not None:
-                await self._send(writer, self.greeting)
+                await self._send(writer, opening or self.greeting)
             while True:
                 try:
                     line = await reader.readuntil(b"\r\n")
@@ -150,6 +155,9 @@ class Sink:
                     txn = Transaction()
                 await self._send(writer, answer)
                 if verb == "DATA" and answer.startswith("354"):
+                    if self.script and self.script("MIDDATA", b"", txn) is Close:
+                        await reader.read(100)  # take a little of the message, then hang up
+                        return
                     data = await self._read_data(reader)
                     if data is None:
                         return  # closed mid-DATA: a real smtpd discards the message
