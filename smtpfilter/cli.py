@@ -59,8 +59,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EX_CONFIG
     setup_logging(config.log)
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
-    server = Server(config, ruleset, config_path=args.config, overrides=overrides)
     try:
+        if args.workers > 1:
+            from .workers import run_workers
+
+            return run_workers(
+                config, ruleset, args.workers, config_path=args.config, overrides=overrides
+            )
+        server = Server(config, ruleset, config_path=args.config, overrides=overrides)
         asyncio.run(server.serve())
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
@@ -193,6 +199,13 @@ def _print_report(path, msg, results, decision, reply) -> None:
 
 
 # --- entry point ---------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smtpfilter", description="SMTP content filter for Postfix (FILTER_README)."
@@ -207,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = with_config(sub.add_parser("serve", help="run the filter"))
     serve.add_argument("--listen", metavar="HOST:PORT", help="override listen (127.0.0.1:10025)")
     serve.add_argument("--forward", metavar="HOST:PORT", help="override forward (127.0.0.1:10026)")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, metavar="N",
+        help="worker processes sharing the port (default 1; about one per core)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = with_config(sub.add_parser("check-config", help="validate config and rules"))

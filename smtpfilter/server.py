@@ -78,6 +78,7 @@ class Server:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
+        self.name = "smtpfilter"
 
     @property
     def config(self) -> Config:
@@ -153,14 +154,17 @@ class Server:
             f"deferred {counters.get('action_tempfail', 0) + counters.get('action_error', 0)}"
         )
 
-    async def serve(self) -> None:
-        """Run until SIGTERM/SIGINT (or ``stop()``), then shut down gracefully."""
+    async def serve(self, *, notify: bool = True) -> None:
+        """Run until SIGTERM/SIGINT (or ``stop()``), then shut down gracefully.
+
+        ``notify=False`` for a worker process: its supervisor talks to systemd."""
         loop = asyncio.get_running_loop()
         await self.start()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
+        if notify:
+            sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
         try:
             await self._stopping.wait()
         finally:
