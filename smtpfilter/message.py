@@ -184,6 +184,9 @@ class MessageContext:
     data: bytes | bytearray  # wire form: CRLF lines, dot-stuffed, no final "."
     headers: HeaderBlock
     size: int
+    # Values derived once per message and shared by the rules that need them (the parsed
+    # Date, for the four shipped date rules).
+    memo: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def build(

@@ -150,6 +150,8 @@ class FilterSMTP(SMTP):
 
     def __init__(self, handler: FilterHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._outbox: list[bytes] = []
+        self._pipelinable = False  # the reply being pushed answers MAIL, RCPT, RSET or XFORWARD
         # aiosmtpd keeps these limits in a class-level dict that its EHLO grows on every call;
         # ours are fixed and per instance.
         self.command_size_limits = collections.defaultdict(
@@ -204,6 +206,32 @@ class FilterSMTP(SMTP):
             self._set_rset_state()
         return status
 
+    async def push(self, status: str | bytes) -> None:
+        """Send a reply; replies to pipelined commands go out together (RFC 2920 §3.1).
+
+        Postfix sends MAIL, RCPT... and DATA in one packet. While the next command is already
+        buffered, the reply to a pipelinable command (MAIL, RCPT, RSET, XFORWARD) waits for the
+        replies after it, so a group costs one send() instead of one per command. Every other
+        reply (DATA's 354, EHLO, errors before a hang-up...) goes out at once with whatever
+        waits, and a reply is never held while we would wait for the client.
+        """
+        if isinstance(status, str):
+            status = status.encode("utf-8", "surrogateescape")
+        self._outbox.append(status + b"\r\n")
+        hold, self._pipelinable = self._pipelinable, False
+        # StreamReader keeps unread input in ``_buffer`` (aiosmtpd relies on it too).
+        if hold and b"\n" in getattr(self._reader, "_buffer", b""):
+            return
+        await self.flush()
+
+    async def flush(self) -> None:
+        if not self._outbox:
+            return
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        self._writer.write(data)
+        await self._writer.drain()
+
     def refresh_timeout(self, seconds: float | None = None) -> None:
         """Restart the idle timer (for a chunk of DATA, or our own processing)."""
         self._reset_timeout(seconds)
@@ -248,6 +276,7 @@ class FilterSMTP(SMTP):
     @syntax("XFORWARD attribute=value...")
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """XFORWARD_README: attributes of the client that connected to Postfix."""
+        self._pipelinable = True  # RFC 2920: may be answered with the group
         if not await self._command_ok(arg):
             return
         if not self.session.may_xforward:
@@ -284,6 +313,7 @@ class FilterSMTP(SMTP):
     # --- envelope ----------------------------------------------------------------------
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
+        self._pipelinable = True  # RFC 2920: may be answered with the group
         if not await self._command_ok(arg):
             return
         txn: Transaction = self.envelope
@@ -347,6 +377,7 @@ class FilterSMTP(SMTP):
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
+        self._pipelinable = True  # RFC 2920: may be answered with the group
         if not await self._command_ok(arg):
             return
         txn: Transaction = self.envelope
@@ -393,6 +424,7 @@ class FilterSMTP(SMTP):
 
     @syntax("RSET")
     async def smtp_RSET(self, arg: str | None) -> None:
+        self._pipelinable = True  # RFC 2920: may be answered with the group
         if arg:
             await self.push(replies.R501_RSET_SYNTAX)
             return
@@ -423,7 +455,7 @@ class FilterSMTP(SMTP):
                 replies.R554_NO_VALID_RECIPIENTS if txn.rcpt_attempts else replies.R503_NEED_RCPT
             )
             return
-        await self.push(replies.R354_GO_AHEAD)
+        await self.push(replies.R354_GO_AHEAD)  # not pipelinable: flushed now
         try:
             data = await self._read_data(self.event_handler.message_size_limit)
             if data is None:

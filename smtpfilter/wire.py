@@ -27,13 +27,18 @@ END_OF_DATA = b"\r\n.\r\n"
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r")
 
 
-def has_bare_line_ends(data: bytes | bytearray | memoryview) -> bool:
+def has_bare_line_ends(data: bytes | bytearray) -> bool:
     """True when ``data`` holds a CR not followed by LF or an LF not preceded by CR.
 
-    Three C-speed counts instead of a regex: cheap enough for every message (~0.3 ms per MB).
+    Runs on every message, so it uses C-speed counts (about 2 ms per MB in all): every CR and
+    every LF must be part of a CRLF pair. Single-byte counts first; the slower two-byte count
+    only when they agree. (Deleting all other bytes and checking the rest pairs up is faster but
+    wrong: it reads "CR . LF" as a pair. A regex with lookahead costs 20 ms per MB.)
     """
-    crlf = data.count(b"\r\n")
-    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
+    cr = data.count(b"\r")
+    if cr != data.count(b"\n"):
+        return True
+    return data.count(b"\r\n") != cr
 
 
 def from_wire(data: bytes | bytearray) -> bytes:

@@ -25,6 +25,7 @@ from ..verdict import Finding
 
 __all__ = ["DateCheck", "parse_date"]
 
+_UNSET = object()
 _YEAR_AFTER_MONTH = re.compile(
     r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?[\s,]+(\d{1,4})\b"
 )
@@ -127,7 +128,9 @@ class DateCheck:
         if not dates:
             return Finding("MISSING", "message has no Date header") if self.missing else None
         value = dates[0].text
-        moment = parse_date(value)
+        moment = msg.memo.get("date", _UNSET)
+        if moment is _UNSET:
+            moment = msg.memo["date"] = parse_date(value)
         if moment is None:
             if self.invalid:
                 return Finding("INVALID", f"Date header is not a date: {value[:80]!r}")

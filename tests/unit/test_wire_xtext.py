@@ -65,3 +65,8 @@ def test_parse_path(arg, address, path, params):
 def test_parse_path_errors(arg):
     with pytest.raises(ValueError):
         parse_path(arg, "FROM:")
+
+
+@pytest.mark.parametrize("data", [b"a\r.\nb", b"a\n.\rb", b"\r\n\n\r", b"x\rx\nx"])
+def test_bare_line_ends_are_not_fooled_by_a_byte_between(data):
+    assert wire.has_bare_line_ends(data)
