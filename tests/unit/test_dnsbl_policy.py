@@ -53,3 +53,16 @@ def test_a_findings_own_action_overrides_the_rules_action_score_and_text(tmp_pat
     deferred = rule.verdict(Finding("DNS_ERROR", "failed", action=Action.TEMPFAIL))
     decision = policy().decide([deferred])
     assert decision.action is Action.TEMPFAIL and decision.text is None
+
+
+def test_the_annotated_example_loads_and_is_not_shipped_by_default():
+    from smtpfilter.config import shipped_rules_dir
+
+    shipped = shipped_rules_dir()
+    ruleset = load_rules([shipped / "examples" / "dnsbl.yaml"])
+    dnsbl, dbl = ruleset.rules
+    assert dnsbl.kind == "dnsbl" and dnsbl.check.threshold == 3
+    assert dnsbl.check.allowlist_threshold == -1
+    assert [s.weight for s in dnsbl.check.sites] == [2, 1, 2, 1, 1, 1, 1, -2, -3, -4]
+    assert dbl.kind == "rhsbl" and dbl.check.lookup == ("sender", "from")
+    assert all(r.kind not in ("dnsbl", "rhsbl") for r in load_rules([shipped]).rules)
