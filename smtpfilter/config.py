@@ -326,9 +326,17 @@ def _dns(opts: Options) -> DnsConfig:
     servers = []
     for item in opts.str_list("nameservers", []):
         try:
-            servers.append(parse_hostport(item, default_port=53))
+            server = parse_hostport(item, default_port=53)
         except ValueError as error:
             opts.problem("nameservers", str(error))
+            continue
+        try:
+            ipaddress.ip_address(server.host)
+        except ValueError:
+            # A name would need a resolver to find the resolver; dnspython would only time out.
+            opts.problem("nameservers", f"{item!r} is not an IP address")
+            continue
+        servers.append(server)
     config = DnsConfig(
         nameservers=tuple(servers),
         timeout=opts.duration("timeout", d.timeout, positive=True),

@@ -137,3 +137,17 @@ async def test_static_resolver_kinds_of_answer():
     assert (await static.query("b.test", "A")).error == "SERVFAIL"
     assert (await static.query("c.test", "A")).ttl == 5
     assert not (await static.query("d.test", "A")).found
+
+
+def test_nameservers_must_be_addresses(tmp_path):
+    from smtpfilter.config import load_config
+    from smtpfilter.options import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text('dns: {nameservers: ["localhost", "127.0.0.1:99999"], timeout: 9s}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert "'localhost' is not an IP address" in text
+    assert "'99999' is not a port number" in text
+    assert "timeout: is longer than message_timeout (5s)" in text
