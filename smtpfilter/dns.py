@@ -567,7 +567,10 @@ class DnsService:
                 elif now - state.checked_at >= (retry if state.failing else interval):
                     due.append(zone)
             if due:
-                await self.check_zones(due)
+                try:
+                    await self.check_zones(due)
+                except Exception:  # a bug of ours must not end health checking for good
+                    log.exception("DNS list health probes failed; retrying in %gs", retry)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(retry, interval))
 
