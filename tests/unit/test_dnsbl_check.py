@@ -398,3 +398,28 @@ async def test_static_resolver_for_pure_scoring():
         "zen.dnsbl.test=127.0.0.2,127.0.0.3,127.0.0.4(+7) bl.dnsbl.test=error:timeout total=7"
     )
     assert resolver.queries == [("4.3.2.1.zen.dnsbl.test", "A"), ("4.3.2.1.bl.dnsbl.test", "A")]
+
+
+async def test_the_health_loop_probes_at_start_and_again_until_a_zone_recovers(dns_server):
+    config = DnsConfig(
+        nameservers=(HostPort("127.0.0.1", dns_server.port),), timeout=0.5, health_interval=0.2
+    )
+    service = DnsService(config)
+    check = build(DnsblCheck, 'sites: "zen.dnsbl.test, empty.dnsbl.test"\n', service)
+    loop = asyncio.ensure_future(service.health_loop())
+    try:
+        deadline = time.monotonic() + 5
+        while "empty.dnsbl.test" not in service.health.states and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not service.health.usable("empty.dnsbl.test")
+        assert service.health.usable("zen.dnsbl.test")
+        # The list fixes its test point; the next round of probes re-enables it.
+        dns_server.add_zone("empty.dnsbl.test", "2.0.0.127 A 127.0.0.2\n")
+        while not service.health.usable("empty.dnsbl.test") and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert service.health.usable("empty.dnsbl.test")
+        assert dns_server.count("2.0.0.127.zen.dnsbl.test") >= 2  # healthy zones are re-probed too
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert check.zones()  # the service watches checks weakly: this one lived through the test
