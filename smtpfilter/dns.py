@@ -467,9 +467,14 @@ class DnsService:
                 tasks[asyncio.ensure_future(self.cache.query(*key))] = key
         if tasks:
             remaining = max(0.0, deadline - self.clock())
-            done, pending = await asyncio.wait(tasks, timeout=remaining)
-            for future in pending:
-                future.cancel()  # only our wait: the shared query goes on and fills the cache
+            try:
+                done, pending = await asyncio.wait(tasks, timeout=remaining)
+            finally:
+                # At the time limit, and when the message itself is cancelled (scan_timeout, the
+                # client left), only our waits end: the shared queries go on and fill the cache.
+                for future in tasks:
+                    if not future.done():
+                        future.cancel()
             for future in done:
                 results[tasks[future]] = future.result()
             for future in pending:

@@ -151,3 +151,18 @@ def test_nameservers_must_be_addresses(tmp_path):
     assert "'localhost' is not an IP address" in text
     assert "'99999' is not a port number" in text
     assert "timeout: is longer than message_timeout (5s)" in text
+
+
+async def test_a_cancelled_message_leaves_the_shared_query_running(server):
+    server.fault("zen.dnsbl.test", delay=0.2)
+    service = DnsService(DnsConfig(nameservers=(HostPort("127.0.0.1", server.port),), timeout=1.0))
+    message = asyncio.ensure_future(
+        service.lookup_all([("4.3.2.1.zen.dnsbl.test", "A")], time.monotonic() + 5)
+    )
+    await server.arrived.wait()
+    message.cancel()  # e.g. limits.scan_timeout, or Postfix closed the connection
+    with pytest.raises(asyncio.CancelledError):
+        await message
+    # The query still lands in the cache for the next message.
+    assert (await service.lookup("4.3.2.1.zen.dnsbl.test")).found
+    assert server.count("4.3.2.1.zen.dnsbl.test") == 1
