@@ -35,9 +35,7 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import dns.asyncresolver
 import dns.exception
-import dns.name
 import dns.nameserver
-import dns.rdatatype
 import dns.resolver
 
 from .config import DnsConfig, HostPort

@@ -34,7 +34,7 @@ import enum
 import ipaddress
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.exception
 import dns.flags
