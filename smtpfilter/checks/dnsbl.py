@@ -421,6 +421,10 @@ class _DnsListCheck:
             if items and not sites:
                 opts.problem("sites", "names no DNS list")
         threshold = opts.number("threshold", 1)
+        if threshold <= 0:
+            # Every client no list knows scores 0: it would be "listed" and rejected.
+            opts.problem("threshold", "must be above 0, or every client no list knows is listed")
+            threshold = 1
         reply_map: dict[str, str] = {}
         raw_map = opts.raw("reply_map")
         if raw_map is not None:
@@ -599,9 +603,6 @@ class DnsblCheck(_DnsListCheck):
                 # postscreen_dnsbl_allowlist_threshold: "specify a negative value to enable";
                 # 0 would accept every client no list knows, skipping all other rules.
                 opts.problem("allowlist_threshold", "must be negative (an allowlist score)")
-                allowlist = None
-            elif allowlist >= common["threshold"]:
-                opts.problem("allowlist_threshold", "must be below threshold")
                 allowlist = None
         received_hop = opts.integer("received_hop", minimum=1)
         check = cls(

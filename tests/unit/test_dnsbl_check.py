@@ -359,7 +359,8 @@ async def test_rhsbl_health_uses_the_domain_test_points(service, dns_server):
         ("threshold: 3\n", "sites: is required"),
         ('sites: "zen.dnsbl.test*x"\n', "weight 'x' is not a whole number"),
         ('sites: "zen.dnsbl.test"\nallowlist_threshold: 0\n', "must be negative"),
-        ('sites: "zen.dnsbl.test"\nthreshold: -5\nallowlist_threshold: -1\n', "must be below threshold"),
+        ('sites: "zen.dnsbl.test"\nthreshold: 0\n', "must be above 0"),
+        ('sites: "zen.dnsbl.test"\nthreshold: 1\nallowlist_threshold: -0.5\n', None),
         ('sites: "zen.dnsbl.test"\nreply_map: {other.test: x.test}\n', "is not one of the sites"),
         ('sites: "zen.dnsbl.test"\nreceived_hop: 0\n', "must be at least 1"),
         ('sites: "zen.dnsbl.test"\nthreshhold: 3\n', "did you mean 'threshold'"),
@@ -370,7 +371,10 @@ def test_option_problems_name_the_rule(yaml, problem):
     opts = Options(load_text(yaml, "rule.yaml"), problems, rule="T")
     DnsblCheck.from_options(opts, RuleEnv(DnsService(resolver=StaticResolver())))
     opts.finish(("name", "check", "action", "score", "text", "mode"))
-    assert any(problem in str(p) and "rule T" in str(p) for p in problems), problems
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in str(p) and "rule T" in str(p) for p in problems), problems
 
 
 def test_rhsbl_refuses_an_allowlist_on_forgeable_names():
