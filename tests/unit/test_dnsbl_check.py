@@ -192,7 +192,7 @@ async def test_a_list_that_never_answers_costs_at_most_the_time_limit(dns_server
     # zen (+3) still lists it; the silent list counts as not listed and is logged.
     assert finding is not None and finding.code == "LISTED"
     assert "bl.dnsbl.test=error:timeout" in finding.detail and finding.detail.endswith("total=3")
-    assert elapsed < 0.6 + 0.3, elapsed
+    assert elapsed < 0.6 + 0.5, elapsed  # margin for a busy 2-core machine
     assert "DNS list bl.dnsbl.test" in caplog.text and "timeout" in caplog.text
 
 
@@ -204,7 +204,7 @@ async def test_the_message_time_limit_bounds_everything(dns_server):
     check = dnsbl(DnsService(config))
     started = time.monotonic()
     scored = (await check._score_many([("1.2.3.4", "c", "4.3.2.1")], time.monotonic() + 0.3))[0]
-    assert time.monotonic() - started < 0.3 + 0.3
+    assert time.monotonic() - started < 0.3 + 0.5
     assert "zen.dnsbl.test=error:timeout" in scored.detail
     assert "bl.dnsbl.test=127.0.0.2(+2)" in scored.detail
     await check.dns.aclose()

@@ -52,7 +52,7 @@ async def test_a_silent_server_is_a_timeout_within_the_lifetime(server):
     started = time.monotonic()
     lookup = await resolver(server, timeout=0.3).query("4.3.2.1.zen.dnsbl.test", "A")
     assert lookup.error == "timeout"
-    assert time.monotonic() - started < 0.3 + 0.2
+    assert time.monotonic() - started < 0.3 + 0.5
     # Two tries within the lifetime: one lost datagram does not lose the lookup.
     assert server.count("4.3.2.1.zen.dnsbl.test") == 2
 
