@@ -157,7 +157,7 @@ class DnspythonResolver:
         resolver.use_edns(0, 0, 1232)
         self._resolver = resolver
         self.timeout = timeout
-        self.nameservers = tuple(str(ns) for ns in resolver.nameservers)
+        self.nameservers = tuple(_nameserver_text(ns) for ns in resolver.nameservers)
 
     async def query(self, name: str, rdtype: str) -> Lookup:
         try:
@@ -188,6 +188,14 @@ class DnspythonResolver:
         else:
             records = tuple(rd.to_text() for rd in rrset)
         return Lookup(name, rdtype, records, ttl)
+
+
+def _nameserver_text(nameserver: object) -> str:
+    """``127.0.0.1:5353`` rather than dnspython's ``Do53:127.0.0.1@5353``."""
+    address = getattr(nameserver, "address", None)
+    if address is None:
+        return str(nameserver)
+    return str(HostPort(address, getattr(nameserver, "port", 53)))
 
 
 def _negative_ttl(nx: dns.resolver.NXDOMAIN) -> float:
