@@ -21,11 +21,12 @@ from typing import Sequence
 
 from . import __version__, replies, wire
 from .config import Config, ConfigError, load_config
+from .dns import DnsService
 from .logs import setup_logging
 from .message import Client, MessageContext
 from .pipeline import observe, verdicts_of
 from .policy import Policy
-from .rules import RuleSet, load_rules
+from .rules import RuleEnv, RuleSet, load_rules
 
 __all__ = ["main"]
 
@@ -39,7 +40,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
     config = load_config(args.config).with_overrides(
         listen=getattr(args, "listen", None), forward=getattr(args, "forward", None)
     )
-    return config, load_rules(config.rules)
+    return config, load_rules(config.rules, RuleEnv(DnsService(config.dns)))
 
 
 def _report_config_error(error: ConfigError, consequence: str) -> None:

@@ -145,6 +145,12 @@ class DnsConfig:
     timeout: float = 2.0  # one lookup
     message_timeout: float = 5.0  # all lookups for one message
     on_error: str = "ignore"  # ignore (not listed, logged) | tempfail
+    # Cached answers live for their TTL clamped to these, like postscreen_dnsbl_min_ttl (60s)
+    # and postscreen_dnsbl_max_ttl (1h).
+    min_ttl: float = 60.0
+    max_ttl: float = 3600.0
+    cache_size: int = 10_000  # answers kept; the least recently used go first
+    health_interval: float = 300.0  # RFC 5782 test-point probes of every zone in use
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,16 +326,34 @@ def _dns(opts: Options) -> DnsConfig:
     servers = []
     for item in opts.str_list("nameservers", []):
         try:
-            servers.append(parse_hostport(item, default_port=53))
+            server = parse_hostport(item, default_port=53)
         except ValueError as error:
             opts.problem("nameservers", str(error))
+            continue
+        try:
+            ipaddress.ip_address(server.host)
+        except ValueError:
+            # A name would need a resolver to find the resolver; dnspython would only time out.
+            opts.problem("nameservers", f"{item!r} is not an IP address")
+            continue
+        servers.append(server)
     config = DnsConfig(
         nameservers=tuple(servers),
         timeout=opts.duration("timeout", d.timeout, positive=True),
         message_timeout=opts.duration("message_timeout", d.message_timeout, positive=True),
         on_error=opts.choice("on_error", ("ignore", "tempfail"), d.on_error),
+        min_ttl=opts.duration("min_ttl", d.min_ttl),
+        max_ttl=opts.duration("max_ttl", d.max_ttl, positive=True),
+        cache_size=opts.integer("cache_size", d.cache_size, minimum=1),
+        health_interval=opts.duration("health_interval", d.health_interval, positive=True),
     )
     opts.finish()
+    if config.min_ttl > config.max_ttl:
+        opts.problem("min_ttl", f"is longer than max_ttl ({config.max_ttl:g}s)")
+    if config.timeout > config.message_timeout:
+        opts.problem(
+            "timeout", f"is longer than message_timeout ({config.message_timeout:g}s)"
+        )
     return config
 
 

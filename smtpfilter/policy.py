@@ -108,10 +108,18 @@ class Policy:
         if config.status and (
             config.add_status == "always" or (tagged and config.add_status == "tagged")
         ):
-            rules = ", ".join(v.label for v in verdicts if v.mode is Mode.ENFORCE) or "none"
+            rules = ", ".join(_shown(v) for v in verdicts if v.mode is Mode.ENFORCE) or "none"
             yes = "Yes" if tagged else "No"
             result.append((config.status, f"{yes}, score={_score(score)}, rules={rules}"))
         return tuple(result)
+
+
+def _shown(verdict: Verdict) -> str:
+    """``DNSBL(LISTED) [zen.spamhaus.org=127.0.0.4(+3) ... total=3]``: a finding's detail (each
+    DNS list's answer and the total) is what a reader of the header needs to trust the tag."""
+    if verdict.finding.detail:
+        return f"{verdict.label} [{verdict.finding.detail}]"
+    return verdict.label
 
 
 def _render(verdict: Verdict) -> str | None:

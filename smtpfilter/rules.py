@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from .checks import CHECK_KINDS, Check
+from .dns import DnsService
 from .options import ConfigError, Options, Problem
 from .verdict import Action, Finding, Mode, Verdict
 from .yamlfile import Mapping, YamlError, load_file
 
-__all__ = ["Rule", "RuleSet", "load_rules", "rule_files"]
+__all__ = ["Rule", "RuleEnv", "RuleSet", "load_rules", "rule_files"]
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?: |$)")
@@ -49,13 +50,30 @@ class Rule:
     is_async: bool = False
 
     def verdict(self, finding: Finding) -> Verdict:
+        if finding.action is not None:
+            # The check decided the outcome itself (DNSBL allowlist → accept, DNS failure →
+            # tempfail): the rule's score and reply text are for its listing, not for this.
+            return Verdict(self.name, finding, 0.0, finding.action, self.mode, None)
         return Verdict(self.name, finding, self.score, self.action, self.mode, self.text)
+
+
+@dataclass
+class RuleEnv:
+    """What rule kinds share beyond their own options: one per process, kept across reloads.
+
+    A kind that needs it says so with ``needs_env = True`` and gets it as
+    ``from_options(opts, env)``; the other kinds keep ``from_options(opts)``.
+    """
+
+    dns: DnsService = field(default_factory=DnsService)
 
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     rules: tuple[Rule, ...]
     files: tuple[str, ...]
+    # The environment the checks were built with; a reload builds the next set with the same.
+    env: RuleEnv = field(default_factory=RuleEnv)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -95,7 +113,7 @@ def _text(opts: Options, action: Action | None) -> str | None:
     return text
 
 
-def _rule(item: object, where: str, problems: list[Problem]) -> Rule | None:
+def _rule(item: object, where: str, problems: list[Problem], env: RuleEnv) -> Rule | None:
     if not isinstance(item, Mapping):
         problems.append(Problem(where, "each rule is a mapping with at least name and check"))
         return None
@@ -118,7 +136,12 @@ def _rule(item: object, where: str, problems: list[Problem]) -> Rule | None:
     description = opts.str("description", "")
     if action is None and not opts.has("score"):
         opts.problem(None, "a rule needs an action, a score, or both")
-    check = check_class.from_options(opts) if check_class is not None else None
+    check = None
+    if check_class is not None:
+        if getattr(check_class, "needs_env", False):
+            check = check_class.from_options(opts, env)
+        else:
+            check = check_class.from_options(opts)
     opts.finish(_RULE_KEYS)
     if len(problems) > before or check is None or name is None or kind is None:
         return None
@@ -136,8 +159,13 @@ def _rule(item: object, where: str, problems: list[Problem]) -> Rule | None:
     )
 
 
-def load_rules(paths: Iterable[Path]) -> RuleSet:
-    """Load every rule file; raise ConfigError listing every problem in every file."""
+def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
+    """Load every rule file; raise ConfigError listing every problem in every file.
+
+    ``env`` holds what the checks share (the DNS resolver and cache); a fresh one with default
+    settings when not given. A server reloads with the env of its first rule set.
+    """
+    env = env if env is not None else RuleEnv()
     problems: list[Problem] = []
     files = rule_files(paths, problems)
     rules: list[Rule] = []
@@ -159,7 +187,7 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
             continue
         for index, item in enumerate(items):
             where = item.where() if isinstance(item, Mapping) else data.where("rules")
-            rule = _rule(item, where, problems)
+            rule = _rule(item, where, problems, env)
             if rule is None:
                 continue
             if rule.name in seen:
@@ -171,4 +199,4 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
             rules.append(rule)
     if problems:
         raise ConfigError(problems)
-    return RuleSet(tuple(rules), tuple(str(p) for p in files))
+    return RuleSet(tuple(rules), tuple(str(p) for p in files), env)

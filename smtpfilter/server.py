@@ -70,6 +70,10 @@ class Server:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.runtime = Runtime(config, ruleset, make_pool(config))
+        # Shared by every rule set this server will load: the DNS cache and zone health
+        # survive reloads.
+        self.env = ruleset.env
+        self.env.dns.configure(config.dns)
         self.handler = FilterHandler(self.runtime)
         self.tls_context = make_tls_context(config)
         self._sock = sock
@@ -116,6 +120,7 @@ class Server:
                 listen,
             )
         self._tasks.append(asyncio.create_task(self._maintenance()))
+        self._tasks.append(asyncio.create_task(self.env.dns.health_loop()))
         log.info(
             "smtpfilter listening on %s, forwarding to %s as %s; %d rules from %d files",
             self.address_text,
@@ -182,7 +187,7 @@ class Server:
         sdnotify.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
         try:
             config = load_config(self.config_path).with_overrides(**self.overrides)
-            ruleset = load_rules(config.rules)
+            ruleset = load_rules(config.rules, self.env)
         except ConfigError as error:
             for problem in error.problems:
                 log.error("reload: %s", problem)
@@ -205,6 +210,7 @@ class Server:
         self.runtime.config = config
         self.runtime.policy = make_policy(config)
         self.runtime.ruleset = ruleset
+        self.env.dns.configure(config.dns)
         log.info(
             "reloaded: %d rules from %d files", len(ruleset), len(ruleset.files)
         )
@@ -231,6 +237,7 @@ class Server:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.env.dns.aclose()
         await self.runtime.pool.close()
         if self._server is not None:
             await self._server.wait_closed()

@@ -44,6 +44,10 @@ class Finding:
     groups: tuple[str, ...] = ()
     # Details that only some checks have (e.g. per-site DNSBL answers) for logs and headers.
     detail: str = ""
+    # An outcome the check itself determines, overriding the rule's action and score: a DNSBL
+    # allowlist score means ACCEPT ("skip the remaining rules") whatever the rule does with a
+    # listing, and a DNS failure with dns.on_error: tempfail means TEMPFAIL.
+    action: Action | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from ..message import MessageContext
 from ..options import Options
 from ..verdict import Finding
 from .date import DateCheck
+from .dnsbl import DnsblCheck, RhsblCheck
 from .header import HeaderCheck
 
 __all__ = ["CHECK_KINDS", "Check"]
@@ -24,6 +25,8 @@ __all__ = ["CHECK_KINDS", "Check"]
 class Check(Protocol):
     kind: ClassVar[str]
 
+    # Kinds that need shared resources (the DNS service) set ``needs_env = True`` and take
+    # ``from_options(opts, env)`` with the loader's rules.RuleEnv.
     @classmethod
     def from_options(cls, opts: Options) -> "Check": ...
 
@@ -35,4 +38,6 @@ class Check(Protocol):
 CHECK_KINDS: dict[str, type] = {
     "date": DateCheck,
     "header": HeaderCheck,
+    "dnsbl": DnsblCheck,
+    "rhsbl": RhsblCheck,
 }
