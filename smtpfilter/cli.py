@@ -123,24 +123,30 @@ def cmd_test(args: argparse.Namespace) -> int:
     policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
     status = EX_OK
     reports = []
-    for name in args.messages:
-        path = Path(name)
-        try:
-            data = read_message_file(path)
-        except OSError as error:
-            print(f"smtpfilter: {path}: {error.strerror}", file=sys.stderr)
-            status = EX_NOINPUT
-            continue
-        msg = MessageContext.build(
-            data,
-            received_at=datetime.now(timezone.utc),
-            client=_client(args.client_ip),
-            header_limit=config.limits.header_size,
-        )
-        results = asyncio.run(observe(ruleset, msg, observe_all=True))
-        decision = policy.decide(verdicts_of(results))
-        reply = replies.for_decision(decision) or "(delivered: 10026's reply to '.' is relayed)"
-        reports.append((path, msg, results, decision, reply))
+
+    async def judge_all() -> None:
+        nonlocal status
+        for name in args.messages:
+            path = Path(name)
+            try:
+                data = read_message_file(path)
+            except OSError as error:
+                print(f"smtpfilter: {path}: {error.strerror}", file=sys.stderr)
+                status = EX_NOINPUT
+                continue
+            msg = MessageContext.build(
+                data,
+                received_at=datetime.now(timezone.utc),
+                client=_client(args.client_ip),
+                header_limit=config.limits.header_size,
+            )
+            results = await observe(ruleset, msg, observe_all=True)
+            decision = policy.decide(verdicts_of(results))
+            reply = replies.for_decision(decision) or "(delivered: 10026's reply to '.' is relayed)"
+            reports.append((path, msg, results, decision, reply))
+        await ruleset.env.dns.aclose()
+
+    asyncio.run(judge_all())  # one event loop for all messages: the DNS cache is shared
     if args.json:
         print(json.dumps([_json_report(*r) for r in reports], indent=2))
     else:

@@ -403,6 +403,13 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         tls=_tls(opts.section("tls"), base),
         log=_log(opts.section("log")),
     )
+    if config.dns.message_timeout >= config.limits.scan_timeout:
+        opts.problem(
+            "dns",
+            f"dns.message_timeout ({config.dns.message_timeout:g}s) must be shorter than "
+            f"limits.scan_timeout ({config.limits.scan_timeout:g}s), or a slow DNS list turns "
+            f"every message into a scan timeout (451) instead of 'not listed'",
+        )
     opts.finish(_TOP_KEYS)
     if problems:
         raise ConfigError(problems)

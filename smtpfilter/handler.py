@@ -355,8 +355,8 @@ class FilterHandler:
                 fields.append(f"would={decision.intended.value}")
             fields.append(f"score={decision.score:g}")
             fields.append(f"rules={decision.rules_hit}")
-        first_line = reply.split("\r\n")[-1]
-        fields.append(f'reply="{first_line[:200]}"')
+        shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
+        fields.append(f'reply="{shown[:300]}"')
         fields.append(f"elapsed_ms={(time.monotonic() - started) * 1000:.0f}")
         log.info("%s", " ".join(fields))
         if decision is not None and log.isEnabledFor(logging.DEBUG):

@@ -53,7 +53,11 @@ async def observe(
                 break
     finally:
         for future in pending.values():
-            future.cancel()
+            if future.done():
+                if not future.cancelled():
+                    future.exception()  # retrieved: a result nobody needs is not an error
+            else:
+                future.cancel()
     return results
 
 

@@ -115,3 +115,8 @@ def test_parse_hostport():
     assert parse_hostport("127.0.0.1", default_port=53) == HostPort("127.0.0.1", 53)
     with pytest.raises(ValueError):
         parse_hostport(":25")
+
+
+def test_dns_budget_must_fit_the_scan_budget(tmp_path):
+    with pytest.raises(ConfigError, match="must be shorter than limits.scan_timeout"):
+        load(tmp_path, "dns: {message_timeout: 30s}\nlimits: {scan_timeout: 20s}\n")
