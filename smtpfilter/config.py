@@ -35,6 +35,7 @@ __all__ = [
     "Limits",
     "LogConfig",
     "PolicyConfig",
+    "QuarantineConfig",
     "TlsConfig",
     "load_config",
     "parse_hostport",
@@ -154,6 +155,14 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineConfig:
+    """Where ``action: quarantine`` keeps messages: a Maildir (tmp/, new/, cur/) plus meta/ with
+    one JSON file per message (envelope and verdict), created on first use, mode 0700."""
+
+    directory: Path = Path("/var/lib/smtpfilter/quarantine")
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     cert: Path
     key: Path
@@ -202,6 +211,7 @@ class Config:
     dns: DnsConfig = DnsConfig()
     tls: TlsConfig | None = None
     log: LogConfig = LogConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -232,6 +242,7 @@ _TOP_KEYS = (
     "dns",
     "tls",
     "log",
+    "quarantine",
 )
 
 
@@ -297,7 +308,8 @@ def _limits(opts: Options) -> Limits:
 
 def _policy(opts: Options) -> PolicyConfig:
     thresholds = []
-    for action in (Action.TAG, Action.TEMPFAIL, Action.REJECT, Action.DISCARD):
+    actions = (Action.TAG, Action.TEMPFAIL, Action.REJECT, Action.DISCARD, Action.QUARANTINE)
+    for action in actions:
         value = opts.number(action.value)
         if value is not None:
             thresholds.append((float(value), action))
@@ -383,6 +395,17 @@ def _log(opts: Options) -> LogConfig:
     return config
 
 
+def _quarantine(opts: Options, base: Path) -> QuarantineConfig:
+    directory = opts.str("directory")
+    opts.finish()
+    if directory is None:
+        return QuarantineConfig()
+    if not directory:
+        opts.problem("directory", "must not be empty")
+        return QuarantineConfig()
+    return QuarantineConfig(base / directory)
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -402,6 +425,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         dns=_dns(opts.section("dns")),
         tls=_tls(opts.section("tls"), base),
         log=_log(opts.section("log")),
+        quarantine=_quarantine(opts.section("quarantine"), base),
     )
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(

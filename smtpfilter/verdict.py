@@ -16,17 +16,22 @@ __all__ = ["Action", "Decision", "Finding", "Mode", "Verdict", "FINAL_ACTIONS"]
 
 
 class Action(enum.StrEnum):
-    """What may happen to a message. The first four end evaluation when a rule forces them."""
+    """What may happen to a message. The first five end evaluation when a rule forces them."""
 
     ACCEPT = "accept"  # deliver now, skip the remaining rules (an allowlist)
     REJECT = "reject"  # 550: Postfix bounces in after-queue mode (backscatter!), refuses before-queue
     TEMPFAIL = "tempfail"  # 451: Postfix keeps the message and retries
     DISCARD = "discard"  # 250 to Postfix, nothing re-injected; logged
+    # 250 once the message is stored in the quarantine Maildir; nothing re-injected until an
+    # admin releases it (Postfix's HOLD, with `smtpfilter quarantine release` as postsuper -H).
+    QUARANTINE = "quarantine"
     TAG = "tag"  # deliver with our headers added
     WARN = "warn"  # deliver; log the finding (Postfix's WARN action)
 
 
-FINAL_ACTIONS = frozenset({Action.ACCEPT, Action.REJECT, Action.TEMPFAIL, Action.DISCARD})
+FINAL_ACTIONS = frozenset(
+    {Action.ACCEPT, Action.REJECT, Action.TEMPFAIL, Action.DISCARD, Action.QUARANTINE}
+)
 
 
 class Mode(enum.StrEnum):
