@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from . import replies, wire
+from . import quarantine, replies, wire
 from .config import Config
 from .message import Client, MessageContext, outgoing
 from .pipeline import RuleFailure, evaluate
 from .policy import Policy
 from .reinject import Downstream, DownstreamError, DownstreamPool
 from .rules import RuleSet
-from .verdict import Decision
+from .verdict import Action, Decision
 
 if TYPE_CHECKING:  # pragma: no cover
     from .smtp import FilterSession, FilterSMTP, Recipient, Transaction
@@ -300,6 +300,9 @@ class FilterHandler:
             await self.reset(session)
             return replies.R451_LOCAL_ERROR, None
 
+        if decision.action is Action.QUARANTINE:
+            await self.reset(session)  # 10026 gets nothing now; a release re-injects it later
+            return await quarantine.store_message(config, msg, txn, decision), decision
         if not decision.delivers:
             await self.reset(session)  # FILTER_README: abort the 10026 side, never send "."
             return replies.for_decision(decision) or replies.R451_LOCAL_ERROR, decision
