@@ -3,6 +3,7 @@
     smtpfilter serve [--config PATH] [--listen HOST:PORT] [--forward HOST:PORT]
     smtpfilter check-config [--config PATH]
     smtpfilter test [--config PATH] [--client-ip IP] [--json] MESSAGE.eml...
+    smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
 RestartPreventExitStatus=78 keeps a broken config from restart-looping).
@@ -205,6 +206,65 @@ def _print_report(path, msg, results, decision, reply) -> None:
     print(f"  reply:    {reply}")
 
 
+# --- quarantine ----------------------------------------------------------------------------
+EX_TEMPFAIL = 75  # sysexits(3): the message stays in quarantine, try again later
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from . import quarantine
+    from .report import quarantine_list, quarantine_show
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        _report_config_error(error, "cannot open the quarantine")
+        return EX_CONFIG
+    store = quarantine.Quarantine(config.quarantine.directory)
+    try:
+        if args.operation == "list":
+            entries = store.entries()
+            if args.json:
+                print(json.dumps([e.meta | {"id": e.id, "file": str(e.path)} for e in entries],
+                                 indent=2, ensure_ascii=False))
+            else:
+                print(quarantine_list(store, entries), end="")
+            return EX_OK
+        if args.operation == "show":
+            for entry_id in args.ids:
+                print(quarantine_show(store, store.get(entry_id)), end="")
+            return EX_OK
+        if args.operation == "delete":
+            for entry_id in args.ids:
+                store.remove(store.get(entry_id))
+                print(f"{entry_id}: deleted")
+            return EX_OK
+    except quarantine.QuarantineError as error:
+        print(f"smtpfilter: {error}", file=sys.stderr)
+        return EX_NOINPUT
+    # release
+    status = EX_OK
+    for entry_id in args.ids:
+        try:
+            result = asyncio.run(quarantine.release(config, entry_id))
+        except quarantine.QuarantineError as error:
+            print(f"smtpfilter: {error}", file=sys.stderr)
+            status = EX_NOINPUT
+            continue
+        for address, reply in result.refused:
+            print(f"{entry_id}: {address}: refused by {config.forward}: {reply}", file=sys.stderr)
+        if result.removed:
+            print(f"{entry_id}: released to {', '.join(result.delivered)}: {result.reply}")
+        elif result.delivered:
+            print(f"{entry_id}: released to {', '.join(result.delivered)}: {result.reply}; "
+                  f"kept in quarantine for the refused recipients")
+            status = EX_TEMPFAIL
+        else:
+            print(f"{entry_id}: not released, kept in quarantine: {result.reply}",
+                  file=sys.stderr)
+            status = EX_TEMPFAIL
+    return status
+
+
 # --- entry point ---------------------------------------------------------------------------
 def _positive(text: str) -> int:
     value = int(text)
@@ -241,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument("messages", nargs="+", metavar="MESSAGE.eml")
     test.set_defaults(func=cmd_test)
+
+    quarantine = sub.add_parser(
+        "quarantine", help="list, show, release or delete quarantined messages"
+    ).add_subparsers(dest="operation", required=True)
+    listing = with_config(quarantine.add_parser("list", help="one line per message"))
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_quarantine, ids=[])
+    for operation, what in (
+        ("show", "envelope, verdict and headers"),
+        ("release", "re-inject into 10026 with the original envelope, then remove"),
+        ("delete", "remove for good"),
+    ):
+        op = with_config(quarantine.add_parser(operation, help=what))
+        op.add_argument("ids", nargs="+", metavar="ID")
+        op.set_defaults(func=cmd_quarantine)
     return parser
 
 
