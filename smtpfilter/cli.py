@@ -4,6 +4,7 @@
     smtpfilter check-config [--config PATH]
     smtpfilter test [--config PATH] [--client-ip IP] [--json] MESSAGE.eml...
     smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
+    smtpfilter import-header-checks [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
 RestartPreventExitStatus=78 keeps a broken config from restart-looping).
@@ -265,6 +266,43 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return status
 
 
+# --- import-header-checks ------------------------------------------------------------------
+def cmd_import_header_checks(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .hcimport import convert
+    from .headerchecks import read_table
+
+    tables = []
+    for spec in args.tables:
+        try:
+            tables.append(read_table(spec, args.format))
+        except OSError as error:
+            print(f"smtpfilter: {spec}: {error.strerror}", file=sys.stderr)
+            return EX_NOINPUT
+    conversion = convert(tables, prefix=args.prefix, reject_as=args.reject_as)
+    for note in conversion.notes:
+        print(f"smtpfilter: {note}", file=sys.stderr)
+    # The generated rules must load; if they do not, that is our bug, not the admin's table.
+    with tempfile.TemporaryDirectory() as scratch:
+        check = Path(scratch) / "imported.yaml"
+        check.write_text(conversion.yaml, encoding="utf-8")
+        try:
+            load_rules([check])
+        except ConfigError as error:
+            print(f"smtpfilter: internal error, the generated rules do not load: {error}",
+                  file=sys.stderr)
+            return 70  # EX_SOFTWARE
+    if args.output:
+        args.output.write_text(conversion.yaml, encoding="utf-8")
+    else:
+        print(conversion.yaml, end="")
+    skipped = sum(1 for note in conversion.notes if note.skipped)
+    print(f"smtpfilter: {conversion.lines} table lines, {conversion.rules} rules"
+          + (f", {skipped} line(s) not imported (above)" if skipped else ""), file=sys.stderr)
+    return EX_OK
+
+
 # --- entry point ---------------------------------------------------------------------------
 def _positive(text: str) -> int:
     value = int(text)
@@ -301,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument("messages", nargs="+", metavar="MESSAGE.eml")
     test.set_defaults(func=cmd_test)
+
+    hc = sub.add_parser(
+        "import-header-checks",
+        help="convert Postfix header_checks tables into smtpfilter rules (YAML on stdout)",
+    )
+    hc.add_argument("tables", nargs="+", metavar="TABLE",
+                    help="a file, or type:file as in main.cf (regexp:/etc/postfix/header_checks)")
+    hc.add_argument("--format", choices=("regexp", "pcre"),
+                    help="table type when TABLE has no type: prefix (default: regexp, "
+                    "or pcre for *.pcre)")
+    hc.add_argument("--prefix", default="", help="prepended to every rule name")
+    hc.add_argument("--reject-as", choices=("reject", "discard", "quarantine", "tag", "warn"),
+                    default="reject", help="what REJECT lines become (after queue a reject bounces)")
+    hc.add_argument("--output", "-o", type=Path, help="write the YAML here instead of stdout")
+    hc.set_defaults(func=cmd_import_header_checks)
 
     quarantine = sub.add_parser(
         "quarantine", help="list, show, release or delete quarantined messages"

@@ -225,3 +225,9 @@ def test_an_unusable_if_block_is_reported_line_by_line(tmp_path):
     assert [r.name for r in ruleset.rules] == ["C"]
     assert ruleset.rules[0].mode is Mode.WARN  # line 2 may have taken X-C... headers first
 
+
+def test_command_line_errors(tmp_path, capsys):
+    from smtpfilter.cli import main
+
+    assert main(["import-header-checks", str(tmp_path / "nope")]) == 66
+    assert "nope: No such file" in capsys.readouterr().err
