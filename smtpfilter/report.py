@@ -14,8 +14,21 @@ from .message import HeaderBlock
 
 if TYPE_CHECKING:  # pragma: no cover
     from .quarantine import Entry, Quarantine
+    from .scan import Judged, Source, Summary
 
-__all__ = ["clean", "header_value", "quarantine_list", "quarantine_show", "table"]
+__all__ = [
+    "CSV_FIELDS",
+    "clean",
+    "header_value",
+    "judged_json",
+    "judged_report",
+    "quarantine_list",
+    "quarantine_show",
+    "scan_csv_row",
+    "scan_json",
+    "scan_summary",
+    "table",
+]
 
 
 def clean(text: str, limit: int = 200) -> str:
@@ -102,3 +115,169 @@ def quarantine_show(store: "Quarantine", entry: "Entry") -> str:
 
 def as_json(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# --- test ------------------------------------------------------------------------------------
+def _received_line(judged: "Judged") -> str:
+    view = judged.view
+    assert view is not None
+    msg = view.msg
+    text = f"  received: {msg.received_at:%Y-%m-%d %H:%M:%S} UTC ({view.received_by}"
+    if msg.client.addr:
+        text += f", client {msg.client.addr}"
+    if view.cut:
+        text += f"; the {view.cut} header field{'s' if view.cut > 1 else ''} above it left out"
+    return text + ")"
+
+
+def judged_report(judged: "Judged") -> str:
+    """What ``smtpfilter test`` prints for one message: every rule, the decision, the reply."""
+    view, decision = judged.view, judged.decision
+    assert view is not None and decision is not None
+    msg = view.msg
+    lines = [
+        f"{judged.label}: {msg.size} bytes, {len(msg.headers)} headers"
+        + (", header section ends at a malformed line"
+           if msg.headers.malformed_at is not None else ""),
+        _received_line(judged),
+    ]
+    width = max([len(rule.name) for rule, _ in judged.results] + [4])
+    for rule, finding in judged.results:
+        if finding is None:
+            lines.append(f"  {rule.name:<{width}}  -")
+            continue
+        action = rule.action.value if rule.action else "-"
+        mode = " (warn mode)" if rule.mode.value == "warn" else ""
+        lines.append(f"  {rule.name:<{width}}  {finding.code}  score={rule.score:g}  "
+                     f"action={action}{mode}")
+        lines.append(f"  {'':<{width}}  {clean(finding.reason, 300)}")
+    would = ""
+    if decision.intended is not None and decision.intended is not decision.action:
+        would = f" (would {decision.intended.value})"
+    by = f" by {decision.rule}" if decision.rule else ""
+    lines.append(f"  decision: {decision.action.value}{would}{by}, score {decision.score:g}")
+    for name, value in decision.headers:
+        lines.append(f"  header:   {name}: {value}")
+    lines.append(f"  reply:    {judged.reply}")
+    return "\n".join(lines) + "\n"
+
+
+def judged_json(judged: "Judged") -> dict:
+    view, decision = judged.view, judged.decision
+    assert view is not None and decision is not None
+    msg = view.msg
+    return {
+        "file": judged.label,
+        "size": msg.size,
+        "received_at": msg.received_at.isoformat(),
+        "received_by": view.received_by,
+        "received_hop": view.hop,
+        "client": msg.client.addr,
+        "rules": [
+            {
+                "rule": rule.name,
+                "check": rule.kind,
+                "finding": finding.code if finding else None,
+                "reason": finding.reason if finding else None,
+                "score": rule.score if finding else 0,
+                "action": rule.action.value if rule.action else None,
+                "mode": rule.mode.value,
+            }
+            for rule, finding in judged.results
+        ],
+        "decision": {
+            "action": decision.action.value,
+            "intended": decision.intended.value if decision.intended else None,
+            "rule": decision.rule,
+            "score": decision.score,
+            "reason": decision.reason,
+            "headers": [f"{n}: {v}" for n, v in decision.headers],
+        },
+        "reply": judged.reply,
+    }
+
+
+# --- scan ------------------------------------------------------------------------------------
+CSV_FIELDS = ["file", "received_at", "received_by", "client", "date", "from", "subject",
+              "action", "would", "rule", "score", "rules", "reply"]
+
+
+def scan_csv_row(judged: "Judged") -> dict:
+    view, decision = judged.view, judged.decision
+    assert view is not None and decision is not None
+    headers = view.msg.headers
+    intended = decision.intended if decision.intended is not decision.action else None
+    return {
+        "file": judged.label,
+        "received_at": view.msg.received_at.isoformat(),
+        "received_by": view.received_by,
+        "client": view.msg.client.addr or "",
+        "date": header_value(headers, "date"),
+        "from": header_value(headers, "from"),
+        "subject": header_value(headers, "subject"),
+        "action": decision.action.value,
+        "would": intended.value if intended else "",
+        "rule": decision.rule or "",
+        "score": f"{decision.score:g}",
+        "rules": decision.rules_hit,
+        "reply": judged.reply,
+    }
+
+
+def scan_json(source: "Source", summary: "Summary") -> dict:
+    return {
+        "source": {"kind": source.kind, "path": str(source.path), "messages": source.count},
+        "scanned": summary.messages,
+        "errors": [{"file": f, "error": e} for f, e in summary.errors],
+        "decisions": dict(summary.decisions),
+        "would": dict(summary.would),
+        "rules": {
+            name: {"findings": summary.hits[name], "decided": summary.decided[name]}
+            for name in sorted(set(summary.hits) | set(summary.decided))
+        },
+        "received_at_from": dict(summary.received_by),
+        "not_delivered": [
+            {"file": f.label, "date": f.date, "from": f.sender, "subject": f.subject,
+             "action": f.action, "would": f.intended if f.intended != f.action else None,
+             "rule": f.rule, "rules": f.rules, "reply": f.reply}
+            for f in summary.flagged
+        ],
+    }
+
+
+def scan_summary(source: "Source", summary: "Summary") -> str:
+    out = [f"{source.kind} {source.path}: {summary.messages} message"
+           f"{'s' if summary.messages != 1 else ''} scanned"
+           + (f", {len(summary.errors)} unreadable" if summary.errors else "")]
+    if summary.received_by:
+        out.append("receipt time from: " + ", ".join(
+            f"{what} {count}" for what, count in summary.received_by.most_common()))
+    out.append("")
+    total = max(summary.messages, 1)
+    rows = [[action, str(count), f"{100 * count / total:.1f}%"]
+            for action, count in summary.decisions.most_common()]
+    out.append(table(rows, ["DECISION", "MESSAGES", "SHARE"]).rstrip("\n"))
+    if summary.would:
+        out.append("observe-only (mode: warn or dry_run), would have been: " + ", ".join(
+            f"{action} {count}" for action, count in summary.would.most_common()))
+    out.append("")
+    names = sorted(set(summary.hits) | set(summary.decided),
+                   key=lambda n: (-summary.hits[n], n))
+    if names:
+        rows = [[name, str(summary.hits[name]), str(summary.decided[name])] for name in names]
+        out.append(table(rows, ["RULE", "FINDINGS", "DECIDED"]).rstrip("\n"))
+    else:
+        out.append("no rule found anything")
+    out.append("")
+    if summary.flagged:
+        out.append(f"Not delivered ({len(summary.flagged)}):")
+        rows = []
+        for f in summary.flagged:
+            action = f.intended if f.intended == f.action else f"{f.action} (would {f.intended})"
+            rows.append([f.label, clean(f.date, 31), clean(f.sender, 40), action, f.rules,
+                         clean(f.subject, 60)])
+        out.append(table(rows, ["FILE", "DATE", "FROM", "ACTION", "RULES", "SUBJECT"])
+                   .rstrip("\n"))
+    else:
+        out.append("Every message would be delivered.")
+    return "\n".join(out) + "\n"
