@@ -153,7 +153,8 @@ def judged_report(judged: "Judged") -> str:
         lines.append(f"  {'':<{width}}  {clean(finding.reason, 300)}")
     would = ""
     if decision.intended is not None and decision.intended is not decision.action:
-        would = f" (would {decision.intended.value})"
+        would = f" (would {decision.intended.value}" + (
+            f" by {decision.intended_rule})" if decision.intended_rule else ")")
     by = f" by {decision.rule}" if decision.rule else ""
     lines.append(f"  decision: {decision.action.value}{would}{by}, score {decision.score:g}")
     for name, value in decision.headers:
@@ -188,6 +189,7 @@ def judged_json(judged: "Judged") -> dict:
         "decision": {
             "action": decision.action.value,
             "intended": decision.intended.value if decision.intended else None,
+            "intended_rule": decision.intended_rule,
             "rule": decision.rule,
             "score": decision.score,
             "reason": decision.reason,

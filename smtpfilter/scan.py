@@ -308,7 +308,7 @@ class Judged:
             _first(headers, "subject"),
             decision.action.value,
             intended.value,
-            decision.rule or "score",
+            decision.rule or decision.intended_rule or "score",
             decision.rules_hit,
             self.reply,
         )

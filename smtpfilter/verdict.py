@@ -93,6 +93,7 @@ class Decision:
     text: str | None = None  # reply text for reject/tempfail
     intended: Action | None = None
     headers: tuple[tuple[str, str], ...] = field(default=())
+    intended_rule: str | None = None  # the rule behind ``intended``, when a rule forced it
 
     @property
     def delivers(self) -> bool:
