@@ -356,6 +356,8 @@ class FilterHandler:
         if decision is not None:
             if decision.intended is not None and decision.intended is not decision.action:
                 fields.append(f"would={decision.intended.value}")
+                if decision.intended_rule:
+                    fields.append(f"would_by={decision.intended_rule}")
             fields.append(f"score={decision.score:g}")
             fields.append(f"rules={decision.rules_hit}")
         shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
