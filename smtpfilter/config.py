@@ -34,6 +34,7 @@ __all__ = [
     "HostPort",
     "Limits",
     "LogConfig",
+    "MetricsConfig",
     "PolicyConfig",
     "QuarantineConfig",
     "TlsConfig",
@@ -155,6 +156,13 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus text on http://listen/metrics; None (the default) serves nothing."""
+
+    listen: HostPort | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class QuarantineConfig:
     """Where ``action: quarantine`` keeps messages: a Maildir (tmp/, new/, cur/) plus meta/ with
     one JSON file per message (envelope and verdict), created on first use, mode 0700."""
@@ -212,6 +220,7 @@ class Config:
     tls: TlsConfig | None = None
     log: LogConfig = LogConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -243,6 +252,7 @@ _TOP_KEYS = (
     "tls",
     "log",
     "quarantine",
+    "metrics",
 )
 
 
@@ -406,6 +416,25 @@ def _quarantine(opts: Options, base: Path) -> QuarantineConfig:
     return QuarantineConfig(base / directory)
 
 
+def _metrics(opts: Options) -> MetricsConfig:
+    listen = opts.str("listen")
+    opts.finish()
+    if listen is None:
+        return MetricsConfig()
+    try:
+        where = parse_hostport(listen)
+    except ValueError as error:
+        opts.problem("listen", str(error))
+        return MetricsConfig()
+    if not where.is_loopback:
+        # The counters name rules and DNS lists; a scraper elsewhere can reach them through
+        # a local agent or an SSH tunnel, not through a port we open to the network.
+        opts.problem("listen", f"{listen!r}: metrics are served on loopback only "
+                     f"(127.0.0.1 or [::1])")
+        return MetricsConfig()
+    return MetricsConfig(where)
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -426,6 +455,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         tls=_tls(opts.section("tls"), base),
         log=_log(opts.section("log")),
         quarantine=_quarantine(opts.section("quarantine"), base),
+        metrics=_metrics(opts.section("metrics")),
     )
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(
