@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from . import quarantine, replies, wire
 from .config import Config
 from .message import Client, MessageContext, outgoing
+from .metrics import Metrics
 from .pipeline import RuleFailure, evaluate
 from .policy import Policy
 from .reinject import Downstream, DownstreamError, DownstreamPool
@@ -50,6 +51,7 @@ class Runtime:
     sessions: int = 0
     accepting: bool = True
     counters: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)  # per-rule tallies, latency, reply codes
 
     def __post_init__(self) -> None:
         self.policy = make_policy(self.config)
@@ -362,7 +364,9 @@ class FilterHandler:
             fields.append(f"rules={decision.rules_hit}")
         shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
         fields.append(f'reply="{shown[:300]}"')
-        fields.append(f"elapsed_ms={(time.monotonic() - started) * 1000:.0f}")
+        elapsed = time.monotonic() - started
+        fields.append(f"elapsed_ms={elapsed * 1000:.0f}")
+        self.rt.metrics.message(decision, reply, elapsed)
         log.info("%s", " ".join(fields))
         if decision is not None and log.isEnabledFor(logging.DEBUG):
             for verdict in decision.verdicts:
