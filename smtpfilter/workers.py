@@ -65,6 +65,7 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
     sock = bind(config, reuse_port=True)
     server = Server(config, ruleset, config_path=config_path, overrides=overrides, sock=sock)
     server.name = f"worker {number}"
+    server.worker = number  # metrics: worker k serves on metrics port + k
     try:
         asyncio.run(server.serve(notify=False))
     except Exception:
