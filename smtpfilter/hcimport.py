@@ -58,6 +58,11 @@ _NOT_CONVERTED = {
     "REDIRECT": "REDIRECT changes the recipients: routing stays in Postfix",
     "BCC": "BCC adds a recipient: routing stays in Postfix",
 }
+_MIME_NOTE = (
+    "Postfix also checks this against the headers of every MIME part (mime_header_checks "
+    "defaults to header_checks), e.g. attachment names; smtpfilter reads the message's own "
+    "headers only: keep this line in Postfix too if it is meant for attachments"
+)
 _DSN = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?=\s|$)")
 _ACTIONS_FOR_REJECT = ("reject", "discard", "quarantine", "tag", "warn")
 
@@ -248,6 +253,8 @@ def convert(
             if rule.warn_mode:
                 notes.append(Note(line.source, line.number, f"imported observe-only (mode: warn): "
                                   f"{rule.warn_mode}", skipped=False))
+            if (_name_of(line) or "").startswith("content-"):
+                notes.append(Note(line.source, line.number, _MIME_NOTE, skipped=False))
             rules.append(rule)
             earlier.append((line, rule.outcome))
     order = {table.source: index for index, table in enumerate(tables)}
@@ -271,6 +278,8 @@ def _render(tables: list[Table], rules: list[_Rule], skipped: list[tuple[Line, s
         "# these rules try each line in turn against every header. They decide differently only",
         "# when one message matches two lines with different actions on two different headers.",
         "# Remove the lines you import from Postfix's header_checks, or both will act on them.",
+        "# Postfix also applies header_checks to the headers of MIME parts (attachments);",
+        "# smtpfilter reads the message's own headers only.",
     ]
     if any(r.action in ("reject", "tempfail") for r in rules):
         out += [

@@ -231,3 +231,9 @@ def test_command_line_errors(tmp_path, capsys):
 
     assert main(["import-header-checks", str(tmp_path / "nope")]) == 66
     assert "nope: No such file" in capsys.readouterr().err
+
+
+def test_lines_for_mime_headers_are_flagged(tmp_path):
+    _, conversion = imported(tmp_path, "/^Content-Type: .*name=.*\\.exe/ REJECT no exe\n")
+    [note] = conversion.notes
+    assert "headers of every MIME part" in note.text and not note.skipped
