@@ -89,7 +89,13 @@ class _Writer:
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
-            self.lines.append(f"{name}{_labels(**labels)} {value:g}")
+            self.lines.append(f"{name}{_labels(**labels)} {_number(value)}")
+
+
+def _number(value: float) -> str:
+    """Exact: a counter past a million must not turn into 1e+06, a timestamp into 1.70963e+09."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def render(runtime: "Runtime", *, started_at: float) -> str:

@@ -33,7 +33,7 @@ __all__ = [
 
 def clean(text: str, limit: int = 200) -> str:
     """One printable line: controls become "?", long values end in "..."."""
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    text = "".join(c if c.isprintable() else "?" for c in text.replace("\t", " "))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -222,7 +222,7 @@ def scan_csv_row(judged: "Judged") -> dict:
         "rule": decision.rule or "",
         "score": f"{decision.score:g}",
         "rules": decision.rules_hit,
-        "reply": judged.reply,
+        "reply": "" if decision.delivers else judged.reply,  # delivered: 10026 would answer
     }
 
 
