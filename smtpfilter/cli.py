@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -415,7 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # `smtpfilter scan --csv ... | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
