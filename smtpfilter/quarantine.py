@@ -235,6 +235,27 @@ class Quarantine:
         _write_durably(tmp, final, meta_bytes)
 
 
+def check_directory(directory: Path) -> str | None:
+    """Why a message could not be stored in ``directory`` by this user now, or None.
+
+    Creates nothing: check-config run as root must not leave a root-owned directory that the
+    filter's own user then cannot write to."""
+    directory = Path(directory)
+    if directory.exists():
+        for path in [directory, *(directory / name for name in _SUBDIRS)]:
+            if path.exists() and not path.is_dir():
+                return f"{path} is not a directory"
+            if path.exists() and not os.access(path, os.W_OK | os.X_OK):
+                return f"{path} is not writable"
+        return None
+    parent = directory.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"{directory} does not exist and {parent} is not a writable directory"
+    return None
+
+
 # --- the filter's side -----------------------------------------------------------------------
 def envelope_of(txn: "Transaction") -> dict[str, Any]:
     """What release needs to re-inject the message as Postfix handed it to us."""

@@ -93,3 +93,15 @@ def test_bad_ids_are_refused(tmp_path):
     for bad in ("", "../etc/passwd", ".hidden", "nope"):
         with pytest.raises(QuarantineError):
             store.get(bad)
+
+
+def test_check_directory_creates_nothing(tmp_path):
+    from smtpfilter.quarantine import check_directory
+
+    assert check_directory(tmp_path / "a" / "b") is None
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("x")
+    assert "not a writable directory" in check_directory(tmp_path / "file" / "q")
+    Quarantine(tmp_path / "q").store(TRICKY, {})
+    assert check_directory(tmp_path / "q") is None
+
