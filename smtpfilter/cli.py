@@ -91,7 +91,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         what = rule.action.value if rule.action else f"score {rule.score:g}"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
         print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
+    _check_quarantine(config, ruleset)
+    if config.metrics.listen is not None:
+        print(f"metrics: http://{config.metrics.listen}/metrics")
     return EX_OK
+
+
+def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
+    from .quarantine import check_directory
+    from .verdict import Action
+
+    used = any(rule.action is Action.QUARANTINE for rule in ruleset.rules) or any(
+        action is Action.QUARANTINE for _, action in config.policy.thresholds
+    )
+    if not used:
+        return
+    directory = config.quarantine.directory
+    problem = check_directory(directory)
+    if problem is None:
+        print(f"quarantine: {directory}")
+    else:
+        print(f"smtpfilter: warning: quarantine: {problem} (checked as uid {os.getuid()}); "
+              f"the filter answers 451 to messages it cannot quarantine, and Postfix keeps "
+              f"them queued", file=sys.stderr)
 
 
 # --- test and scan -------------------------------------------------------------------------

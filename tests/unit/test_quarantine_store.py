@@ -105,3 +105,16 @@ def test_check_directory_creates_nothing(tmp_path):
     Quarantine(tmp_path / "q").store(TRICKY, {})
     assert check_directory(tmp_path / "q") is None
 
+
+def test_check_config_reports_the_quarantine(tmp_path, capsys):
+    from smtpfilter.cli import main
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n  - {name: HOLD, check: header, header: Subject, match: x, action: quarantine}\n")
+    (tmp_path / "c.yaml").write_text("rules: [r.yaml]\nquarantine: {directory: file/q}\n"
+                                     "metrics: {listen: 127.0.0.1:9125}\n")
+    assert main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "warning: quarantine:" in captured.err and "451" in captured.err
+    assert "metrics: http://127.0.0.1:9125/metrics" in captured.out
