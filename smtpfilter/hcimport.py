@@ -26,7 +26,6 @@ cannot be converted is reported with its file and line, and shows in the YAML as
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -92,10 +91,10 @@ class _Rule:
 
 
 def _action_of(line: Line) -> tuple[str, str]:
-    word, _, rest = line.result.partition(" ")
-    word, _, tab_rest = word.partition("\t")
-    rest = (tab_rest + " " + rest).strip() if tab_rest else rest.strip()
-    return word.upper(), rest
+    """cleanup_act: the command ends at the first blank; blanks after it are skipped."""
+    match = re.match(r"([^ \t]*)[ \t]*(.*)", line.result, re.S)
+    assert match is not None  # the pattern matches any string
+    return match.group(1).upper(), match.group(2)
 
 
 def _reject_reply(text: str) -> tuple[str, str]:
@@ -150,7 +149,17 @@ def _quote(text: str) -> str:
     """A YAML scalar that reads back as exactly ``text``."""
     if all(" " <= c <= "~" for c in text):
         return "'" + text.replace("'", "''") + "'"
-    return json.dumps(text)  # a JSON string is a YAML double-quoted scalar; \uXXXX escapes
+    out = []
+    for char in text:  # a YAML double-quoted scalar, escaped so no reader can misread it
+        if char in '"\\':
+            out.append("\\" + char)
+        elif " " <= char <= "~":
+            out.append(char)
+        elif ord(char) <= 0xFFFF:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return '"' + "".join(out) + '"'
 
 
 def convert(

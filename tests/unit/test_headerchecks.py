@@ -237,3 +237,12 @@ def test_lines_for_mime_headers_are_flagged(tmp_path):
     _, conversion = imported(tmp_path, "/^Content-Type: .*name=.*\\.exe/ REJECT no exe\n")
     [note] = conversion.notes
     assert "headers of every MIME part" in note.text and not note.skipped
+
+
+def test_non_ascii_patterns_survive_the_yaml(tmp_path):
+    ruleset, _ = imported(tmp_path, "/^Subject: .*(caf\u00e9|\U0001F600)/ DISCARD unicode\n")
+    from tests.unit.test_header_check import msg
+
+    [rule] = ruleset.rules
+    assert rule.check.observe(msg("Subject: un caf\u00e9\n\n".encode())) is not None
+    assert rule.check.observe(msg("Subject: \U0001F600\n\n".encode())) is not None
