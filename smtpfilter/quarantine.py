@@ -293,7 +293,7 @@ async def store_message(
     }
     store = Quarantine(config.quarantine.directory)
     try:
-        entry_id = await asyncio.to_thread(store.store, bytes(msg.data), meta)
+        entry_id = await asyncio.to_thread(store.store, msg.data, meta)  # copied in the thread
     except QuarantineError as error:
         log.error("quarantine failed, deferring the message (Postfix keeps it): %s", error)
         return replies.R451_QUARANTINE_FAILED
