@@ -53,6 +53,8 @@ class Finding:
     # allowlist score means ACCEPT ("skip the remaining rules") whatever the rule does with a
     # listing, and a DNS failure with dns.on_error: tempfail means TEMPFAIL.
     action: Action | None = None
+    # With ``action``: the reply text that goes with it (a header_checks REJECT line's text).
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
