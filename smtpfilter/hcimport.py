@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .headerchecks import Line, Note, Table
+from .headerchecks import Line, Note, Table, reject_reply, split_action
 
 __all__ = ["Conversion", "convert"]
 
@@ -88,24 +88,6 @@ class _Rule:
     @property
     def outcome(self) -> tuple[str, str | None]:
         return (self.action, self.text)
-
-
-def _action_of(line: Line) -> tuple[str, str]:
-    """cleanup_act: the command ends at the first blank; blanks after it are skipped."""
-    match = re.match(r"([^ \t]*)[ \t]*(.*)", line.result, re.S)
-    assert match is not None  # the pattern matches any string
-    return match.group(1).upper(), match.group(2)
-
-
-def _reject_reply(text: str) -> tuple[str, str]:
-    """cleanup_act: dsn_prepend("5.7.1", text); a code not 4 or 5 becomes 4 (deferred)."""
-    if not text:
-        return "reject", "5.7.1 Message content rejected"
-    if not re.match(r"^\d\.\d{1,3}\.\d{1,3}(?=\s|$)", text):
-        text = "5.7.1 " + text
-    if text[0] not in "45":
-        text = "4" + text[1:]
-    return ("tempfail" if text[0] == "4" else "reject"), text
 
 
 def _printable(text: str) -> str:
@@ -200,7 +182,7 @@ def convert(
                 notes.append(Note(line.source, line.number, why))
                 skipped.append((line, why))
                 continue  # a line that never matches shadows nothing
-            word, text = _action_of(line)
+            word, text = split_action(line.result)
             if word in _NOT_CONVERTED or word not in _DECIDING:
                 why = _NOT_CONVERTED.get(word, f"unknown action {word!r}: Postfix logs "
                                          f"\"unknown command\" and goes on")
@@ -217,7 +199,7 @@ def convert(
             action = _DECIDING[word]
             reply = None
             if word == "REJECT":
-                action, reply = _reject_reply(text)
+                action, reply = reject_reply(text)
                 if action == "reject" and reject_as != "reject":
                     action, reply = reject_as, None
             if reply is not None and _printable(reply) != reply:

@@ -45,6 +45,8 @@ import re2
 
 __all__ = [
     "FORMATS",
+    "reject_reply",
+    "split_action",
     "Line",
     "Note",
     "Pattern",
@@ -570,6 +572,26 @@ def parse_result(result: str, groups: int, negated: bool) -> str:
         return "${%d}" % number
 
     return _MACRO.sub(one, result)
+
+
+# --- results: what cleanup_act makes of them (cleanup/cleanup_message.c) ---------------------
+def split_action(result: str) -> tuple[str, str]:
+    """The command ends at the first blank; blanks after it are skipped."""
+    match = re.match(r"([^ \t]*)[ \t]*(.*)", result, re.S)
+    assert match is not None  # the pattern matches any string
+    return match.group(1).upper(), match.group(2)
+
+
+def reject_reply(text: str) -> tuple[str, str]:
+    """REJECT's reply: dsn_prepend("5.7.1", text), the generic text when there is none, and a
+    code that is neither 4 nor 5 made 4 ("need 4.x.x or 5.x.x"). 4.x.x defers: "tempfail"."""
+    if not text:
+        return "reject", "5.7.1 Message content rejected"
+    if not re.match(r"^\d\.\d{1,3}\.\d{1,3}(?=\s|$)", text):
+        text = "5.7.1 " + text
+    if text[0] not in "45":
+        text = "4" + text[1:]
+    return ("tempfail" if text[0] == "4" else "reject"), text
 
 
 # --- tables ----------------------------------------------------------------------------------

@@ -246,3 +246,63 @@ def test_non_ascii_patterns_survive_the_yaml(tmp_path):
     [rule] = ruleset.rules
     assert rule.check.observe(msg("Subject: un caf\u00e9\n\n".encode())) is not None
     assert rule.check.observe(msg("Subject: \U0001F600\n\n".encode())) is not None
+
+
+# --- check: header_checks, the table used as it is ----------------------------------------------
+from smtpfilter.options import ConfigError  # noqa: E402
+
+
+def table_rules(tmp_path, table: str, extra: str = ""):
+    (tmp_path / "header_checks").write_text(table)
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: HC\n    check: header_checks\n    table: regexp:header_checks\n" + extra)
+    return load_rules([tmp_path / "rules.yaml"])
+
+
+async def decide(ruleset, raw: bytes):
+    from smtpfilter.config import HeadersConfig, PolicyConfig
+    from smtpfilter.pipeline import evaluate
+    from smtpfilter.policy import Policy
+    from tests.unit.test_header_check import msg
+
+    return await evaluate(ruleset, msg(raw), Policy(PolicyConfig(), HeadersConfig()))
+
+
+async def test_table_rule_decides_like_cleanup(tmp_path):
+    from smtpfilter import replies
+
+    ruleset = table_rules(tmp_path, """\
+/^Subject: (.*) offer/  REJECT 5.7.1 no $1 offers
+/^X-Hold:/              HOLD
+/^X-Warn:/              WARN
+/^X-Pass:/              PASS
+/^X-Bulk:/              DISCARD
+if /^Received:/
+!/by mx\\.example/      REJECT 4.7.1 unknown relay
+""")  # the if has no endif: it ends with the file, as in Postfix
+    decision = await decide(ruleset, b"Subject: special offer\n\n")
+    assert replies.for_decision(decision) == "550 5.7.1 no special offers"
+    assert (await decide(ruleset, b"X-Hold: 1\nX-Bulk: 1\n\n")).action is Action.DISCARD
+    assert (await decide(ruleset, b"X-Hold: 1\nX-Warn: 1\n\n")).action is Action.QUARANTINE
+    assert (await decide(ruleset, b"X-Warn: 1\n\n")).action is Action.ACCEPT
+    assert (await decide(ruleset, b"X-Pass: 1\nX-Bulk: 1\n\n")).action is Action.ACCEPT
+    decision = await decide(ruleset, b"Received: from a by b.example\n\n")
+    assert decision.action is Action.TEMPFAIL and decision.rule == "HC"
+
+
+async def test_table_rule_in_warn_mode_only_observes(tmp_path):
+    ruleset = table_rules(tmp_path, "/^X-Bulk:/ DISCARD\n", "    mode: warn\n")
+    decision = await decide(ruleset, b"X-Bulk: yes\n\n")
+    assert decision.action is Action.ACCEPT and decision.intended is Action.DISCARD
+
+
+def test_table_rule_problems(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        table_rules(tmp_path, "/^X-A: (a)\\1/ DISCARD\n", "    action: reject\n")
+    text = str(caught.value)
+    assert "header_checks:1: backreference" in text and "cannot be used exactly" in text
+    assert "action: a header_checks table's own lines decide" in text
+    (tmp_path / "missing.yaml").write_text(
+        "rules:\n  - {name: HC, check: header_checks, table: /nonexistent/header_checks}\n")
+    with pytest.raises(ConfigError, match="No such file"):
+        load_rules([tmp_path / "missing.yaml"])
