@@ -89,6 +89,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{len(ruleset)} rules from {len(ruleset.files)} files:")
     for rule in ruleset.rules:
         what = rule.action.value if rule.action else f"score {rule.score:g}"
+        if getattr(rule.check, "table_actions", False):
+            what = "per line"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
         print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
     _check_quarantine(config, ruleset)
