@@ -149,9 +149,7 @@ def convert(
 ) -> Conversion:
     notes: list[Note] = []
     for table in tables:
-        for note in table.notes:
-            if note not in notes:  # one remark per line, however often its escape appears
-                notes.append(note)
+        notes.extend(table.notes)
     rules: list[_Rule] = []
     earlier: list[tuple[Line, tuple[str, str | None] | None]] = []  # (line, outcome or None)
     names: set[str] = set()

@@ -642,7 +642,7 @@ def parse_table(text: str, fmt: str, source: str) -> Table:
             remarks = []
         else:
             line.pattern = pattern
-        for remark in remarks:
+        for remark in dict.fromkeys(remarks):  # once per line, however often its escape appears
             table.notes.append(Note(source, number, remark, skipped=False))
         if is_if:
             if rest:
