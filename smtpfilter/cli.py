@@ -51,7 +51,7 @@ def _report_config_error(error: ConfigError, consequence: str) -> None:
 
 # --- serve ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Server  # the listener's imports are not needed by the other commands
+    from .server import Server, run  # the listener's imports are not needed by the others
 
     try:
         config, ruleset = _load(args)
@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config, ruleset, args.workers, config_path=args.config, overrides=overrides
             )
         server = Server(config, ruleset, config_path=args.config, overrides=overrides)
-        asyncio.run(server.serve())
+        run(server.serve(), config.event_loop)
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
         return 71  # EX_OSERR

@@ -196,6 +196,7 @@ class Config:
     allow_clients: tuple[Network, ...] = LOOPBACK
     xforward_clients: tuple[Network, ...] = LOOPBACK
     dry_run: bool = False
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
     limits: Limits = Limits()
     policy: PolicyConfig = PolicyConfig()
     headers: HeadersConfig = HeadersConfig()
@@ -226,6 +227,7 @@ _TOP_KEYS = (
     "allow_clients",
     "xforward_clients",
     "dry_run",
+    "event_loop",
     "limits",
     "policy",
     "headers",
@@ -267,6 +269,22 @@ def _hostname(opts: Options) -> str:
         opts.problem("hostname", f"{name!r} is not a host name (letters, digits, '-', '.')")
         return _default_hostname()
     return name
+
+
+def _event_loop(opts: Options) -> str:
+    choice = opts.choice("event_loop", ("auto", "asyncio", "uvloop"), "auto")
+    if choice == "uvloop" and not uvloop_available():
+        opts.problem("event_loop", "uvloop is not installed (pip install 'smtpfilter[fast]')")
+        return "asyncio"
+    return choice
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _limits(opts: Options) -> Limits:
@@ -396,6 +414,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         allow_clients=_networks(opts, "allow_clients", LOOPBACK),
         xforward_clients=_networks(opts, "xforward_clients", LOOPBACK),
         dry_run=opts.bool("dry_run"),
+        event_loop=_event_loop(opts),
         limits=_limits(opts.section("limits")),
         policy=_policy(opts.section("policy")),
         headers=_headers(opts.section("headers")),

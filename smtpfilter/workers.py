@@ -21,7 +21,6 @@ Design (the pre-fork model of Postfix's master(8) and of gunicorn):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -56,7 +55,7 @@ def bind(config: Config, *, reuse_port: bool = False, backlog: int = 128) -> soc
 
 def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
             overrides: dict[str, str], number: int) -> int:
-    from .server import Server  # imported in the child: nothing of asyncio runs in the parent
+    from .server import Server, run  # imported in the child: no event loop in the parent
 
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor speaks to systemd
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -66,7 +65,7 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
     server = Server(config, ruleset, config_path=config_path, overrides=overrides, sock=sock)
     server.name = f"worker {number}"
     try:
-        asyncio.run(server.serve(notify=False))
+        run(server.serve(notify=False), config.event_loop)
     except Exception:
         log.exception("worker %d failed", number)
         return 1
