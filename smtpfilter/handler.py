@@ -187,6 +187,10 @@ class FilterHandler:
                 params.append(token)
             elif keyword in ("RET", "ENVID") and conn.supports("DSN"):
                 params.append(token)
+            elif keyword in ("AUTH", "XVERP") and conn.supports(keyword):
+                params.append(token)
+            # Otherwise 10026 does not do that extension: Postfix's own smtp client drops such
+            # parameters for a next hop without the extension too.
         return params
 
     def _rcpt_params(self, conn: Downstream, rcpt: Recipient) -> list[str]:

@@ -344,7 +344,9 @@ class FilterSMTP(SMTP):
         await self.push(status)
 
     def _mail_params(self, txn: Transaction, tokens: list[str]) -> str | None:
-        """RFC 1870 SIZE, 6152 8BITMIME, 6531 SMTPUTF8, 3461 RET/ENVID; nothing else."""
+        """RFC 1870 SIZE, 6152 8BITMIME, 6531 SMTPUTF8, 3461 RET/ENVID, and what Postfix's
+        before-queue smtpd_proxy_filter passes on verbatim from its own client (it forwards the
+        client's MAIL command line as received, smtpd.c): 4954 AUTH and Postfix's XVERP."""
         for token in tokens:
             keyword, eq, value = token.partition("=")
             upper = keyword.upper()
@@ -369,6 +371,11 @@ class FilterSMTP(SMTP):
             elif upper == "ENVID":
                 if len(value) > 100 or not xtext.is_xtext(value):
                     return replies.bad_parameter(token)
+            elif upper == "AUTH":
+                if not eq or not (value == "<>" or xtext.is_xtext(value)):
+                    return replies.bad_parameter(token)
+            elif upper == "XVERP":
+                pass  # XVERP or XVERP=+= (VERP_README)
             else:
                 return replies.unsupported_parameter(keyword)
             txn.params[upper] = value if eq else None

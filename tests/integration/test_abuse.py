@@ -101,7 +101,8 @@ async def test_too_many_recipients(start_filter, sink):
 @pytest.mark.parametrize(
     ("command", "code"),
     [
-        ("MAIL FROM:<a@example.org> AUTH=<>", 555),  # AUTH is not announced
+        ("MAIL FROM:<a@example.org> AUTH", 501),
+        ("MAIL FROM:<a@example.org> REQUIRETLS", 555),  # not an extension we can honour
         ("MAIL FROM:<a@example.org> BODY=BINARYMIME", 501),
         ("MAIL FROM:<a@example.org> SIZE=big", 501),
         ("MAIL FROM:<a@example.org> RET=NEVER", 501),

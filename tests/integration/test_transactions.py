@@ -167,6 +167,21 @@ async def test_dsn_parameters_arrive_exactly_as_received(start_filter, sink):
     assert delivered.rcpts == [(rcpt + "\r\n").encode()]
 
 
+async def test_before_queue_parameters_are_accepted_and_passed_only_if_10026_does_them(
+    start_filter, sink
+):
+    # Postfix's smtpd_proxy_filter forwards the remote client's MAIL line verbatim (smtpd.c):
+    # AUTH=<> from an MTA or XVERP must not turn into a 555 that Postfix relays to the client.
+    server = await start_filter()
+    client = await Client.connect(server.port)
+    await client.ehlo()
+    assert (await client.cmd("MAIL FROM:<a@example.org> AUTH=<> XVERP SIZE=10")).code == 250
+    await client.cmd("RCPT TO:<b@example.com>")
+    assert (await client.data(message())).code == 250
+    await client.close()
+    assert sink.messages[0].mail == b"MAIL FROM:<a@example.org> SIZE=10\r\n"
+
+
 async def test_smtputf8_mail_passes_with_its_parameter(start_filter, sink):
     server = await start_filter()
     client = await Client.connect(server.port)
