@@ -163,6 +163,21 @@ class FilterSMTP(SMTP):
     # may exceed RFC 5321's 512, so allow Postfix's own 2048 (plus CRLF).
     line_length_limit = PATH_COMMAND_LIMIT + 2
 
+    # aiosmtpd's __init__ introspects dir(self) and dir(handler) on every connection to find
+    # its smtp_*, auth_* and handle_* methods: ~0.3 ms, a fifth of the CPU of a one-message
+    # connection. Only those names matter to it, and they are class attributes, so dir() of an
+    # instance lists just them, computed once per class. (dir() is introspection only: nothing
+    # else in aiosmtpd, asyncio or here relies on its full list.)
+    _members: tuple[str, ...] | None = None
+
+    def __dir__(self) -> list[str]:
+        cls = type(self)
+        if cls.__dict__.get("_members") is None:
+            cls._members = tuple(
+                name for name in super().__dir__() if name.startswith(("smtp_", "auth_"))
+            )
+        return list(cls._members)
+
     @property
     def max_command_size_limit(self) -> int:
         return PATH_COMMAND_LIMIT
