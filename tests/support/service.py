@@ -1,0 +1,156 @@
+"""``smtpfilter serve`` as a child process, run the way systemd runs it.
+
+The process gets a real ``NOTIFY_SOCKET`` (a unix datagram socket this helper reads), so a test
+waits for READY=1 exactly as systemd's Type=notify does instead of sleeping, and can check the
+STATUS=, RELOADING=1 and STOPPING=1 messages. Its stderr (the log, as journald would get it) goes
+to a file that tests poll with deadlines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["REPO", "FilterProcess", "poll"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def poll(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Call ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child that runs this checkout's smtpfilter."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("NOTIFY_SOCKET", None)
+    env.update(extra)
+    return env
+
+
+class FilterProcess:
+    def __init__(self, config: Path, *, args: tuple[str, ...] = ()) -> None:
+        self.config = config
+        self.args = args
+        # Socket paths are limited to 108 bytes: keep them short, outside pytest's deep tmp_path.
+        self._dir = Path(tempfile.mkdtemp(prefix="sf-"))
+        self.log_path = self._dir / "stderr.log"
+        self.notify_path = self._dir / "notify"
+        self.notifications: list[str] = []
+        self.process: subprocess.Popen | None = None
+        self._notify: socket.socket | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self, timeout: float = 20.0, *, wait_ready: bool = True) -> "FilterProcess":
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(self.notify_path))
+        self._notify.setblocking(False)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config), *self.args],
+                cwd=REPO,
+                env=child_env(NOTIFY_SOCKET=str(self.notify_path)),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        if wait_ready:
+            self.wait_notification("READY=1", timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def send_signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit (a test then fails on the status)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def close(self) -> None:
+        self.stop()
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+        for path in (self.notify_path, self.log_path):
+            path.unlink(missing_ok=True)
+        try:
+            self._dir.rmdir()
+        except OSError:
+            pass
+
+    # --- what it said --------------------------------------------------------------------
+    def _drain(self) -> None:
+        while self._notify is not None:
+            try:
+                self.notifications.append(self._notify.recv(4096).decode())
+            except BlockingIOError:
+                return
+
+    def wait_notification(self, prefix: str, timeout: float = 20.0, after: int = 0) -> str:
+        """The first sd_notify message (from index ``after`` on) with a line starting ``prefix``."""
+
+        def found() -> str | None:
+            self._drain()
+            for message in self.notifications[after:]:
+                if any(line.startswith(prefix) for line in message.split("\n")):
+                    return message
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(
+                    f"smtpfilter exited with status {self.process.returncode} before "
+                    f"{prefix!r}; its log:\n{self.log()}"
+                )
+            return None
+
+        return poll(found, timeout, f"sd_notify {prefix!r} (log:\n{self.log()})")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> list[re.Match]:
+        regex = re.compile(pattern, re.MULTILINE)
+
+        def found() -> list[re.Match] | None:
+            matches = list(regex.finditer(self.log()))
+            return matches if len(matches) >= count else None
+
+        try:
+            return poll(found, timeout, f"{count} log line(s) matching {pattern!r}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; the log:\n{self.log()}") from None
