@@ -63,9 +63,13 @@ def deploy(dest: Path, user: str = "nobody") -> Path:
     probe = f"import sys; sys.path.insert(0, {str(lib)!r}); import smtpfilter.cli, smtpfilter.pipe"
     tried = []
     for python in _interpreters():
-        result = subprocess.run(
-            [python, "-c", probe], user=user, capture_output=True, text=True, timeout=60
-        )
+        try:
+            result = subprocess.run(
+                [python, "-c", probe], user=user, capture_output=True, text=True, timeout=60
+            )
+        except OSError as error:  # e.g. an interpreter under a 0700 /root
+            tried.append(f"{python}: {error}")
+            continue
         if result.returncode == 0:
             break
         tried.append(f"{python}: {result.stderr.strip().splitlines()[-1:]}")

@@ -213,6 +213,7 @@ class Delivered:
     path: Path
     mail_from: str
     rcpts: list[str]
+    rcpt_args: list[str]  # as the next hop received them: "<addr> NOTIFY=... ORCPT=..."
     client: str
     helo: str
     data: bytes
@@ -288,6 +289,7 @@ def _parse_dump(path: Path) -> Delivered:
         path=path,
         mail_from=path_of(first("X-Mail-Args")),
         rcpts=[path_of(value) for value in fields.get("X-Rcpt-Args", [])],
+        rcpt_args=fields.get("X-Rcpt-Args", []),
         client=first("X-Client-Addr"),
         helo=first("X-Helo-Args"),
         data=data,
