@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.service import poll
+from tests.support.service import free_port, poll
 
 __all__ = ["Delivered", "Postfix", "SmtpSink", "free_port", "program", "wait_port"]
 
@@ -33,13 +33,6 @@ MASTER_CF_DIST = Path("/usr/share/postfix/master.cf.dist")
 
 def program(name: str) -> str | None:
     return shutil.which(name, path=_SEARCH)
-
-
-def free_port() -> int:
-    """A loopback port that is free now (the kernel's choice; tiny race, no fixed numbers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

@@ -18,9 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["REPO", "FilterProcess", "poll"]
+__all__ = ["REPO", "FilterProcess", "free_port", "poll"]
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A loopback port that is free now (the kernel's choice; tiny race, no fixed numbers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def poll(predicate, timeout: float, what: str, interval: float = 0.02):
@@ -113,18 +120,20 @@ class FilterProcess:
             pass
 
     # --- what it said --------------------------------------------------------------------
-    def _drain(self) -> None:
+    def drain(self) -> list[str]:
+        """Every sd_notify message received so far."""
         while self._notify is not None:
             try:
                 self.notifications.append(self._notify.recv(4096).decode())
             except BlockingIOError:
-                return
+                break
+        return self.notifications
 
     def wait_notification(self, prefix: str, timeout: float = 20.0, after: int = 0) -> str:
         """The first sd_notify message (from index ``after`` on) with a line starting ``prefix``."""
 
         def found() -> str | None:
-            self._drain()
+            self.drain()
             for message in self.notifications[after:]:
                 if any(line.startswith(prefix) for line in message.split("\n")):
                     return message

@@ -115,3 +115,13 @@ def test_parse_hostport():
     assert parse_hostport("127.0.0.1", default_port=53) == HostPort("127.0.0.1", 53)
     with pytest.raises(ValueError):
         parse_hostport(":25")
+
+
+def test_operations_settings(tmp_path):
+    config = load(tmp_path, "limits: {shutdown_timeout: 45s}\nlog: {target: syslog, syslog_socket: /run/log}\n")
+    assert config.limits.shutdown_timeout == 45
+    assert (config.log.target, config.log.syslog_socket) == ("syslog", "/run/log")
+    assert load_config(None).log.syslog_socket == "/dev/log"
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path, "log: {syslog_socket: dev/log}\n")
+    assert "syslog_socket: 'dev/log': expected an absolute path" in str(error.value)
