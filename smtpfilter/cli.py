@@ -17,12 +17,13 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, replies, wire
+from . import __version__, replies, sdnotify, wire
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
 from .message import Client, MessageContext
@@ -31,6 +32,8 @@ from .policy import Policy
 from .rules import RuleSet, load_rules
 
 __all__ = ["main"]
+
+log = logging.getLogger("smtpfilter.serve")
 
 EX_OK = 0
 EX_USAGE = 64
@@ -62,7 +65,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EX_CONFIG
     setup_logging(config.log)
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
-    server = Server(config, ruleset, config_path=args.config, overrides=overrides)
+    # systemd socket activation (smtpfilter.socket): take the port systemd holds for us.
+    inherited = sdnotify.listen_sockets()
+    for extra in inherited[1:]:
+        log.warning("ignoring inherited socket %s: one listener is enough", extra.getsockname())
+        extra.close()
+    sock = inherited[0] if inherited else None
+    if sock is not None:
+        log.info("using the listening socket systemd passed (%s); 'listen' is not used", sock.getsockname())
+    server = Server(config, ruleset, config_path=args.config, overrides=overrides, sock=sock)
     try:
         asyncio.run(server.serve())
     except OSError as error:

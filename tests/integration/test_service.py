@@ -7,15 +7,13 @@ import asyncio
 import signal
 import socket
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ISSUE_RULES
+from tests.integration.conftest import start
 from tests.support.client import Client, send_message
 from tests.support.messages import message
-from tests.support.service import FilterProcess, free_port
 from tests.support.sink import Hang
 
 OLD = message("Subject: old", "Date: Mon, 1 Jan 2024 10:00:00 +0000")
@@ -29,35 +27,6 @@ rules:
     match: ['forbidden']
     action: reject
 """
-
-
-@pytest.fixture
-async def service(tmp_path, sink):
-    """``service(rules=..., config=...)`` → an unstarted FilterProcess with ``.port`` and
-    ``.rules`` (the rules file it reads), forwarding to the recording sink."""
-    made: list[FilterProcess] = []
-
-    def make(rules: str = ISSUE_RULES, config: str = "") -> FilterProcess:
-        port = free_port()
-        rules_path = tmp_path / "rules.yaml"
-        rules_path.write_text(textwrap.dedent(rules))
-        config_path = tmp_path / "smtpfilter.yaml"
-        config_path.write_text(
-            f"listen: 127.0.0.1:{port}\nforward: 127.0.0.1:{sink.port}\nhostname: filter.test\n"
-            "rules: [rules.yaml]\n" + textwrap.dedent(config)
-        )
-        process = FilterProcess(config_path)
-        process.port, process.rules, process.config_path = port, rules_path, config_path
-        made.append(process)
-        return process
-
-    yield make
-    for process in made:
-        await asyncio.to_thread(process.close)
-
-
-async def start(process: FilterProcess) -> FilterProcess:
-    return await asyncio.to_thread(process.start)
 
 
 async def test_ready_only_when_listening_with_rules_loaded(service):

@@ -51,6 +51,20 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# What systemd does for a .socket unit (sd_listen_fds(3)): the socket as file descriptor 3,
+# LISTEN_FDS=1 and LISTEN_PID set to the PID of the process that will use it; exec keeps both.
+_SOCKET_ACTIVATION = """\
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 class FilterProcess:
     def __init__(self, config: Path, *, args: tuple[str, ...] = ()) -> None:
         self.config = config
@@ -64,18 +78,28 @@ class FilterProcess:
         self._notify: socket.socket | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
-    def start(self, timeout: float = 20.0, *, wait_ready: bool = True) -> "FilterProcess":
+    def start(
+        self, timeout: float = 20.0, *, wait_ready: bool = True, listen_socket: socket.socket | None = None
+    ) -> "FilterProcess":
+        """Start it; with ``listen_socket``, hand that socket over as systemd's socket
+        activation does."""
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(self.notify_path))
         self._notify.setblocking(False)
+        command = [sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config), *self.args]
+        pass_fds: tuple[int, ...] = ()
+        if listen_socket is not None:
+            pass_fds = (listen_socket.fileno(),)
+            command = [sys.executable, "-c", _SOCKET_ACTIVATION, str(pass_fds[0]), *command]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config), *self.args],
+                command,
                 cwd=REPO,
                 env=child_env(NOTIFY_SOCKET=str(self.notify_path)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                pass_fds=pass_fds,
             )
         if wait_ready:
             self.wait_notification("READY=1", timeout)
