@@ -57,14 +57,19 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _postfix_required() -> None:
+def require_postfix() -> None:
+    """Return if Postfix can be run here; else fail under CI=true and skip elsewhere."""
     reason = _missing()
     if reason is None:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {reason}: .ci/run must install it (apt-get install postfix)")
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _postfix_required() -> None:
+    require_postfix()
 
 
 @dataclass

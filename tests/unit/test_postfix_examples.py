@@ -100,3 +100,15 @@ def test_pipe_transport_uses_the_exit_status_contract():
 )
 def test_merge_replaces_same_service_and_drops_chroot(base, added, expected):
     assert no_chroot(merge_master_cf(base, added)) == expected
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", "failed"), ("", "skipped")])
+def test_postfix_tests_fail_instead_of_skipping_in_ci(monkeypatch, ci, outcome):
+    import tests.postfix.conftest as postfix_tests
+
+    monkeypatch.setattr(postfix_tests, "_missing", lambda: "Postfix is not installed")
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if outcome == "failed" else pytest.skip.Exception
+    with pytest.raises(expected) as stopped:
+        postfix_tests.require_postfix()
+    assert "Postfix is not installed" in str(stopped.value)
