@@ -89,18 +89,20 @@ class MailSystem:
     postfix: Postfix
     destination: SmtpSink
     filter_config: Path
-    filter: FilterProcess | None = None
+    filter: FilterProcess | None = None  # the one running now
+    filters: list[FilterProcess] = field(default_factory=list)  # every one started
     # Postfix warnings a test provokes on purpose; any other warning, error, fatal or panic
     # in Postfix's log fails the test (a broken example often shows only there).
     expected_warnings: list[str] = field(default_factory=list)
 
     def unexpected_problems(self) -> list[str]:
-        problems = re.compile(r"^\S+ +\d+ [\d:]+ \S+ postfix/[\w/-]+\[\d+\]: (warning|error|fatal|panic): ")
-        return [
-            line
-            for line in self.postfix.log().splitlines()
-            if problems.match(line) and not any(re.search(p, line) for p in self.expected_warnings)
-        ]
+        """Warnings and worse from Postfix's log and from smtpfilter's, unless expected."""
+        postfix = re.compile(r"^\S+ +\d+ [\d:]+ \S+ postfix/[\w/-]+\[\d+\]: (warning|error|fatal|panic): ")
+        ours = re.compile(r"^(WARNING|ERROR|CRITICAL) |^Traceback ")
+        lines = [line for line in self.postfix.log().splitlines() if postfix.match(line)]
+        for process in self.filters:
+            lines += [f"smtpfilter: {line}" for line in process.log().splitlines() if ours.match(line)]
+        return [line for line in lines if not any(re.search(p, line) for p in self.expected_warnings)]
 
     def submit(
         self,
@@ -133,9 +135,8 @@ class MailSystem:
         return match.group(1).decode()
 
     def start_filter(self) -> FilterProcess:
-        if self.filter is not None:
-            self.filter.close()
         self.filter = FilterProcess(self.filter_config).start()
+        self.filters.append(self.filter)
         return self.filter
 
     def delivered(self) -> list:
@@ -276,16 +277,19 @@ def mail_system(request) -> Iterator[Callable[..., MailSystem]]:
         return system
 
     yield build
-    for system in systems:
+    problems = []
+    for system in systems:  # every one is stopped and removed, whatever fails
         try:
             system.postfix.stop()
-            unexpected = system.unexpected_problems()
-            assert not unexpected, "Postfix logged:\n" + "\n".join(unexpected)
+            for process in system.filters:
+                process.stop()
+            problems += system.unexpected_problems()
         finally:
-            if system.filter is not None:
-                system.filter.close()
+            for process in system.filters:
+                process.close()
             system.destination.stop()
             if os.environ.get("SMTPFILTER_KEEP_POSTFIX"):
                 print(f"kept {system.root}")
             else:
                 shutil.rmtree(system.root, ignore_errors=True)
+    assert not problems, "Postfix logged:\n" + "\n".join(problems)

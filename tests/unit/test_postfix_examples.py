@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from smtpfilter.config import Limits
 from tests.postfix.examples import REPO, blocks, merge_master_cf, no_chroot
 
 MASTER = blocks(REPO / "master.cf.example")
@@ -38,6 +39,8 @@ def test_blocks_of_each_mode_exist():
 
 def test_scan_transport():
     assert entry(MASTER["scan"])[:8] == ["scan", "unix", "-", "-", "n", "-", "20", "smtp"]
+    # Postfix never opens more sessions than maxproc; smtpfilter must serve them all.
+    assert int(entry(MASTER["scan"])[6]) <= Limits().sessions
     o = options(MASTER["scan"])
     assert o["smtp_send_xforward_command"] == "yes"
     assert o["smtp_tls_security_level"] == "none"
