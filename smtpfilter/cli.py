@@ -72,7 +72,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         extra.close()
     sock = inherited[0] if inherited else None
     if sock is not None:
-        log.info("using the listening socket systemd passed (%s); 'listen' is not used", sock.getsockname())
+        log.info(
+            "using the listening socket systemd passed (%s); 'listen' is not used",
+            sock.getsockname(),
+        )
     server = Server(config, ruleset, config_path=args.config, overrides=overrides, sock=sock)
     try:
         asyncio.run(server.serve())

@@ -161,7 +161,9 @@ async def filter_message(
     )
     policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
     try:
-        decision = await asyncio.wait_for(evaluate(ruleset, msg, policy), config.limits.scan_timeout)
+        decision = await asyncio.wait_for(
+            evaluate(ruleset, msg, policy), config.limits.scan_timeout
+        )
     except TimeoutError:
         log.warning("rules took longer than %gs (limits.scan_timeout)", config.limits.scan_timeout)
         return Outcome.from_reply(replies.R451_SCAN_TIMEOUT), None
@@ -169,7 +171,8 @@ async def filter_message(
         log.error("%s; deferring", failure, exc_info=failure.__cause__)
         return Outcome.from_reply(replies.R451_LOCAL_ERROR), None
     if not decision.delivers:
-        return Outcome.from_reply(replies.for_decision(decision) or replies.R451_LOCAL_ERROR), decision
+        reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
+        return Outcome.from_reply(reply), decision
     parts = outgoing(msg, decision.headers, config.headers.own)
     return await reinject(config, parts, sender, recipients, client, size=msg.size), decision
 
@@ -251,7 +254,14 @@ def _refused(stage: str, reply: Reply) -> Outcome:
     return outcome
 
 
-def _summary(args, client: Client, size: int, decision: Decision | None, outcome: Outcome, started: float) -> str:
+def _summary(
+    args: argparse.Namespace,
+    client: Client,
+    size: int,
+    decision: Decision | None,
+    outcome: Outcome,
+    started: float,
+) -> str:
     """The daemon's one line per message (smtpfilter.handler), for pipe mode."""
     fields = [
         f"queue_id={client.ident or '-'}",
@@ -282,7 +292,7 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
     """The whole command; returns 0, 69 or 75 whatever happens."""
     started = time.monotonic()
     buffered = io.StringIO()
-    outcome: Outcome | None = Outcome(EX_TEMPFAIL, "4.3.0 Error: content filter failure, try again later")
+    outcome: Outcome | None = Outcome.from_reply(replies.R451_LOCAL_ERROR)
     try:
         args = build_parser().parse_args(list(argv))
         try:
@@ -291,7 +301,8 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             for problem in error.problems[1:]:
                 print(f"smtpfilter: {problem}", file=buffered)
             first = error.problems[0] if error.problems else "unknown problem"
-            outcome = Outcome(EX_TEMPFAIL, replies.sanitise(f"4.3.5 smtpfilter configuration error: {first}"))
+            text = f"4.3.5 smtpfilter configuration error: {first}"
+            outcome = Outcome(EX_TEMPFAIL, replies.sanitise(text))
             return outcome.status
         if config.log.target == "syslog":
             setup_logging(config.log)
@@ -324,7 +335,7 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
         import traceback
 
         traceback.print_exc(file=buffered)
-        outcome = Outcome(EX_TEMPFAIL, "4.3.0 Error: content filter failure, try again later")
+        outcome = Outcome.from_reply(replies.R451_LOCAL_ERROR)
         return outcome.status
     finally:
         try:
