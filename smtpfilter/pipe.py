@@ -33,11 +33,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import ipaddress
 import logging
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Sequence
 
 from . import replies, wire
@@ -113,6 +115,12 @@ def client_from(args: argparse.Namespace) -> Client:
     address = args.client_address.strip() or None
     if address is not None and address.lower().startswith("ipv6:"):
         address = address[5:]
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            log.warning("--client-address %r is not an IP address: ignored", address)
+            address = None
     return Client(
         addr=address,
         name=args.client_name.strip() or None,
@@ -282,8 +290,6 @@ def _summary(
 
 
 def _load(path: str | None) -> tuple[Config, RuleSet]:
-    from pathlib import Path
-
     config = load_config(Path(path) if path else None)
     return config, load_rules(config.rules)
 
@@ -315,7 +321,7 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             outcome = Outcome.from_reply(replies.R552_TOO_BIG)
             return outcome.status
         data = message_bytes(raw)
-        client = client_from(args)
+        client = client_from(args)  # after logging is set up: it may warn
         outcome, decision = asyncio.run(
             filter_message(config, ruleset, data, args.sender, args.recipients, client)
         )

@@ -149,3 +149,13 @@ async def test_an_oversized_message_is_refused_like_postfix_does(write_config, s
 async def test_help_is_for_humans():
     status, out, _ = await run_pipe("--help", stdin=b"")
     assert status == 0 and out[0].startswith("usage: smtpfilter pipe")
+
+
+async def test_a_client_address_that_is_not_one_is_left_out(write_config, sink):
+    status, _, err = await run_pipe(
+        f"--config={write_config()}", "--client-address=unknown", "--client-name=x.example",
+        "--sender=a@example.org", "--", "b@example.com",
+    )
+    assert status == 0
+    assert sink.messages[0].xforward == [b"XFORWARD NAME=x.example\r\n"]
+    assert "--client-address 'unknown' is not an IP address: ignored" in err
