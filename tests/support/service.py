@@ -9,6 +9,7 @@ to a file that tests poll with deadlines.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -23,11 +24,39 @@ __all__ = ["REPO", "FilterProcess", "free_port", "poll"]
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_taken: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port that is free now (the kernel's choice; tiny race, no fixed numbers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port that is free now, chosen at random BELOW the kernel's ephemeral range.
+
+    A port from bind(("127.0.0.1", 0)) comes from the ephemeral range, which the kernel also
+    hands to outgoing connections: between our check and Postfix's bind(), one of them (our
+    own mail flowing) could take it, and "postfix start" fails. Below the range only another
+    listener can, and each port is checked free by binding it.
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)  # never hand the same port to two listeners of one test run
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def poll(predicate, timeout: float, what: str, interval: float = 0.02):
