@@ -3,9 +3,12 @@
     smtpfilter serve [--config PATH] [--listen HOST:PORT] [--forward HOST:PORT]
     smtpfilter check-config [--config PATH]
     smtpfilter test [--config PATH] [--client-ip IP] [--json] MESSAGE.eml...
+    smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
-RestartPreventExitStatus=78 keeps a broken config from restart-looping).
+RestartPreventExitStatus=78 keeps a broken config from restart-looping). ``pipe`` is different:
+pipe(8) bounces mail on any status but 0 and a few sysexits, so it only ever exits 0, 69
+(reject) or 75 (try again), usage errors included (smtpfilter.pipe).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, replies, wire
+from . import __version__, replies, sdnotify, wire
 from .config import Config, ConfigError, load_config
 from .dns import DnsService
 from .logs import setup_logging
@@ -29,6 +33,8 @@ from .policy import Policy
 from .rules import RuleEnv, RuleSet, load_rules
 
 __all__ = ["main"]
+
+log = logging.getLogger("smtpfilter.serve")
 
 EX_OK = 0
 EX_USAGE = 64
@@ -60,14 +66,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EX_CONFIG
     setup_logging(config.log)
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
+    # systemd socket activation (smtpfilter.socket): take the port systemd holds for us.
+    inherited = sdnotify.listen_sockets()
+    for extra in inherited[1:]:
+        log.warning("ignoring inherited socket %s: one listener is enough", extra.getsockname())
+        extra.close()
+    sock = inherited[0] if inherited else None
+    if sock is not None:
+        log.info(
+            "using the listening socket systemd passed (%s); 'listen' is not used",
+            sock.getsockname(),
+        )
     try:
         if args.workers > 1:
             from .workers import run_workers
 
             return run_workers(
-                config, ruleset, args.workers, config_path=args.config, overrides=overrides
+                config, ruleset, args.workers, config_path=args.config, overrides=overrides,
+                sock=sock,
             )
-        server = Server(config, ruleset, config_path=args.config, overrides=overrides)
+        server = Server(config, ruleset, config_path=args.config, overrides=overrides, sock=sock)
         run(server.serve(), config.event_loop)
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
@@ -241,10 +259,31 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument("messages", nargs="+", metavar="MESSAGE.eml")
     test.set_defaults(func=cmd_test)
+
+    # Listed for --help only: main() hands "pipe" to smtpfilter.pipe before parsing, whose
+    # parser never exits with argparse's status 2 (see the module docstring).
+    sub.add_parser(
+        "pipe",
+        help="filter one message from stdin for pipe(8) (FILTER_README simple mode)",
+        description="See: smtpfilter pipe --help",
+        add_help=False,
+    )
     return parser
 
 
+def _pipe(argv: list[str]) -> int:
+    try:
+        from .pipe import main as pipe_main
+    except BaseException as error:  # a broken installation must defer mail, not bounce it
+        print(f"4.3.0 smtpfilter pipe cannot start: {type(error).__name__}: {error}")
+        return 75  # EX_TEMPFAIL
+    return pipe_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pipe"]:
+        return _pipe(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

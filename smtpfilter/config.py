@@ -118,6 +118,9 @@ class Limits:
     data_timeout: float = 300.0  # 10026's reply to "."
     pool_size: int = 20  # idle 10026 connections kept for reuse
     pool_idle: float = 30.0  # ...for at most this long (10026's smtpd drops idle ones at 300 s)
+    # SIGTERM: how long messages in flight may take to finish (systemd's TimeoutStopSec,
+    # 90 s by default, must be longer).
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,8 @@ class TlsConfig:
 class LogConfig:
     target: str = "stderr"  # stderr (journald) | syslog (facility mail, ident smtpfilter)
     level: str = "info"
+    # The local syslog daemon's socket (rsyslog and journald both listen here).
+    syslog_socket: str = "/dev/log"
 
 
 def _default_hostname() -> str:
@@ -301,6 +306,7 @@ def _limits(opts: Options) -> Limits:
         data_timeout=opts.duration("data_timeout", d.data_timeout, positive=True),
         pool_size=opts.integer("pool_size", d.pool_size, minimum=0),
         pool_idle=opts.duration("pool_idle", d.pool_idle, positive=True),
+        shutdown_timeout=opts.duration("shutdown_timeout", d.shutdown_timeout, positive=True),
     )
     opts.finish()
     if limits.scan_timeout + limits.data_timeout >= POSTFIX_DATA_DONE_TIMEOUT:
@@ -396,7 +402,10 @@ def _log(opts: Options) -> LogConfig:
     config = LogConfig(
         target=opts.choice("target", ("stderr", "syslog"), d.target),
         level=opts.choice("level", ("debug", "info", "warning", "error"), d.level),
+        syslog_socket=opts.str("syslog_socket", d.syslog_socket),
     )
+    if not config.syslog_socket.startswith("/"):
+        opts.problem("syslog_socket", f"{config.syslog_socket!r}: expected an absolute path such as /dev/log")
     opts.finish()
     return config
 

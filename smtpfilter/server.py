@@ -190,11 +190,25 @@ class Server:
             sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
         try:
             await self._stopping.wait()
+            # While messages in flight finish, a reload (logrotate's "systemctl reload") or a
+            # second SIGTERM must not fall back to the default action, which kills the
+            # process and cuts those messages off.
+            timeout = self.runtime.config.limits.shutdown_timeout
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.add_signal_handler(sig, self._signal_while_stopping, sig, timeout)
+            sdnotify.notify("STOPPING=1")
+            await self.shutdown(timeout)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-        sdnotify.notify("STOPPING=1")
-        await self.shutdown()
+
+    def _signal_while_stopping(self, sig: signal.Signals, timeout: float) -> None:
+        log.warning(
+            "%s ignored: shutting down, messages in flight have up to %gs to finish "
+            "(limits.shutdown_timeout)",
+            signal.Signals(sig).name,
+            timeout,
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -206,9 +220,15 @@ class Server:
         try:
             config = load_config(self.config_path).with_overrides(**self.overrides)
             ruleset = load_rules(config.rules, self.env)
-        except ConfigError as error:
-            for problem in error.problems:
-                log.error("reload: %s", problem)
+        except Exception as error:
+            # A ConfigError lists every problem with file:line and rule; anything else (a bug,
+            # an unreadable file) is logged whole. Either way the old rules keep serving
+            # (Postfix's daemons degrade, not die, on a bad table at reload).
+            if isinstance(error, ConfigError):
+                for problem in error.problems:
+                    log.error("reload: %s", problem)
+            else:
+                log.exception("reload: unexpected error")
             log.error("reload failed: keeping the previous configuration and rules")
             self.runtime.count("reload_failures")
             sdnotify.notify(f"READY=1\nSTATUS=reload failed; {self.status()}")

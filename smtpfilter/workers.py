@@ -54,14 +54,14 @@ def bind(config: Config, *, reuse_port: bool = False, backlog: int = 128) -> soc
 
 
 def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
-            overrides: dict[str, str], number: int) -> int:
+            overrides: dict[str, str], number: int, inherited: socket.socket | None) -> int:
     from .server import Server, run  # imported in the child: no event loop in the parent
 
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor speaks to systemd
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    sock = bind(config, reuse_port=True)
+    sock = inherited if inherited is not None else bind(config, reuse_port=True)
     server = Server(config, ruleset, config_path=config_path, overrides=overrides, sock=sock)
     server.name = f"worker {number}"
     try:
@@ -79,11 +79,15 @@ def run_workers(
     *,
     config_path: Path | None = None,
     overrides: dict[str, str] | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
+    """Run ``count`` workers until SIGTERM. ``sock``: a listening socket systemd passed
+    (smtpfilter.socket); the workers then share it instead of binding their own."""
     overrides = overrides or {}
-    # Fail here, with a clear error, if the port is taken; the probe must not stay bound, or
-    # the kernel would route a share of the connections to a socket nobody accepts on.
-    bind(config, reuse_port=True).close()
+    if sock is None:
+        # Fail here, with a clear error, if the port is taken; the probe must not stay bound,
+        # or the kernel would route a share of the connections to a socket nobody accepts on.
+        bind(config, reuse_port=True).close()
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, int] = {}  # pid → worker number
     stopping = False
@@ -93,7 +97,7 @@ def run_workers(
         if pid == 0:  # the child
             code = 1
             try:
-                code = _worker(config, ruleset, config_path, overrides, number)
+                code = _worker(config, ruleset, config_path, overrides, number, sock)
             finally:
                 logging.shutdown()
                 os._exit(code)
