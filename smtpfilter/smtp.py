@@ -151,6 +151,7 @@ class FilterSMTP(SMTP):
     def __init__(self, handler: FilterHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._outbox: list[bytes] = []
+        self._client_gone = False
         self._pipelinable = False  # the reply being pushed answers MAIL, RCPT, RSET or XFORWARD
         # aiosmtpd keeps these limits in a class-level dict that its EHLO grows on every call;
         # ours are fixed and per instance.
@@ -196,7 +197,10 @@ class FilterSMTP(SMTP):
             self._writer.close()
             self.transport.close()
             return
-        await super()._handle_client()
+        try:
+            await super()._handle_client()
+        except _ClientGone:
+            pass  # the client hung up between commands: the session is simply over
 
     def connection_lost(self, error: Exception | None) -> None:
         session = self.session
@@ -213,7 +217,19 @@ class FilterSMTP(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         """Anything escaping a command: 451 (never aiosmtpd's 500) and a clean transaction
-        state, so the next MAIL on this session works (aiosmtpd would answer 503 nested MAIL)."""
+        state, so the next MAIL on this session works (aiosmtpd would answer 503 nested MAIL).
+
+        A client that closed its side while we waited for its next command is not an error:
+        aiosmtpd's EOF handling normally cancels the session first, but when the end of file
+        reaches its readuntil() before that cancellation (seen on uvloop when Postfix hangs
+        up), it arrives here. The session then ends quietly (see push and _handle_client).
+        """
+        if isinstance(error, (asyncio.IncompleteReadError, ConnectionError)):
+            log.debug("%s closed the connection", self.session.peer)
+            self._client_gone = True
+            if self.transport is not None:
+                self.transport.close()
+            return ""
         status = await self.event_handler.handle_exception(error)
         try:
             await self.event_handler.reset(self.session)
@@ -230,6 +246,8 @@ class FilterSMTP(SMTP):
         reply (DATA's 354, EHLO, errors before a hang-up...) goes out at once with whatever
         waits, and a reply is never held while we would wait for the client.
         """
+        if self._client_gone:
+            raise _ClientGone  # nobody to answer; ends aiosmtpd's command loop
         if isinstance(status, str):
             status = status.encode("utf-8", "surrogateescape")
         self._outbox.append(status + b"\r\n")
@@ -534,6 +552,10 @@ class FilterSMTP(SMTP):
             del buf[found + 2 :]  # keep the CRLF that ends the last line
             del buf[:2]
             return None if len(buf) > limit else buf
+
+
+class _ClientGone(Exception):
+    """Raised out of aiosmtpd's command loop when the client is gone (FilterSMTP.push)."""
 
 
 def _valid_xtext_escapes(value: str) -> bool:
