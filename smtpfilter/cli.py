@@ -25,12 +25,11 @@ from typing import Sequence
 
 from . import __version__, replies, sdnotify, wire
 from .config import Config, ConfigError, load_config
-from .dns import DnsService
 from .logs import setup_logging
 from .message import Client, MessageContext
 from .pipeline import observe, verdicts_of
 from .policy import Policy
-from .rules import RuleEnv, RuleSet, load_rules
+from .rules import RuleSet, rules_for
 
 __all__ = ["main"]
 
@@ -46,7 +45,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
     config = load_config(args.config).with_overrides(
         listen=getattr(args, "listen", None), forward=getattr(args, "forward", None)
     )
-    return config, load_rules(config.rules, RuleEnv(DnsService(config.dns)))
+    return config, rules_for(config)
 
 
 def _report_config_error(error: ConfigError, consequence: str) -> None:

@@ -49,7 +49,7 @@ from .message import Client, MessageContext, outgoing
 from .pipeline import RuleFailure, evaluate
 from .policy import Policy
 from .reinject import DownstreamError, DownstreamPool, Reply
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, rules_for
 from .verdict import Decision
 
 __all__ = ["EX_OK", "EX_TEMPFAIL", "EX_UNAVAILABLE", "Outcome", "filter_message", "main"]
@@ -291,7 +291,7 @@ def _summary(
 
 def _load(path: str | None) -> tuple[Config, RuleSet]:
     config = load_config(Path(path) if path else None)
-    return config, load_rules(config.rules)
+    return config, rules_for(config)
 
 
 def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
@@ -322,9 +322,16 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             return outcome.status
         data = message_bytes(raw)
         client = client_from(args)  # after logging is set up: it may warn
-        outcome, decision = asyncio.run(
-            filter_message(config, ruleset, data, args.sender, args.recipients, client)
-        )
+
+        async def judge() -> tuple[Outcome, Decision | None]:
+            try:
+                return await filter_message(
+                    config, ruleset, data, args.sender, args.recipients, client
+                )
+            finally:
+                await ruleset.env.dns.aclose()
+
+        outcome, decision = asyncio.run(judge())
         log.info("%s", _summary(args, client, len(data), decision, outcome, started))
         return outcome.status
     except SystemExit as exit:  # --help, when run by hand

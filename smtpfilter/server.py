@@ -25,7 +25,7 @@ from . import replies, sdnotify
 from .config import Config, ConfigError, load_config
 from .handler import FilterHandler, Runtime, make_policy
 from .reinject import DownstreamPool
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, rules_for
 from .smtp import FilterSMTP
 
 __all__ = ["Server", "run"]
@@ -219,7 +219,7 @@ class Server:
         sdnotify.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
         try:
             config = load_config(self.config_path).with_overrides(**self.overrides)
-            ruleset = load_rules(config.rules, self.env)
+            ruleset = rules_for(config, self.env)
         except Exception as error:
             # A ConfigError lists every problem with file:line and rule; anything else (a bug,
             # an unreadable file) is logged whole. Either way the old rules keep serving

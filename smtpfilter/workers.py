@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import sdnotify
 from .config import Config, ConfigError, load_config
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, rules_for
 
 __all__ = ["bind", "run_workers"]
 
@@ -120,7 +120,7 @@ def run_workers(
         elif info.si_signo == signal.SIGHUP:
             try:
                 fresh = load_config(config_path).with_overrides(**overrides)
-                ruleset = load_rules(fresh.rules)
+                ruleset = rules_for(fresh)
                 config = fresh
             except ConfigError:
                 pass  # each worker logs the problems itself and keeps its rules

@@ -159,3 +159,22 @@ async def test_a_client_address_that_is_not_one_is_left_out(write_config, sink):
     assert status == 0
     assert sink.messages[0].xforward == [b"XFORWARD NAME=x.example\r\n"]
     assert "--client-address 'unknown' is not an IP address: ignored" in err
+
+
+async def test_dns_lists_use_the_configured_nameservers(write_config, sink):
+    from tests.integration.test_dnsbl import DNSBL_REJECT, dns_config
+    from tests.support.dnsserver import DnsServer, serve_test_lists
+
+    dns = await DnsServer().start()
+    serve_test_lists(dns)
+    try:
+        config = write_config(rules=DNSBL_REJECT, extra=dns_config(dns))
+        status, out, _ = await run_pipe(
+            f"--config={config}", "--client-address=1.2.3.4", "--sender=a@example.org",
+            "--", "b@example.com",
+        )
+    finally:
+        await dns.stop()
+    assert status == 69  # EX_UNAVAILABLE: listed, rejected
+    assert out[0].startswith("5.7.1 Service unavailable; client [1.2.3.4] blocked using zen.dnsbl.test")
+    assert sink.messages == []
