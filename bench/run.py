@@ -43,8 +43,11 @@ WORKLOADS = {
     "10k": {"messages": 2000, "size": 10 * 1024, "sessions": 20},
     "1m": {"messages": 200, "size": 1024 * 1024, "sessions": 10},
     "25m": {"messages": 1, "size": 25 * 1024 * 1024, "sessions": 1},
+    # CPU-bound: 10 KB messages judged by 300 extra header rules (bench/heavy_rules.py), so the
+    # filter, not the harness, is what saturates a core: this is where --workers should scale.
+    "cpu": {"messages": 600, "size": 10 * 1024, "sessions": 20, "heavy": True},
 }
-QUICK = {"10k": {"messages": 400}, "1m": {"messages": 40}, "25m": {}}
+QUICK = {"10k": {"messages": 400}, "1m": {"messages": 40}, "25m": {}, "cpu": {"messages": 200}}
 ALL_PEERS = ["baseline", "naive", "smtpfilter", "smtpfilter-2w"]
 
 
@@ -151,6 +154,12 @@ class Bench:
         self.config.write_text(
             f"rules: [{ROOT / 'rules'}]\nlimits: {{message_size: 64m}}\nlog: {{level: info}}\n"
         )
+        heavy_rules = workdir / "heavy.yaml"
+        heavy_rules.write_text(heavy_rules_yaml(300))
+        self.heavy_config = workdir / "heavy-config.yaml"
+        self.heavy_config.write_text(
+            f"rules: [{ROOT / 'rules'}, {heavy_rules}]\nlog: {{level: info}}\n"
+        )
 
     def start_sink(self, port: int) -> subprocess.Popen:
         user = "nobody" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
@@ -165,14 +174,17 @@ class Bench:
         wait_port(port)
         return process
 
-    def start_peer(self, peer: str, listen: int, forward: int) -> subprocess.Popen | None:
+    def start_peer(
+        self, peer: str, listen: int, forward: int, heavy: bool = False
+    ) -> subprocess.Popen | None:
         if peer == "baseline":
             return None
         if peer == "naive":
             command = [sys.executable, str(ROOT / "bench" / "naive_peer.py"), str(listen), str(forward)]
         else:
+            config = self.heavy_config if heavy else self.config
             command = [
-                sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config),
+                sys.executable, "-m", "smtpfilter", "serve", "--config", str(config),
                 "--listen", f"127.0.0.1:{listen}", "--forward", f"127.0.0.1:{forward}",
             ]
             if peer.endswith("-2w"):
@@ -189,7 +201,7 @@ class Bench:
         target = sink_port
         proc = None
         try:
-            proc = self.start_peer(peer, peer_port, sink_port)
+            proc = self.start_peer(peer, peer_port, sink_port, spec.get("heavy", False))
             if proc is not None:
                 target = peer_port
                 time.sleep(0.3)  # let start-up work (imports, rule compilation) settle
@@ -247,6 +259,21 @@ class Bench:
         return result
 
 
+def heavy_rules_yaml(count: int) -> str:
+    """``count`` header rules over every header that never match smtp-source's mail: pure
+    evaluation cost (each pattern runs on each of the message's header lines)."""
+    lines = ["rules:"]
+    for number in range(count):
+        lines += [
+            f"  - name: HEAVY_{number}",
+            "    check: header",
+            "    header: '*'",
+            f"    match: ['^X-Bench-{number}: .*(spam|offer|winner)', 'never-{number}$']",
+            "    score: 0.1",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def median_result(results: list[Result]) -> Result:
     def med(values):
         values = [v for v in values if v == v]  # drop NaN
@@ -276,7 +303,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 round, fewer messages")
-    parser.add_argument("--workloads", default="10k,1m,25m")
+    parser.add_argument("--workloads", default="10k,1m,25m,cpu")
     parser.add_argument("--peers", default=",".join(ALL_PEERS))
     args = parser.parse_args()
     if not shutil.which("smtp-source") or not shutil.which("smtp-sink"):

@@ -6,9 +6,12 @@
     smtpfilter scan [--config PATH] [--received-hop N] [--json|--csv] MAILDIR|MBOX|DIRECTORY
     smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
     smtpfilter import-header-checks [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
+    smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
-RestartPreventExitStatus=78 keeps a broken config from restart-looping).
+RestartPreventExitStatus=78 keeps a broken config from restart-looping). ``pipe`` is different:
+pipe(8) bounces mail on any status but 0 and a few sysexits, so it only ever exits 0, 69
+(reject) or 75 (try again), usage errors included (smtpfilter.pipe).
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from . import __version__, sdnotify
 from .config import Config, ConfigError, load_config
-from .dns import DnsService
 from .logs import setup_logging
 from .policy import Policy
-from .rules import RuleEnv, RuleSet, load_rules
+from .rules import RuleSet, load_rules, rules_for
 
 __all__ = ["main"]
+
+log = logging.getLogger("smtpfilter.serve")
 
 EX_OK = 0
 EX_USAGE = 64
@@ -41,7 +46,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
     config = load_config(args.config).with_overrides(
         listen=getattr(args, "listen", None), forward=getattr(args, "forward", None)
     )
-    return config, load_rules(config.rules, RuleEnv(DnsService(config.dns)))
+    return config, rules_for(config)
 
 
 def _report_config_error(error: ConfigError, consequence: str) -> None:
@@ -52,7 +57,7 @@ def _report_config_error(error: ConfigError, consequence: str) -> None:
 
 # --- serve ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Server  # the listener's imports are not needed by the other commands
+    from .server import Server, run  # the listener's imports are not needed by the others
 
     try:
         config, ruleset = _load(args)
@@ -61,15 +66,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EX_CONFIG
     setup_logging(config.log)
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
+    # systemd socket activation (smtpfilter.socket): take the port systemd holds for us.
+    inherited = sdnotify.listen_sockets()
+    for extra in inherited[1:]:
+        log.warning("ignoring inherited socket %s: one listener is enough", extra.getsockname())
+        extra.close()
+    sock = inherited[0] if inherited else None
+    if sock is not None:
+        log.info(
+            "using the listening socket systemd passed (%s); 'listen' is not used",
+            sock.getsockname(),
+        )
     try:
         if args.workers > 1:
             from .workers import run_workers
 
             return run_workers(
-                config, ruleset, args.workers, config_path=args.config, overrides=overrides
+                config, ruleset, args.workers, config_path=args.config, overrides=overrides,
+                sock=sock,
             )
-        server = Server(config, ruleset, config_path=args.config, overrides=overrides)
-        asyncio.run(server.serve())
+        server = Server(config, ruleset, config_path=args.config, overrides=overrides, sock=sock)
+        run(server.serve(), config.event_loop)
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
         return 71  # EX_OSERR
@@ -435,10 +452,31 @@ def build_parser() -> argparse.ArgumentParser:
         op = with_config(quarantine.add_parser(operation, help=what))
         op.add_argument("ids", nargs="+", metavar="ID")
         op.set_defaults(func=cmd_quarantine)
+
+    # Listed for --help only: main() hands "pipe" to smtpfilter.pipe before parsing, whose
+    # parser never exits with argparse's status 2 (see the module docstring).
+    sub.add_parser(
+        "pipe",
+        help="filter one message from stdin for pipe(8) (FILTER_README simple mode)",
+        description="See: smtpfilter pipe --help",
+        add_help=False,
+    )
     return parser
 
 
+def _pipe(argv: list[str]) -> int:
+    try:
+        from .pipe import main as pipe_main
+    except BaseException as error:  # a broken installation must defer mail, not bounce it
+        print(f"4.3.0 smtpfilter pipe cannot start: {type(error).__name__}: {error}")
+        return 75  # EX_TEMPFAIL
+    return pipe_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pipe"]:
+        return _pipe(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -120,6 +120,9 @@ class Limits:
     data_timeout: float = 300.0  # 10026's reply to "."
     pool_size: int = 20  # idle 10026 connections kept for reuse
     pool_idle: float = 30.0  # ...for at most this long (10026's smtpd drops idle ones at 300 s)
+    # SIGTERM: how long messages in flight may take to finish (systemd's TimeoutStopSec,
+    # 90 s by default, must be longer).
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,8 @@ class TlsConfig:
 class LogConfig:
     target: str = "stderr"  # stderr (journald) | syslog (facility mail, ident smtpfilter)
     level: str = "info"
+    # The local syslog daemon's socket (rsyslog and journald both listen here).
+    syslog_socket: str = "/dev/log"
 
 
 def _default_hostname() -> str:
@@ -213,6 +218,7 @@ class Config:
     allow_clients: tuple[Network, ...] = LOOPBACK
     xforward_clients: tuple[Network, ...] = LOOPBACK
     dry_run: bool = False
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
     limits: Limits = Limits()
     policy: PolicyConfig = PolicyConfig()
     headers: HeadersConfig = HeadersConfig()
@@ -245,6 +251,7 @@ _TOP_KEYS = (
     "allow_clients",
     "xforward_clients",
     "dry_run",
+    "event_loop",
     "limits",
     "policy",
     "headers",
@@ -290,6 +297,22 @@ def _hostname(opts: Options) -> str:
     return name
 
 
+def _event_loop(opts: Options) -> str:
+    choice = opts.choice("event_loop", ("auto", "asyncio", "uvloop"), "auto")
+    if choice == "uvloop" and not uvloop_available():
+        opts.problem("event_loop", "uvloop is not installed (pip install 'smtpfilter[fast]')")
+        return "asyncio"
+    return choice
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _limits(opts: Options) -> Limits:
     d = Limits()
     limits = Limits(
@@ -304,6 +327,7 @@ def _limits(opts: Options) -> Limits:
         data_timeout=opts.duration("data_timeout", d.data_timeout, positive=True),
         pool_size=opts.integer("pool_size", d.pool_size, minimum=0),
         pool_idle=opts.duration("pool_idle", d.pool_idle, positive=True),
+        shutdown_timeout=opts.duration("shutdown_timeout", d.shutdown_timeout, positive=True),
     )
     opts.finish()
     if limits.scan_timeout + limits.data_timeout >= POSTFIX_DATA_DONE_TIMEOUT:
@@ -400,7 +424,10 @@ def _log(opts: Options) -> LogConfig:
     config = LogConfig(
         target=opts.choice("target", ("stderr", "syslog"), d.target),
         level=opts.choice("level", ("debug", "info", "warning", "error"), d.level),
+        syslog_socket=opts.str("syslog_socket", d.syslog_socket),
     )
+    if not config.syslog_socket.startswith("/"):
+        opts.problem("syslog_socket", f"{config.syslog_socket!r}: expected an absolute path such as /dev/log")
     opts.finish()
     return config
 
@@ -448,6 +475,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         allow_clients=_networks(opts, "allow_clients", LOOPBACK),
         xforward_clients=_networks(opts, "xforward_clients", LOOPBACK),
         dry_run=opts.bool("dry_run"),
+        event_loop=_event_loop(opts),
         limits=_limits(opts.section("limits")),
         policy=_policy(opts.section("policy")),
         headers=_headers(opts.section("headers")),

@@ -33,11 +33,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.resolver
-
 from .config import DnsConfig, HostPort
 
 __all__ = [
@@ -123,6 +118,17 @@ def error_answer(address: str, *, domain_list: bool = False) -> str | None:
 
 
 # --- resolvers -------------------------------------------------------------------------------
+dns = None  # dnspython, imported by the first DnspythonResolver: ~3 MB not paid without DNS rules
+
+
+def _import_dnspython() -> None:
+    global dns
+    import dns.asyncresolver
+    import dns.exception
+    import dns.nameserver
+    import dns.resolver
+
+
 def _absolute(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
@@ -136,6 +142,7 @@ class DnspythonResolver:
     """
 
     def __init__(self, nameservers: Sequence[HostPort] = (), timeout: float = 2.0) -> None:
+        _import_dnspython()
         if nameservers:
             resolver = dns.asyncresolver.Resolver(configure=False)
             resolver.nameservers = [

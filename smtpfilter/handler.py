@@ -79,6 +79,18 @@ class FilterHandler:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
+    _members: tuple[str, ...] | None = None
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd looks for handle_* hooks and auth_* mechanisms with dir(handler) on every
+        # connection (see FilterSMTP.__dir__); those are the only names it needs.
+        cls = type(self)
+        if cls.__dict__.get("_members") is None:
+            cls._members = tuple(
+                name for name in super().__dir__() if name.startswith(("handle_", "auth_"))
+            )
+        return list(cls._members)
+
     # --- limits the SMTP layer asks about ----------------------------------------------
     @property
     def message_size_limit(self) -> int:
@@ -189,6 +201,10 @@ class FilterHandler:
                 params.append(token)
             elif keyword in ("RET", "ENVID") and conn.supports("DSN"):
                 params.append(token)
+            elif keyword in ("AUTH", "XVERP") and conn.supports(keyword):
+                params.append(token)
+            # Otherwise 10026 does not do that extension: Postfix's own smtp client drops such
+            # parameters for a next hop without the extension too.
         return params
 
     def _rcpt_params(self, conn: Downstream, rcpt: Recipient) -> list[str]:

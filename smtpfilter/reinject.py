@@ -165,10 +165,12 @@ class Downstream:
         protocol = self._smtp.protocol
         if protocol is None:
             raise DownstreamError("DATA", "connection lost")
-        # Start waiting for the reply before writing: aiosmtplib drops server bytes that
-        # arrive while no reply is awaited, so an early answer (a 5xx sent mid-transfer
-        # before closing) would otherwise be lost.
-        waiter = asyncio.ensure_future(protocol.read_response(timeout=self._data_timeout))
+        # aiosmtplib drops server bytes that arrive while no reply is awaited; mark the reply as
+        # awaited before the first byte of content leaves (as its own execute_data_command
+        # does), so an early answer (a 5xx sent mid-transfer before closing) is kept for
+        # read_response() below. Starting read_response() as a task first is not enough: on
+        # uvloop the server's reply was delivered before that task's first step, and lost.
+        protocol._response_pending = True
         sent_final = False
         try:
             slices = [
@@ -185,7 +187,7 @@ class Downstream:
             # The last slice and the final "." in one write: one send() fewer per message.
             protocol.write(bytes(last) + b".\r\n")
             sent_final = True
-            response = await waiter
+            response = await protocol.read_response(timeout=self._data_timeout)
         except aiosmtplib.SMTPTimeoutError:
             self.close()
             raise DownstreamError(
@@ -196,11 +198,9 @@ class Downstream:
             raise DownstreamError(
                 "end of DATA", f"connection lost ({error})", sent_data=sent_final
             ) from None
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-            elif not waiter.cancelled():
-                waiter.exception()  # retrieved: no "exception was never retrieved" noise
+        except asyncio.CancelledError:
+            self.close()  # the client left: 10026 must see no "." it did not get yet
+            raise
         self.in_transaction = False
         self._xforward_pending = False
         self.transactions += 1

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Iterable
 
 from .checks import CHECK_KINDS, Check
+from .config import Config
 from .dns import DnsService
 from .options import ConfigError, Options, Problem
 from .verdict import Action, Finding, Mode, Verdict
 from .yamlfile import Mapping, YamlError, load_file
 
-__all__ = ["Rule", "RuleEnv", "RuleSet", "load_rules", "rule_files"]
+__all__ = ["Rule", "RuleEnv", "RuleSet", "load_rules", "rule_files", "rules_for"]
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?: |$)")
@@ -201,3 +202,11 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
     if problems:
         raise ConfigError(problems)
     return RuleSet(tuple(rules), tuple(str(p) for p in files), env)
+
+
+def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:
+    """The rules ``config`` names, their DNS lists using ``config.dns`` (a fresh environment
+    unless a running server passes the one it keeps across reloads)."""
+    if env is None:
+        env = RuleEnv(DnsService(config.dns))
+    return load_rules(config.rules, env)

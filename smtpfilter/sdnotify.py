@@ -1,12 +1,19 @@
-"""sd_notify(3): one datagram to $NOTIFY_SOCKET. The protocol is a single sendto(); the Python
-packages that wrap it are unmaintained or need libsystemd, so it is done here in a few lines."""
+"""systemd's two small protocols, done here in a few lines (the Python packages that wrap them are
+unmaintained or need libsystemd):
+
+- sd_notify(3): one datagram to $NOTIFY_SOCKET ("READY=1", "STATUS=...").
+- sd_listen_fds(3): sockets handed over by a .socket unit, from file descriptor 3 on, when
+  $LISTEN_PID is our PID and $LISTEN_FDS says how many.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 
-__all__ = ["notify"]
+__all__ = ["listen_sockets", "notify"]
+
+SD_LISTEN_FDS_START = 3
 
 
 def notify(message: str) -> bool:
@@ -22,3 +29,26 @@ def notify(message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def listen_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed us (socket activation), or [].
+
+    As sd_listen_fds(3) with unset_environment: the variables are removed so that a child
+    process never mistakes them for its own, and the descriptors are made close-on-exec.
+    """
+    pid, count = os.environ.pop("LISTEN_PID", None), os.environ.pop("LISTEN_FDS", None)
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid is None or count is None:
+        return []
+    try:
+        if int(pid) != os.getpid():
+            return []  # meant for another process (our parent)
+        number = int(count)
+    except ValueError:
+        return []
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + number):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets

@@ -26,10 +26,10 @@ from .config import Config, ConfigError, load_config
 from .handler import FilterHandler, Runtime, make_policy
 from .metrics import MetricsServer
 from .reinject import DownstreamPool
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, rules_for
 from .smtp import FilterSMTP
 
-__all__ = ["Server"]
+__all__ = ["Server", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,23 @@ def make_tls_context(config: Config) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.tls.cert, config.tls.key)
     return context
+
+
+def run(main, event_loop: str = "auto"):
+    """``asyncio.run(main)`` on the configured event loop.
+
+    uvloop (libuv) costs about 40% less CPU per message than asyncio's own loop in
+    bench/run.py (0.48 against 0.77 ms for 10 KB messages); "auto" uses it when installed.
+    """
+    if event_loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 class Server:
@@ -126,12 +143,13 @@ class Server:
         self._tasks.append(asyncio.create_task(self._maintenance()))
         self._tasks.append(asyncio.create_task(self.env.dns.health_loop()))
         log.info(
-            "smtpfilter listening on %s, forwarding to %s as %s; %d rules from %d files",
+            "smtpfilter listening on %s, forwarding to %s as %s; %d rules from %d files (%s)",
             self.address_text,
             self.config.forward,
             self.config.hostname,
             len(self.runtime.ruleset),
             len(self.runtime.ruleset.files),
+            type(loop).__module__.split(".")[0],
         )
 
     async def _start_metrics(self) -> None:
@@ -192,11 +210,25 @@ class Server:
             sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
         try:
             await self._stopping.wait()
+            # While messages in flight finish, a reload (logrotate's "systemctl reload") or a
+            # second SIGTERM must not fall back to the default action, which kills the
+            # process and cuts those messages off.
+            timeout = self.runtime.config.limits.shutdown_timeout
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.add_signal_handler(sig, self._signal_while_stopping, sig, timeout)
+            sdnotify.notify("STOPPING=1")
+            await self.shutdown(timeout)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-        sdnotify.notify("STOPPING=1")
-        await self.shutdown()
+
+    def _signal_while_stopping(self, sig: signal.Signals, timeout: float) -> None:
+        log.warning(
+            "%s ignored: shutting down, messages in flight have up to %gs to finish "
+            "(limits.shutdown_timeout)",
+            signal.Signals(sig).name,
+            timeout,
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -207,10 +239,16 @@ class Server:
         sdnotify.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
         try:
             config = load_config(self.config_path).with_overrides(**self.overrides)
-            ruleset = load_rules(config.rules, self.env)
-        except ConfigError as error:
-            for problem in error.problems:
-                log.error("reload: %s", problem)
+            ruleset = rules_for(config, self.env)
+        except Exception as error:
+            # A ConfigError lists every problem with file:line and rule; anything else (a bug,
+            # an unreadable file) is logged whole. Either way the old rules keep serving
+            # (Postfix's daemons degrade, not die, on a bad table at reload).
+            if isinstance(error, ConfigError):
+                for problem in error.problems:
+                    log.error("reload: %s", problem)
+            else:
+                log.exception("reload: unexpected error")
             log.error("reload failed: keeping the previous configuration and rules")
             self.runtime.count("reload_failures")
             sdnotify.notify(f"READY=1\nSTATUS=reload failed; {self.status()}")

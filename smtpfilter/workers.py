@@ -21,7 +21,6 @@ Design (the pre-fork model of Postfix's master(8) and of gunicorn):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from . import sdnotify
 from .config import Config, ConfigError, load_config
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, rules_for
 
 __all__ = ["bind", "run_workers"]
 
@@ -55,19 +54,19 @@ def bind(config: Config, *, reuse_port: bool = False, backlog: int = 128) -> soc
 
 
 def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
-            overrides: dict[str, str], number: int) -> int:
-    from .server import Server  # imported in the child: nothing of asyncio runs in the parent
+            overrides: dict[str, str], number: int, inherited: socket.socket | None) -> int:
+    from .server import Server, run  # imported in the child: no event loop in the parent
 
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor speaks to systemd
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    sock = bind(config, reuse_port=True)
+    sock = inherited if inherited is not None else bind(config, reuse_port=True)
     server = Server(config, ruleset, config_path=config_path, overrides=overrides, sock=sock)
     server.name = f"worker {number}"
     server.worker = number  # metrics: worker k serves on metrics port + k
     try:
-        asyncio.run(server.serve(notify=False))
+        run(server.serve(notify=False), config.event_loop)
     except Exception:
         log.exception("worker %d failed", number)
         return 1
@@ -81,11 +80,15 @@ def run_workers(
     *,
     config_path: Path | None = None,
     overrides: dict[str, str] | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
+    """Run ``count`` workers until SIGTERM. ``sock``: a listening socket systemd passed
+    (smtpfilter.socket); the workers then share it instead of binding their own."""
     overrides = overrides or {}
-    # Fail here, with a clear error, if the port is taken; the probe must not stay bound, or
-    # the kernel would route a share of the connections to a socket nobody accepts on.
-    bind(config, reuse_port=True).close()
+    if sock is None:
+        # Fail here, with a clear error, if the port is taken; the probe must not stay bound,
+        # or the kernel would route a share of the connections to a socket nobody accepts on.
+        bind(config, reuse_port=True).close()
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, int] = {}  # pid → worker number
     stopping = False
@@ -95,7 +98,7 @@ def run_workers(
         if pid == 0:  # the child
             code = 1
             try:
-                code = _worker(config, ruleset, config_path, overrides, number)
+                code = _worker(config, ruleset, config_path, overrides, number, sock)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -118,7 +121,7 @@ def run_workers(
         elif info.si_signo == signal.SIGHUP:
             try:
                 fresh = load_config(config_path).with_overrides(**overrides)
-                ruleset = load_rules(fresh.rules)
+                ruleset = rules_for(fresh)
                 config = fresh
             except ConfigError:
                 pass  # each worker logs the problems itself and keeps its rules

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -12,6 +13,30 @@ from smtpfilter.config import load_config
 from smtpfilter.rules import load_rules
 from smtpfilter.server import Server
 from tests.support.sink import Sink
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    uvloop = None
+
+# The core SMTP behaviour is proven on both event loops we support: uvloop schedules I/O
+# callbacks in a different order than asyncio's own loop (that once lost a reply, see
+# reinject.Downstream.data).
+BOTH_LOOPS = {
+    "tests.integration.test_transactions",
+    "tests.integration.test_faults",
+    "tests.integration.test_smuggling",
+    "tests.integration.test_abuse",
+    "tests.integration.test_real_sink",
+}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    factories = {"asyncio": asyncio.new_event_loop}
+    if uvloop is not None and item.module.__name__ in BOTH_LOOPS:
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
 
 # The rules exactly as the core issue writes them.
 ISSUE_RULES = r"""

@@ -101,7 +101,8 @@ async def test_too_many_recipients(start_filter, sink):
 @pytest.mark.parametrize(
     ("command", "code"),
     [
-        ("MAIL FROM:<a@example.org> AUTH=<>", 555),  # AUTH is not announced
+        ("MAIL FROM:<a@example.org> AUTH", 501),
+        ("MAIL FROM:<a@example.org> REQUIRETLS", 555),  # not an extension we can honour
         ("MAIL FROM:<a@example.org> BODY=BINARYMIME", 501),
         ("MAIL FROM:<a@example.org> SIZE=big", 501),
         ("MAIL FROM:<a@example.org> RET=NEVER", 501),
@@ -210,3 +211,22 @@ async def test_pathological_regex_does_not_stall_other_sessions(start_filter, si
     assert [r.code for r in results] == [250, 250]
     # A backtracking engine would need longer than the universe has; RE2 needs milliseconds.
     assert elapsed < 5
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_client_hanging_up_between_commands_is_not_an_error(start_filter, caplog, how):
+    from tests.support.sink import wait_until
+
+    server = await start_filter()
+    client = await Client.connect(server.port)
+    await client.ehlo()
+    await client.cmd("MAIL FROM:<a@example.org>")
+    if how == "reset":
+        import socket
+        import struct
+
+        sock = client.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.close()
+    await wait_until(lambda: server.runtime.sessions == 0)
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []

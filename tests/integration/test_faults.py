@@ -107,3 +107,53 @@ async def test_10026_down_then_back(start_filter):
         await revived.stop()
     assert down.code == 451
     assert len(revived.messages) == 1
+
+
+# --- DNS faults: the message still gets its decision within the per-message limit ------------
+DNS_FAULTS = ["down", "silent", "slow", "servfail", "refused", "truncated"]
+
+
+@pytest.mark.parametrize("fault", DNS_FAULTS)
+@pytest.mark.parametrize("on_error", ["ignore", "tempfail"])
+async def test_dns_fault_decision_within_the_message_limit(start_filter, sink, fault, on_error):
+    import time
+
+    from tests.integration.test_dnsbl import DNSBL_REJECT, xforward
+    from tests.support.client import send_message
+    from tests.support.dnsserver import DnsServer, Fault, serve_test_lists
+
+    dns = await DnsServer().start()
+    serve_test_lists(dns)
+    port = dns.port
+    if fault == "down":
+        await dns.stop()  # nothing listens: UDP gets no answer at all
+    else:
+        kind = {"silent": Fault.DROP, "slow": None, "servfail": Fault.SERVFAIL,
+                "refused": Fault.REFUSED, "truncated": Fault.TRUNCATE}[fault]
+        for zone in ("dnsbl.test", "dnswl.test"):
+            dns.fault(zone, kind, delay=2.0 if fault == "slow" else 0.0)
+    config = (
+        f'dns: {{nameservers: ["127.0.0.1:{port}"], timeout: 300ms, message_timeout: 600ms, '
+        f"on_error: {on_error}}}\n"
+    )
+    try:
+        server = await start_filter(rules=DNSBL_REJECT, config=config)
+        started = time.monotonic()
+        reply = await send_message(server.port, message(), xforward=xforward("1.2.3.4"))
+        elapsed = time.monotonic() - started
+    finally:
+        if fault != "down":
+            await dns.stop()
+    assert elapsed < 0.6 + 1.0  # the message limit, plus SMTP on loopback
+    if fault == "truncated":
+        # TC set: the resolver retries over TCP, which the test server answers in full.
+        assert reply.code == 550
+        return
+    if on_error == "ignore":
+        assert reply.code == 250, reply  # a DNS failure is "not listed"
+    else:
+        # 451 while the failure is a lookup error; 250 once the zone's health probe (started
+        # with the server) has disabled the failing list, which then counts as not listed
+        # rather than holding all mail (smtpfilter/dns.py, ZoneHealth).
+        assert reply.code in (250, 451), reply
+    assert len(sink.messages) == (1 if reply.code == 250 else 0)

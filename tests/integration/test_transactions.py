@@ -167,6 +167,21 @@ async def test_dsn_parameters_arrive_exactly_as_received(start_filter, sink):
     assert delivered.rcpts == [(rcpt + "\r\n").encode()]
 
 
+async def test_before_queue_parameters_are_accepted_and_passed_only_if_10026_does_them(
+    start_filter, sink
+):
+    # Postfix's smtpd_proxy_filter forwards the remote client's MAIL line verbatim (smtpd.c):
+    # AUTH=<> from an MTA or XVERP must not turn into a 555 that Postfix relays to the client.
+    server = await start_filter()
+    client = await Client.connect(server.port)
+    await client.ehlo()
+    assert (await client.cmd("MAIL FROM:<a@example.org> AUTH=<> XVERP SIZE=10")).code == 250
+    await client.cmd("RCPT TO:<b@example.com>")
+    assert (await client.data(message())).code == 250
+    await client.close()
+    assert sink.messages[0].mail == b"MAIL FROM:<a@example.org> SIZE=10\r\n"
+
+
 async def test_smtputf8_mail_passes_with_its_parameter(start_filter, sink):
     server = await start_filter()
     client = await Client.connect(server.port)
@@ -529,3 +544,39 @@ async def test_bare_lf_is_never_passed_on(start_filter, sink):
     assert data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")
     assert b"\r\n..\r\nMAIL FROM:<smuggled" in data  # stuffed: part of the one message
     assert delivered.mail == b"MAIL FROM:<a@example.org>\r\n"
+
+
+# --- the one log line per message ---------------------------------------------------------------
+async def test_one_log_line_per_message_with_every_field(start_filter, sink, caplog):
+    caplog.set_level("INFO", logger="smtpfilter.handler")
+    server = await start_filter()
+    client = await Client.connect(server.port)
+    await client.ehlo()
+    await client.cmd("XFORWARD NAME=mail.example.net ADDR=192.0.2.7 PORT=4000")
+    await client.cmd("XFORWARD PROTO=ESMTP HELO=mail.example.net IDENT=4F2B1C SOURCE=REMOTE")
+    await client.cmd("MAIL FROM:<a@example.org>")
+    await client.cmd("RCPT TO:<b@example.com>")
+    await client.cmd("RCPT TO:<c@example.com>")
+    wire = message("X-Mailer: Avalanche 2")
+    assert (await client.data(wire)).code == 250
+    await client.cmd("MAIL FROM:<d@example.org>")
+    await client.cmd("RCPT TO:<b@example.com>")
+    assert (await client.data(message())).code == 250
+    await client.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.handler"]
+    assert len(lines) == 2
+    first = lines[0]
+    for field in (
+        "queue_id=4F2B1C",
+        "client=mail.example.net[192.0.2.7]",
+        "from=<a@example.org>",
+        "rcpts=b@example.com,c@example.com",
+        f"size={len(wire)}",
+        "action=discard",
+        "score=0",
+        "rules=SPAM_MAILER(MATCH)",
+        'reply="250 2.0.0 Ok: discarded by content filter (SPAM_MAILER)"',
+        "elapsed_ms=",
+    ):
+        assert field in first, (field, first)
+    assert "queue_id=-" in lines[1] and 'reply="250 2.0.0 Ok: queued as Q1"' in lines[1]

@@ -120,3 +120,13 @@ def test_parse_hostport():
 def test_dns_budget_must_fit_the_scan_budget(tmp_path):
     with pytest.raises(ConfigError, match="must be shorter than limits.scan_timeout"):
         load(tmp_path, "dns: {message_timeout: 30s}\nlimits: {scan_timeout: 20s}\n")
+
+
+def test_operations_settings(tmp_path):
+    config = load(tmp_path, "limits: {shutdown_timeout: 45s}\nlog: {target: syslog, syslog_socket: /run/log}\n")
+    assert config.limits.shutdown_timeout == 45
+    assert (config.log.target, config.log.syslog_socket) == ("syslog", "/run/log")
+    assert load_config(None).log.syslog_socket == "/dev/log"
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path, "log: {syslog_socket: dev/log}\n")
+    assert "syslog_socket: 'dev/log': expected an absolute path" in str(error.value)
