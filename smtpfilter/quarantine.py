@@ -39,11 +39,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import replies, wire
 from .config import Config
-from .message import MessageContext, outgoing, parse_header_block
+from .message import Client, MessageContext, outgoing, parse_header_block
 from .reinject import DownstreamError, DownstreamPool, Reply
 from .verdict import Decision
 
@@ -55,8 +55,10 @@ __all__ = [
     "Quarantine",
     "QuarantineError",
     "ReleaseResult",
+    "envelope_of_pipe",
     "release",
     "store_message",
+    "store_with_envelope",
 ]
 
 log = logging.getLogger(__name__)
@@ -280,15 +282,37 @@ def verdict_of(decision: Decision) -> dict[str, Any]:
     }
 
 
+def envelope_of_pipe(sender: str, recipients: Sequence[str], client: Client) -> dict[str, Any]:
+    """The envelope of a message pipe(8) handed us: no SMTP parameters, the client as XFORWARD
+    attributes (IPv6 with its "IPv6:" prefix, as XFORWARD_README writes it)."""
+    attributes = {
+        "NAME": client.name, "PORT": client.port, "PROTO": client.proto, "HELO": client.helo,
+        "IDENT": client.ident, "SOURCE": client.source,
+        "ADDR": (f"IPv6:{client.addr}" if client.addr and ":" in client.addr else client.addr),
+    }
+    return {
+        "mail_from": sender,
+        "mail_params": {},
+        "recipients": [{"address": r, "path": r, "params": []} for r in recipients],
+        "xforward": {k: v for k, v in attributes.items() if v},
+    }
+
+
 async def store_message(
     config: Config, msg: MessageContext, txn: "Transaction", decision: Decision
 ) -> str:
     """Store the message for a QUARANTINE decision; the reply for Postfix (250 or 451)."""
+    return await store_with_envelope(config, msg, envelope_of(txn), decision)
+
+
+async def store_with_envelope(
+    config: Config, msg: MessageContext, envelope: dict[str, Any], decision: Decision
+) -> str:
     meta = {
         "received_at": msg.received_at.isoformat(),
         "queue_id": msg.client.ident,
         "client": msg.client.describe(),
-        "envelope": envelope_of(txn),
+        "envelope": envelope,
         "verdict": verdict_of(decision),
     }
     store = Quarantine(config.quarantine.directory)
