@@ -2,7 +2,10 @@
 
     smtpfilter serve [--config PATH] [--listen HOST:PORT] [--forward HOST:PORT]
     smtpfilter check-config [--config PATH]
-    smtpfilter test [--config PATH] [--client-ip IP] [--json] MESSAGE.eml...
+    smtpfilter test [--config PATH] [--received-hop N] [--client-ip IP] [--json] MESSAGE.eml...
+    smtpfilter scan [--config PATH] [--received-hop N] [--json|--csv] MAILDIR|MBOX|DIRECTORY
+    smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
+    smtpfilter import-header-checks [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
     smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
@@ -18,18 +21,16 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, replies, sdnotify, wire
+from . import __version__, sdnotify
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
-from .message import Client, MessageContext
-from .pipeline import observe, verdicts_of
 from .policy import Policy
-from .rules import RuleSet, rules_for
+from .rules import RuleSet, load_rules, rules_for
 
 __all__ = ["main"]
 
@@ -105,121 +106,265 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{len(ruleset)} rules from {len(ruleset.files)} files:")
     for rule in ruleset.rules:
         what = rule.action.value if rule.action else f"score {rule.score:g}"
+        if getattr(rule.check, "table_actions", False):
+            what = "per line"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
         print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
+    _check_quarantine(config, ruleset)
+    if config.metrics.listen is not None:
+        print(f"metrics: http://{config.metrics.listen}/metrics")
     return EX_OK
 
 
-# --- test ----------------------------------------------------------------------------------
-def read_message_file(path: Path) -> bytes:
-    """A stored message (.eml, LF or CRLF) → wire form; a leading mbox "From " line is dropped."""
-    raw = path.read_bytes()
-    if raw.startswith(b"From "):
-        raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
-    return wire.to_wire(raw)
+def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
+    from .quarantine import check_directory
+    from .verdict import Action
+
+    used = any(rule.action is Action.QUARANTINE for rule in ruleset.rules) or any(
+        action is Action.QUARANTINE for _, action in config.policy.thresholds
+    )
+    if not used:
+        return
+    directory = config.quarantine.directory
+    problem = check_directory(directory)
+    if problem is None:
+        print(f"quarantine: {directory}")
+    else:
+        print(f"smtpfilter: warning: quarantine: {problem} (checked as uid {os.getuid()}); "
+              f"the filter answers 451 to messages it cannot quarantine, and Postfix keeps "
+              f"them queued", file=sys.stderr)
 
 
-def _client(ip: str | None) -> Client:
-    if ip is None:
-        return Client()
-    return Client(addr=str(ipaddress.ip_address(ip)), name="unknown")
+# --- test and scan -------------------------------------------------------------------------
+def _hop(text: str) -> int | str | None:
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number (1 = the topmost Received:), auto or 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("cannot be negative")
+    return value or None
+
+
+def _check_client_ip(args: argparse.Namespace) -> bool:
+    if args.client_ip is None:
+        return True
+    try:
+        args.client_ip = str(ipaddress.ip_address(args.client_ip))
+        return True
+    except ValueError:
+        print(f"smtpfilter: --client-ip {args.client_ip!r} is not an IP address", file=sys.stderr)
+        return False
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    from .report import judged_report, judged_json
+    from .scan import judge, open_source
+
     try:
         config, ruleset = _load(args)
     except ConfigError as error:
         _report_config_error(error, "cannot test")
         return EX_CONFIG
-    if args.client_ip is not None:
-        try:
-            ipaddress.ip_address(args.client_ip)
-        except ValueError:
-            print(f"smtpfilter: --client-ip {args.client_ip!r} is not an IP address", file=sys.stderr)
-            return EX_USAGE
+    if not _check_client_ip(args):
+        return EX_USAGE
     policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
+    options = dict(hop=args.received_hop, client_ip=args.client_ip,
+                   header_limit=config.limits.header_size)
     status = EX_OK
     reports = []
 
-    async def judge_all() -> None:
+    async def judge_each() -> None:
         nonlocal status
         for name in args.messages:
-            path = Path(name)
             try:
-                data = read_message_file(path)
+                source = open_source(Path(name))
             except OSError as error:
-                print(f"smtpfilter: {path}: {error.strerror}", file=sys.stderr)
+                print(f"smtpfilter: {name}: {error.strerror}", file=sys.stderr)
                 status = EX_NOINPUT
                 continue
-            msg = MessageContext.build(
-                data,
-                received_at=datetime.now(timezone.utc),
-                client=_client(args.client_ip),
-                header_limit=config.limits.header_size,
-            )
-            results = await observe(ruleset, msg, observe_all=True)
-            decision = policy.decide(verdicts_of(results))
-            reply = replies.for_decision(decision) or "(delivered: 10026's reply to '.' is relayed)"
-            reports.append((path, msg, results, decision, reply))
+            try:
+                for stored in source.messages():
+                    reports.append(await judge(ruleset, policy, stored, **options))
+            finally:
+                source.close()
         await ruleset.env.dns.aclose()
 
-    asyncio.run(judge_all())  # one event loop for all messages: the DNS cache is shared
+    asyncio.run(judge_each())  # one event loop for all messages: the DNS cache is shared
+    for judged in reports:
+        if judged.error:
+            print(f"smtpfilter: {judged.label}: {judged.error}", file=sys.stderr)
+            status = EX_NOINPUT
+    reports = [judged for judged in reports if not judged.error]
     if args.json:
-        print(json.dumps([_json_report(*r) for r in reports], indent=2))
+        print(json.dumps([judged_json(j) for j in reports], indent=2, ensure_ascii=False))
     else:
-        for report in reports:
-            _print_report(*report)
+        for judged in reports:
+            print(judged_report(judged), end="")
     return status
 
 
-def _json_report(path, msg, results, decision, reply) -> dict:
-    return {
-        "file": str(path),
-        "size": msg.size,
-        "rules": [
-            {
-                "rule": rule.name,
-                "check": rule.kind,
-                "finding": finding.code if finding else None,
-                "reason": finding.reason if finding else None,
-                "score": rule.score if finding else 0,
-                "action": rule.action.value if rule.action else None,
-                "mode": rule.mode.value,
-            }
-            for rule, finding in results
-        ],
-        "decision": {
-            "action": decision.action.value,
-            "intended": decision.intended.value if decision.intended else None,
-            "rule": decision.rule,
-            "score": decision.score,
-            "reason": decision.reason,
-            "headers": [f"{n}: {v}" for n, v in decision.headers],
-        },
-        "reply": reply,
-    }
+def cmd_scan(args: argparse.Namespace) -> int:
+    import csv
+    import time
+
+    from .report import scan_csv_row, scan_json, scan_summary, CSV_FIELDS
+    from .scan import Summary, judge_all, open_source
+
+    try:
+        config, ruleset = _load(args)
+    except ConfigError as error:
+        _report_config_error(error, "cannot scan")
+        return EX_CONFIG
+    if not _check_client_ip(args):
+        return EX_USAGE
+    try:
+        source = open_source(args.path)
+    except (OSError, ValueError) as error:
+        print(f"smtpfilter: {args.path}: {getattr(error, 'strerror', None) or error}",
+              file=sys.stderr)
+        return EX_NOINPUT
+    policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
+    summary = Summary()
+    writer = csv.DictWriter(sys.stdout, CSV_FIELDS) if args.csv else None
+    if writer:
+        writer.writeheader()
+    progress = sys.stderr.isatty()  # a bar only for a human watching; never in a pipe or log
+    started = time.monotonic()
+
+    async def run() -> None:
+        shown = 0.0
+        async for judged in judge_all(
+            ruleset, policy, source.messages(), hop=args.received_hop,
+            client_ip=args.client_ip, header_limit=config.limits.header_size,
+        ):
+            summary.add(judged)
+            if judged.error:
+                print(f"smtpfilter: {judged.label}: {judged.error}", file=sys.stderr)
+            elif writer:
+                writer.writerow(scan_csv_row(judged))
+            done = summary.messages + len(summary.errors)
+            if progress and (time.monotonic() - shown > 0.2 or done == source.count):
+                shown = time.monotonic()
+                width = 30
+                filled = width * done // max(source.count, 1)
+                rate = done / max(shown - started, 1e-6)
+                print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{source.count} "
+                      f"{rate:.0f}/s", end="", file=sys.stderr, flush=True)
+        await ruleset.env.dns.aclose()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        print("\nsmtpfilter: interrupted; the summary covers the messages scanned so far",
+              file=sys.stderr)
+    finally:
+        source.close()
+        if progress:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(scan_json(source, summary), indent=2, ensure_ascii=False))
+    elif not args.csv:
+        print(scan_summary(source, summary), end="")
+    return EX_OK
 
 
-def _print_report(path, msg, results, decision, reply) -> None:
-    print(f"{path}: {msg.size} bytes, {len(msg.headers)} headers"
-          + (", header section ends at a malformed line" if msg.headers.malformed_at is not None else ""))
-    width = max([len(rule.name) for rule, _ in results] + [4])
-    for rule, finding in results:
-        if finding is None:
-            print(f"  {rule.name:<{width}}  -")
+# --- quarantine ----------------------------------------------------------------------------
+EX_TEMPFAIL = 75  # sysexits(3): the message stays in quarantine, try again later
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from . import quarantine
+    from .report import quarantine_list, quarantine_show
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        _report_config_error(error, "cannot open the quarantine")
+        return EX_CONFIG
+    store = quarantine.Quarantine(config.quarantine.directory)
+    try:
+        if args.operation == "list":
+            entries = store.entries()
+            if args.json:
+                print(json.dumps([e.meta | {"id": e.id, "file": str(e.path)} for e in entries],
+                                 indent=2, ensure_ascii=False))
+            else:
+                print(quarantine_list(store, entries), end="")
+            return EX_OK
+        if args.operation == "show":
+            for entry_id in args.ids:
+                print(quarantine_show(store, store.get(entry_id)), end="")
+            return EX_OK
+        if args.operation == "delete":
+            for entry_id in args.ids:
+                store.remove(store.get(entry_id))
+                print(f"{entry_id}: deleted")
+            return EX_OK
+    except quarantine.QuarantineError as error:
+        print(f"smtpfilter: {error}", file=sys.stderr)
+        return EX_NOINPUT
+    # release
+    status = EX_OK
+    for entry_id in args.ids:
+        try:
+            result = asyncio.run(quarantine.release(config, entry_id))
+        except quarantine.QuarantineError as error:
+            print(f"smtpfilter: {error}", file=sys.stderr)
+            status = EX_NOINPUT
             continue
-        action = rule.action.value if rule.action else "-"
-        mode = " (warn mode)" if rule.mode.value == "warn" else ""
-        print(f"  {rule.name:<{width}}  {finding.code}  score={rule.score:g}  action={action}{mode}")
-        print(f"  {'':<{width}}  {finding.reason}")
-    would = ""
-    if decision.intended is not None and decision.intended is not decision.action:
-        would = f" (would {decision.intended.value})"
-    by = f" by {decision.rule}" if decision.rule else ""
-    print(f"  decision: {decision.action.value}{would}{by}, score {decision.score:g}")
-    for name, value in decision.headers:
-        print(f"  header:   {name}: {value}")
-    print(f"  reply:    {reply}")
+        for address, reply in result.refused:
+            print(f"{entry_id}: {address}: refused by {config.forward}: {reply}", file=sys.stderr)
+        if result.removed:
+            print(f"{entry_id}: released to {', '.join(result.delivered)}: {result.reply}")
+        elif result.delivered:
+            print(f"{entry_id}: released to {', '.join(result.delivered)}: {result.reply}; "
+                  f"kept in quarantine for the refused recipients")
+            status = EX_TEMPFAIL
+        else:
+            print(f"{entry_id}: not released, kept in quarantine: {result.reply}",
+                  file=sys.stderr)
+            status = EX_TEMPFAIL
+    return status
+
+
+# --- import-header-checks ------------------------------------------------------------------
+def cmd_import_header_checks(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .hcimport import convert
+    from .headerchecks import read_table
+
+    tables = []
+    for spec in args.tables:
+        try:
+            tables.append(read_table(spec, args.format))
+        except OSError as error:
+            print(f"smtpfilter: {spec}: {error.strerror}", file=sys.stderr)
+            return EX_NOINPUT
+    conversion = convert(tables, prefix=args.prefix, reject_as=args.reject_as)
+    for note in conversion.notes:
+        print(f"smtpfilter: {note}", file=sys.stderr)
+    # The generated rules must load; if they do not, that is our bug, not the admin's table.
+    with tempfile.TemporaryDirectory() as scratch:
+        check = Path(scratch) / "imported.yaml"
+        check.write_text(conversion.yaml, encoding="utf-8")
+        try:
+            load_rules([check])
+        except ConfigError as error:
+            print(f"smtpfilter: internal error, the generated rules do not load: {error}",
+                  file=sys.stderr)
+            return 70  # EX_SOFTWARE
+    if args.output:
+        args.output.write_text(conversion.yaml, encoding="utf-8")
+    else:
+        print(conversion.yaml, end="")
+    skipped = sum(1 for note in conversion.notes if note.skipped)
+    print(f"smtpfilter: {conversion.lines} table lines, {conversion.rules} rules"
+          + (f", {skipped} line(s) not imported (above)" if skipped else ""), file=sys.stderr)
+    return EX_OK
 
 
 # --- entry point ---------------------------------------------------------------------------
@@ -253,11 +398,60 @@ def build_parser() -> argparse.ArgumentParser:
     check = with_config(sub.add_parser("check-config", help="validate config and rules"))
     check.set_defaults(func=cmd_check_config)
 
+    def stored_mail_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--received-hop", type=_hop, default="auto", metavar="N",
+            help="the Received: header your Postfix added on arrival, 1 = topmost (default "
+            "auto: the first from a non-loopback client, LMTP skipped; 0: none). Headers above "
+            "it are ignored; its date is the receipt time, its address the client",
+        )
+        p.add_argument("--client-ip", metavar="IP",
+                       help="the client address for client rules (instead of Received:)")
+
     test = with_config(sub.add_parser("test", help="show each rule's finding for stored messages"))
-    test.add_argument("--client-ip", metavar="IP", help="the client address for client rules")
+    stored_mail_options(test)
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument("messages", nargs="+", metavar="MESSAGE.eml")
     test.set_defaults(func=cmd_test)
+
+    scan = with_config(sub.add_parser(
+        "scan", help="replay a Maildir, an mbox or a directory of .eml through the rules"))
+    stored_mail_options(scan)
+    output = scan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="summary and flagged messages as JSON")
+    output.add_argument("--csv", action="store_true", help="one CSV row per message")
+    scan.add_argument("path", type=Path, metavar="PATH")
+    scan.set_defaults(func=cmd_scan)
+
+    hc = sub.add_parser(
+        "import-header-checks",
+        help="convert Postfix header_checks tables into smtpfilter rules (YAML on stdout)",
+    )
+    hc.add_argument("tables", nargs="+", metavar="TABLE",
+                    help="a file, or type:file as in main.cf (regexp:/etc/postfix/header_checks)")
+    hc.add_argument("--format", choices=("regexp", "pcre"),
+                    help="table type when TABLE has no type: prefix (default: regexp, "
+                    "or pcre for *.pcre)")
+    hc.add_argument("--prefix", default="", help="prepended to every rule name")
+    hc.add_argument("--reject-as", choices=("reject", "discard", "quarantine", "tag", "warn"),
+                    default="reject", help="what REJECT lines become (after queue a reject bounces)")
+    hc.add_argument("--output", "-o", type=Path, help="write the YAML here instead of stdout")
+    hc.set_defaults(func=cmd_import_header_checks)
+
+    quarantine = sub.add_parser(
+        "quarantine", help="list, show, release or delete quarantined messages"
+    ).add_subparsers(dest="operation", required=True)
+    listing = with_config(quarantine.add_parser("list", help="one line per message"))
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_quarantine, ids=[])
+    for operation, what in (
+        ("show", "envelope, verdict and headers"),
+        ("release", "re-inject into 10026 with the original envelope, then remove"),
+        ("delete", "remove for good"),
+    ):
+        op = with_config(quarantine.add_parser(operation, help=what))
+        op.add_argument("ids", nargs="+", metavar="ID")
+        op.set_defaults(func=cmd_quarantine)
 
     # Listed for --help only: main() hands "pipe" to smtpfilter.pipe before parsing, whose
     # parser never exits with argparse's status 2 (see the module docstring).
@@ -284,7 +478,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["pipe"]:
         return _pipe(argv[1:])
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # `smtpfilter scan --csv ... | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,7 +34,9 @@ __all__ = [
     "HostPort",
     "Limits",
     "LogConfig",
+    "MetricsConfig",
     "PolicyConfig",
+    "QuarantineConfig",
     "TlsConfig",
     "load_config",
     "parse_hostport",
@@ -157,6 +159,21 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus text on http://listen/metrics; None (the default) serves nothing."""
+
+    listen: HostPort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineConfig:
+    """Where ``action: quarantine`` keeps messages: a Maildir (tmp/, new/, cur/) plus meta/ with
+    one JSON file per message (envelope and verdict), created on first use, mode 0700."""
+
+    directory: Path = Path("/var/lib/smtpfilter/quarantine")
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     cert: Path
     key: Path
@@ -208,6 +225,8 @@ class Config:
     dns: DnsConfig = DnsConfig()
     tls: TlsConfig | None = None
     log: LogConfig = LogConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -239,6 +258,8 @@ _TOP_KEYS = (
     "dns",
     "tls",
     "log",
+    "quarantine",
+    "metrics",
 )
 
 
@@ -321,7 +342,8 @@ def _limits(opts: Options) -> Limits:
 
 def _policy(opts: Options) -> PolicyConfig:
     thresholds = []
-    for action in (Action.TAG, Action.TEMPFAIL, Action.REJECT, Action.DISCARD):
+    actions = (Action.TAG, Action.TEMPFAIL, Action.REJECT, Action.DISCARD, Action.QUARANTINE)
+    for action in actions:
         value = opts.number(action.value)
         if value is not None:
             thresholds.append((float(value), action))
@@ -410,6 +432,36 @@ def _log(opts: Options) -> LogConfig:
     return config
 
 
+def _quarantine(opts: Options, base: Path) -> QuarantineConfig:
+    directory = opts.str("directory")
+    opts.finish()
+    if directory is None:
+        return QuarantineConfig()
+    if not directory:
+        opts.problem("directory", "must not be empty")
+        return QuarantineConfig()
+    return QuarantineConfig(base / directory)
+
+
+def _metrics(opts: Options) -> MetricsConfig:
+    listen = opts.str("listen")
+    opts.finish()
+    if listen is None:
+        return MetricsConfig()
+    try:
+        where = parse_hostport(listen)
+    except ValueError as error:
+        opts.problem("listen", str(error))
+        return MetricsConfig()
+    if not where.is_loopback:
+        # The counters name rules and DNS lists; a scraper elsewhere can reach them through
+        # a local agent or an SSH tunnel, not through a port we open to the network.
+        opts.problem("listen", f"{listen!r}: metrics are served on loopback only "
+                     f"(127.0.0.1 or [::1])")
+        return MetricsConfig()
+    return MetricsConfig(where)
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -430,6 +482,8 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         dns=_dns(opts.section("dns")),
         tls=_tls(opts.section("tls"), base),
         log=_log(opts.section("log")),
+        quarantine=_quarantine(opts.section("quarantine"), base),
+        metrics=_metrics(opts.section("metrics")),
     )
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from . import replies, wire
+from . import quarantine, replies, wire
 from .config import Config
 from .message import Client, MessageContext, outgoing
+from .metrics import Metrics
 from .pipeline import RuleFailure, evaluate
 from .policy import Policy
 from .reinject import Downstream, DownstreamError, DownstreamPool
 from .rules import RuleSet
-from .verdict import Decision
+from .verdict import Action, Decision
 
 if TYPE_CHECKING:  # pragma: no cover
     from .smtp import FilterSession, FilterSMTP, Recipient, Transaction
@@ -50,6 +51,7 @@ class Runtime:
     sessions: int = 0
     accepting: bool = True
     counters: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)  # per-rule tallies, latency, reply codes
 
     def __post_init__(self) -> None:
         self.policy = make_policy(self.config)
@@ -316,6 +318,9 @@ class FilterHandler:
             await self.reset(session)
             return replies.R451_LOCAL_ERROR, None
 
+        if decision.action is Action.QUARANTINE:
+            await self.reset(session)  # 10026 gets nothing now; a release re-injects it later
+            return await quarantine.store_message(config, msg, txn, decision), decision
         if not decision.delivers:
             await self.reset(session)  # FILTER_README: abort the 10026 side, never send "."
             return replies.for_decision(decision) or replies.R451_LOCAL_ERROR, decision
@@ -369,11 +374,15 @@ class FilterHandler:
         if decision is not None:
             if decision.intended is not None and decision.intended is not decision.action:
                 fields.append(f"would={decision.intended.value}")
+                if decision.intended_rule:
+                    fields.append(f"would_by={decision.intended_rule}")
             fields.append(f"score={decision.score:g}")
             fields.append(f"rules={decision.rules_hit}")
         shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
         fields.append(f'reply="{shown[:300]}"')
-        fields.append(f"elapsed_ms={(time.monotonic() - started) * 1000:.0f}")
+        elapsed = time.monotonic() - started
+        fields.append(f"elapsed_ms={elapsed * 1000:.0f}")
+        self.rt.metrics.message(decision, reply, elapsed)
         log.info("%s", " ".join(fields))
         if decision is not None and log.isEnabledFor(logging.DEBUG):
             for verdict in decision.verdicts:

@@ -63,3 +63,7 @@ class PatternSet:
                 groups = tuple(g or "" for g in match.groups())
                 return Match(pattern, groups)
         return None  # pragma: no cover - the combined pattern matched, so one of these does
+
+    def match_all(self, text: str) -> bool:
+        """True when every pattern matches ``text`` (a header_checks ``if`` nest)."""
+        return all(compiled.search(text) is not None for compiled in self._each)

@@ -13,7 +13,8 @@ The exit status is all pipe(8) acts on (sysexits(3)):
 
 | status            | when                                              | Postfix then            |
 |-------------------|---------------------------------------------------|-------------------------|
-| 0 EX_OK           | 10026 queued the message, or a rule discarded it  | forgets it              |
+| 0 EX_OK           | 10026 queued the message, a rule discarded it, or | forgets it              |
+|                   | it is stored in quarantine                        |                         |
 | 69 EX_UNAVAILABLE | a rule rejected it, or 10026 refused it for good  | bounces it to the sender|
 | 75 EX_TEMPFAIL    | tempfail, timeout, 10026 down, any error of ours  | keeps it, retries later |
 
@@ -42,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from . import replies, wire
+from . import quarantine, replies, wire
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
 from .message import Client, MessageContext, outgoing
@@ -50,7 +51,7 @@ from .pipeline import RuleFailure, evaluate
 from .policy import Policy
 from .reinject import DownstreamError, DownstreamPool, Reply
 from .rules import RuleSet, rules_for
-from .verdict import Decision
+from .verdict import Action, Decision
 
 __all__ = ["EX_OK", "EX_TEMPFAIL", "EX_UNAVAILABLE", "Outcome", "filter_message", "main"]
 
@@ -178,6 +179,11 @@ async def filter_message(
     except RuleFailure as failure:
         log.error("%s; deferring", failure, exc_info=failure.__cause__)
         return Outcome.from_reply(replies.R451_LOCAL_ERROR), None
+    if decision.action is Action.QUARANTINE:
+        # Exit 0 only once the copy is on disk: pipe(8) forgets the message at 0.
+        envelope = quarantine.envelope_of_pipe(sender, recipients, client)
+        reply = await quarantine.store_with_envelope(config, msg, envelope, decision)
+        return Outcome.from_reply(reply), decision
     if not decision.delivers:
         reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
         return Outcome.from_reply(reply), decision
@@ -282,6 +288,8 @@ def _summary(
     if decision is not None:
         if decision.intended is not None and decision.intended is not decision.action:
             fields.append(f"would={decision.intended.value}")
+            if decision.intended_rule:
+                fields.append(f"would_by={decision.intended_rule}")
         fields.append(f"score={decision.score:g}")
         fields.append(f"rules={decision.rules_hit}")
     fields.append(f'reply="{outcome.text[:200]}" status={outcome.status}')

@@ -8,11 +8,15 @@
 3. Otherwise a rule with ``action: tag`` tags the message; else it is delivered as it is.
 
 Rules in ``mode: warn`` and the global ``dry_run`` observe only: the decision they would have
-made is kept as ``intended`` for the log ("would reject"), and the message is delivered untouched.
+made is kept as ``intended`` (and ``intended_rule``) for the log ("would=reject would_by=RULE"),
+and the message is delivered untouched (dry_run) or as the enforced rules decide (mode: warn).
+What a warn-mode rule "would" do is found by deciding again with it enforced, so its score
+counts toward the thresholds and an earlier tag does not hide a later reject.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from .config import HeadersConfig, PolicyConfig
@@ -42,48 +46,24 @@ class Policy:
         return reached
 
     def decide(self, verdicts: Sequence[Verdict]) -> Decision:
-        enforced = [v for v in verdicts if v.mode is Mode.ENFORCE]
-        score = sum(v.score for v in enforced)
         all_verdicts = tuple(verdicts)
-
-        forced = next((v for v in verdicts if v.forces), None)
-        if forced is not None:
-            decision = Decision(
-                forced.action,  # type: ignore[arg-type]  # forces implies an action
-                score,
-                all_verdicts,
-                rule=forced.rule,
-                reason=forced.finding.reason,
-                text=_render(forced),
-            )
-        else:
-            reached = self.by_score(score)
-            if reached is not None:
-                action, threshold = reached
+        enforced = [v for v in verdicts if v.mode is Mode.ENFORCE]
+        decision = self._outcome(enforced, all_verdicts)
+        score = decision.score
+        intended, intended_rule = decision.action, decision.rule
+        if self.dry_run:
+            if decision.action is not Action.ACCEPT:
                 decision = Decision(
-                    action,
-                    score,
-                    all_verdicts,
-                    reason=f"score {_score(score)} reached the {action.value} threshold "
-                    f"{_score(threshold)}",
+                    Action.ACCEPT, score, all_verdicts, rule=decision.rule, reason=decision.reason
                 )
-            elif any(v.action is Action.TAG for v in enforced):
-                tagger = next(v for v in enforced if v.action is Action.TAG)
-                decision = Decision(
-                    Action.TAG, score, all_verdicts, rule=tagger.rule, reason=tagger.finding.reason
-                )
-            else:
-                decision = Decision(Action.ACCEPT, score, all_verdicts)
-
-        # What observe-only rules would have done, for the log.
-        would = next((v for v in verdicts if v.mode is Mode.WARN and v.action), None)
-        intended = decision.action
-        if self.dry_run and decision.action is not Action.ACCEPT:
-            decision = Decision(
-                Action.ACCEPT, score, all_verdicts, rule=decision.rule, reason=decision.reason
+        elif len(enforced) < len(all_verdicts) and decision.delivers:
+            # What the observe-only rules would have made of this message had they been
+            # enforced: the same policy, with their actions and scores counted.
+            simulated = self._outcome(
+                [replace(v, mode=Mode.ENFORCE) for v in verdicts], all_verdicts
             )
-        elif would is not None and decision.action in (Action.ACCEPT, Action.TAG):
-            intended = would.action
+            if simulated.action is not decision.action:
+                intended, intended_rule = simulated.action, simulated.rule
         return Decision(
             decision.action,
             decision.score,
@@ -92,8 +72,39 @@ class Policy:
             reason=decision.reason,
             text=decision.text,
             intended=intended,
+            intended_rule=intended_rule,
             headers=self._headers(decision.action, score, all_verdicts),
         )
+
+    def _outcome(self, voting: Sequence[Verdict], all_verdicts: tuple[Verdict, ...]) -> Decision:
+        """Rules 1-3 of the module docstring over the verdicts that count."""
+        score = sum(v.score for v in voting)
+        forced = next((v for v in voting if v.forces), None)
+        if forced is not None:
+            return Decision(
+                forced.action,  # type: ignore[arg-type]  # forces implies an action
+                score,
+                all_verdicts,
+                rule=forced.rule,
+                reason=forced.finding.reason,
+                text=_render(forced),
+            )
+        reached = self.by_score(score)
+        if reached is not None:
+            action, threshold = reached
+            return Decision(
+                action,
+                score,
+                all_verdicts,
+                reason=f"score {_score(score)} reached the {action.value} threshold "
+                f"{_score(threshold)}",
+            )
+        tagger = next((v for v in voting if v.action is Action.TAG), None)
+        if tagger is not None:
+            return Decision(
+                Action.TAG, score, all_verdicts, rule=tagger.rule, reason=tagger.finding.reason
+            )
+        return Decision(Action.ACCEPT, score, all_verdicts)
 
     def _headers(
         self, action: Action, score: float, verdicts: tuple[Verdict, ...]

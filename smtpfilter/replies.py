@@ -11,6 +11,8 @@ bounces it to the (often forged) sender. So:
 | 10026 answered 5xx                                 | that 5xx, relayed                      |
 | rule decided reject                                | 550 5.7.1 with the rule's text         |
 | rule decided discard                               | 250, nothing sent to 10026             |
+| rule decided quarantine, the copy is on disk       | 250, nothing sent to 10026             |
+| rule decided quarantine, storing failed            | 451 (Postfix keeps the message)        |
 | rule decided tempfail, scan timed out, our bug     | 451                                    |
 
 Texts follow Postfix's own wording where Postfix has a reply for the same situation, so that
@@ -83,6 +85,7 @@ def xforward_bad_value(name: str) -> str:
 # --- our trouble: always 4xx, Postfix keeps the message ---------------------------------
 R451_LOCAL_ERROR = "451 4.3.0 Error: content filter failure, try again later"
 R451_SCAN_TIMEOUT = "451 4.4.7 Error: content filter timed out, try again later"
+R451_QUARANTINE_FAILED = "451 4.3.0 Error: cannot store the message in quarantine, try again later"
 R451_SMTPUTF8_UNSUPPORTED = (
     "451 4.6.7 Error: SMTPUTF8 required but the after-filter server does not support it"
 )
@@ -139,7 +142,15 @@ def for_decision(decision: Decision) -> str | None:
         return _with_code("451", "4.7.1", text)
     if decision.action is Action.DISCARD:
         return f"250 2.0.0 Ok: discarded by content filter ({rule})"
+    if decision.action is Action.QUARANTINE:
+        return quarantined(rule, None)
     return None
+
+
+def quarantined(rule: str, entry_id: str | None) -> str:
+    """250 only once the copy is safely on disk; the id is what `smtpfilter quarantine` takes."""
+    where = f" as {entry_id}" if entry_id else ""
+    return f"250 2.0.0 Ok: quarantined{where} by content filter ({rule})"
 
 
 def relay(reply: Reply) -> str:

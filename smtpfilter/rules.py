@@ -54,7 +54,7 @@ class Rule:
         if finding.action is not None:
             # The check decided the outcome itself (DNSBL allowlist → accept, DNS failure →
             # tempfail): the rule's score and reply text are for its listing, not for this.
-            return Verdict(self.name, finding, 0.0, finding.action, self.mode, None)
+            return Verdict(self.name, finding, 0.0, finding.action, self.mode, finding.text)
         return Verdict(self.name, finding, self.score, self.action, self.mode, self.text)
 
 
@@ -135,7 +135,8 @@ def _rule(item: object, where: str, problems: list[Problem], env: RuleEnv) -> Ru
     mode = Mode(opts.choice("mode", [m.value for m in Mode], Mode.ENFORCE.value))
     text = _text(opts, action)
     description = opts.str("description", "")
-    if action is None and not opts.has("score"):
+    table_actions = getattr(check_class, "table_actions", False)  # its table's lines decide
+    if action is None and not opts.has("score") and not table_actions:
         opts.problem(None, "a rule needs an action, a score, or both")
     check = None
     if check_class is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from . import replies, sdnotify
 from .config import Config, ConfigError, load_config
 from .handler import FilterHandler, Runtime, make_policy
+from .metrics import MetricsServer
 from .reinject import DownstreamPool
 from .rules import RuleSet, rules_for
 from .smtp import FilterSMTP
@@ -100,6 +101,8 @@ class Server:
         self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
         self.name = "smtpfilter"
+        self.worker = 0  # with serve --workers N: this worker's number, 0..N-1
+        self.metrics: MetricsServer | None = None
 
     @property
     def config(self) -> Config:
@@ -136,6 +139,7 @@ class Server:
                 "everyone else gets 554",
                 listen,
             )
+        await self._start_metrics()
         self._tasks.append(asyncio.create_task(self._maintenance()))
         self._tasks.append(asyncio.create_task(self.env.dns.health_loop()))
         log.info(
@@ -147,6 +151,22 @@ class Server:
             len(self.runtime.ruleset.files),
             type(loop).__module__.split(".")[0],
         )
+
+    async def _start_metrics(self) -> None:
+        """Optional; a port we cannot bind is logged and mail flows on without metrics.
+        Worker k of --workers N serves on port + k: each scrape must see one process whole."""
+        listen = self.config.metrics.listen
+        if listen is None:
+            return
+        port = listen.port + self.worker if listen.port else 0
+        server = MetricsServer(self.runtime, listen.host, port)
+        try:
+            await server.start()
+        except OSError as error:
+            log.error("metrics: cannot listen on %s:%d (%s); serving mail without metrics",
+                      listen.host, port, error.strerror or error)
+            return
+        self.metrics = server
 
     @property
     def port(self) -> int:
@@ -236,7 +256,7 @@ class Server:
         old = self.runtime.config
         restart_only = [
             key
-            for key in ("listen", "forward", "hostname", "tls", "log")
+            for key in ("listen", "forward", "hostname", "tls", "log", "metrics")
             if getattr(old, key) != getattr(config, key)
         ]
         if restart_only:
@@ -275,6 +295,8 @@ class Server:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.metrics is not None:
+            await self.metrics.close()
         await self.env.dns.aclose()
         await self.runtime.pool.close()
         if self._server is not None:

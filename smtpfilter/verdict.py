@@ -16,17 +16,22 @@ __all__ = ["Action", "Decision", "Finding", "Mode", "Verdict", "FINAL_ACTIONS"]
 
 
 class Action(enum.StrEnum):
-    """What may happen to a message. The first four end evaluation when a rule forces them."""
+    """What may happen to a message. The first five end evaluation when a rule forces them."""
 
     ACCEPT = "accept"  # deliver now, skip the remaining rules (an allowlist)
     REJECT = "reject"  # 550: Postfix bounces in after-queue mode (backscatter!), refuses before-queue
     TEMPFAIL = "tempfail"  # 451: Postfix keeps the message and retries
     DISCARD = "discard"  # 250 to Postfix, nothing re-injected; logged
+    # 250 once the message is stored in the quarantine Maildir; nothing re-injected until an
+    # admin releases it (Postfix's HOLD, with `smtpfilter quarantine release` as postsuper -H).
+    QUARANTINE = "quarantine"
     TAG = "tag"  # deliver with our headers added
     WARN = "warn"  # deliver; log the finding (Postfix's WARN action)
 
 
-FINAL_ACTIONS = frozenset({Action.ACCEPT, Action.REJECT, Action.TEMPFAIL, Action.DISCARD})
+FINAL_ACTIONS = frozenset(
+    {Action.ACCEPT, Action.REJECT, Action.TEMPFAIL, Action.DISCARD, Action.QUARANTINE}
+)
 
 
 class Mode(enum.StrEnum):
@@ -48,6 +53,8 @@ class Finding:
     # allowlist score means ACCEPT ("skip the remaining rules") whatever the rule does with a
     # listing, and a DNS failure with dns.on_error: tempfail means TEMPFAIL.
     action: Action | None = None
+    # With ``action``: the reply text that goes with it (a header_checks REJECT line's text).
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,7 @@ class Decision:
     text: str | None = None  # reply text for reject/tempfail
     intended: Action | None = None
     headers: tuple[tuple[str, str], ...] = field(default=())
+    intended_rule: str | None = None  # the rule behind ``intended``, when a rule forced it
 
     @property
     def delivers(self) -> bool:

@@ -64,6 +64,7 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
     sock = inherited if inherited is not None else bind(config, reuse_port=True)
     server = Server(config, ruleset, config_path=config_path, overrides=overrides, sock=sock)
     server.name = f"worker {number}"
+    server.worker = number  # metrics: worker k serves on metrics port + k
     try:
         run(server.serve(notify=False), config.event_loop)
     except Exception:

@@ -178,3 +178,30 @@ async def test_dns_lists_use_the_configured_nameservers(write_config, sink):
     assert status == 69  # EX_UNAVAILABLE: listed, rejected
     assert out[0].startswith("5.7.1 Service unavailable; client [1.2.3.4] blocked using zen.dnsbl.test")
     assert sink.messages == []
+
+
+async def test_quarantine_exits_0_only_once_stored_and_releases(write_config, sink, tmp_path):
+    rules = "rules:\n  - {name: HELD, check: header, header: Subject, match: hi, action: quarantine}\n"
+    config = write_config(rules, extra="quarantine: {directory: q}\n")
+    status, out, _ = await run_pipe(
+        f"--config={config}", "--client-address=2001:db8::7", "--queue-id=4F2B1",
+        "--sender=a@example.org", "--", "b@example.com",
+    )
+    assert status == 0 and out[0].startswith("2.0.0 Ok: quarantined as ")
+    assert sink.connections == []  # nothing reached 10026
+    entry_id = out[0].split(" as ", 1)[1].split(" ", 1)[0]
+    assert (tmp_path / "q" / "new" / entry_id).is_file()
+
+    from smtpfilter.cli import main
+
+    assert await asyncio.to_thread(main, ["quarantine", "release", "--config", str(config), entry_id]) == 0
+    [txn] = sink.messages
+    assert txn.mail.startswith(b"MAIL FROM:<a@example.org>")
+    assert b"ADDR=IPv6:2001:db8::7" in txn.xforward[0] and b"IDENT=4F2B1" in txn.xforward[1]
+    assert txn.data == CLEAN.replace(b"\n", b"\r\n").replace(b"\r\n.\r\n", b"\r\n..\r\n")
+
+    # A quarantine that cannot store is 75: Postfix keeps the message, never 0.
+    (tmp_path / "blocker").write_text("a file")
+    config = write_config(rules, extra="quarantine: {directory: blocker/q}\n")
+    status, out, _ = await run_pipe(f"--config={config}", "--sender=a@example.org", "--", "b@example.com")
+    assert status == 75 and "quarantine" in out[0]

@@ -31,7 +31,7 @@ def test_test_command_explains_each_rule(tmp_path, capsys):
     eml.write_text(
         textwrap.dedent(
             """\
-            From spammer@example.net Mon Jan  1 10:00:00 2024
+            From spammer@example.net Fri Mar  1 10:00:00 2024
             Date: Mon, 1 Jan 2024 10:00:00 +0000
             From: <spammer@example.net>
             X-Mailer: MaxBulk.Mailer 12
@@ -43,7 +43,9 @@ def test_test_command_explains_each_rule(tmp_path, capsys):
     )
     assert main(["test", str(eml)]) == 0
     out = capsys.readouterr().out
-    assert "OLD_DATE" in out and "IN_PAST" in out
+    # Judged as of its delivery (the mbox From line), not today: 60 days old then.
+    assert "received: 2024-03-01 10:00:00 UTC (mbox From line)" in out
+    assert "OLD_DATE" in out and "IN_PAST" in out and "Date is 60 days before receipt" in out
     assert "SPAM_MAILER" in out and "MATCH" in out
     assert "decision: discard by SPAM_MAILER" in out
     assert "reply:    250 2.0.0 Ok: discarded by content filter (SPAM_MAILER)" in out

@@ -99,3 +99,40 @@ def test_pathological_pattern_runs_in_linear_time():
     rule = check("header: Subject\nmatch: '^(a+)+$'\n")
     value = b"a" * 100_000 + b"!"
     assert rule.observe(msg(b"Subject: " + value + b"\n\n")) is None
+
+
+# --- if / unless / form: postfix (what import-header-checks generates) -------------------------
+def test_unless_exempts_a_header_like_a_dunno_line_above():
+    rule = check("header: '*'\nmatch: '^Subject: .*viagra'\nunless: ['^Subject: .*important']\n")
+    assert rule.observe(msg(b"Subject: viagra\n\n")).code == "MATCH"
+    assert rule.observe(msg(b"Subject: important viagra\n\n")) is None
+    # Only the exempted header is skipped: another one may still match.
+    assert rule.observe(msg(b"Subject: important viagra\nSubject: viagra\n\n")).code == "MATCH"
+
+
+def test_if_requires_every_pattern_like_nested_if_blocks():
+    rule = check("header: '*'\nmatch: 'evil'\nif: ['^Received:', 'by mx']\n")
+    assert rule.observe(msg(b"Received: from evil by mx\n\n")).code == "MATCH"
+    assert rule.observe(msg(b"Received: from evil by other\n\n")) is None
+    assert rule.observe(msg(b"Subject: evil by mx\n\n")) is None
+
+
+def test_postfix_form_sees_the_header_as_written_with_newlines():
+    rule = check("header: '*'\nform: postfix\nmatch: '^Subject: foo..bar'\n")
+    # Postfix joins folded lines with LF: "foo\n bar", and "." matches the newline.
+    assert rule.observe(msg(b"Subject: foo\n bar\n\n")).code == "MATCH"
+    assert rule.observe(msg(b"Subject: foo bar\n\n")) is None
+    spaced = check("header: '*'\nform: postfix\nmatch: '^X-A:x'\n")
+    assert spaced.observe(msg(b"X-A:x\n\n")).code == "MATCH"  # no space added after the colon
+    assert spaced.observe(msg(b"X-A: x\n\n")) is None
+    encoded = check("header: '*'\nform: postfix\nmatch: 'hidden'\n")
+    assert encoded.observe(msg(b"Subject: =?utf-8?B?aGlkZGVu?=\n\n")) is None  # left encoded
+    single = check("header: '*'\nform: postfix\nmatch: '(?-s)^Subject: foo.bar'\n")
+    assert single.observe(msg(b"Subject: foo\nbar\n\n")) is None
+
+
+def test_postfix_form_with_decode_is_a_problem():
+    problems = []
+    yaml = "header: '*'\nform: postfix\ndecode: both\nmatch: x\n"
+    HeaderCheck.from_options(Options(load_text(yaml, "r.yaml"), problems, rule="T"))
+    assert any("decode: raw" in str(p) for p in problems), problems

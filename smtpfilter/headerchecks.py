@@ -1,0 +1,679 @@
+"""Postfix header_checks tables, read the way Postfix reads them, with patterns translated to RE2.
+
+The table syntax (header_checks(5), regexp_table(5), pcre_table(5)) and its corner cases follow
+Postfix's own code (util/readlline.c, util/dict_regexp.c, util/dict_pcre.c) and were checked
+against ``postmap -q`` of Postfix 3.7:
+
+- A logical line starts with non-whitespace; a line starting with whitespace continues it
+  (joined as written, whitespace kept); empty, blank and ``#`` lines are skipped, even inside a
+  continued line. A first line that starts with whitespace is skipped ("logical line must not
+  start with whitespace"). A logical line is reported at its first physical line.
+- ``/pattern/flags action``: the delimiter is any non-alphanumeric character; ``\\`` escapes it
+  (and stays in the pattern). ``!`` before the delimiter negates, each ``!`` toggles, spaces may
+  follow it. An unknown flag, a missing closing delimiter or a bad ``$n`` makes Postfix skip the
+  line with a warning, and so do we.
+- ``if /pattern/`` ... ``endif`` (case-insensitive keywords) nest; an ``endif`` without ``if`` is
+  ignored, an unclosed ``if`` ends with its file.
+- regexp: flags ``i`` (on), ``m`` (off: REG_NEWLINE), ``x`` (on: REG_EXTENDED; off means POSIX
+  basic syntax). pcre: ``i`` (on), ``m``, ``s`` (on), ``x``, ``A``, ``E``, ``U``, ``X``.
+- Substitution in the result: ``$n``, ``${n}``, ``$(n)``, ``$$``; ``$0``, an index beyond the
+  pattern's groups, a non-numeric name or a lone ``$`` skip the line; negated patterns have no
+  groups, so any ``$n`` skips the line.
+
+Patterns are translated to RE2 (:mod:`smtpfilter.patterns`), which runs in linear time but has
+no backreferences and no lookaround; a line that needs them is reported with its number. POSIX
+(regexp:) patterns differ from RE2 in ways the translation handles:
+
+- inside ``[...]`` a backslash is an ordinary character, ``]`` first is literal, ``[=a=]`` and
+  ``[.a.]`` name one character; ``[[:alpha:]]`` classes work as they are;
+- GNU escapes ``\\w \\W \\s \\S \\b \\B`` keep their meaning, ``\\<``/``\\>`` (word start/end) become
+  ``\\b``, `` \\` `` and ``\\'`` become ``\\A`` and ``\\z``;
+- an unmatched ``)`` is literal; in basic syntax ``\\( \\) \\{ \\} \\| \\+ \\?`` are the operators;
+- any other escaped letter is that letter, *except* that glibc (Debian, docker-mailserver) never
+  matches an escaped lower-case letter under the default case-insensitive flag: ``\\d`` is not a
+  digit and matches nothing at all, so a line like ``/^Date: .* 200\\d/`` has never fired in
+  Postfix. We translate that faithfully, report it, and skip a line that can never match.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import re2
+
+__all__ = [
+    "FORMATS",
+    "reject_reply",
+    "split_action",
+    "Line",
+    "Note",
+    "Pattern",
+    "Table",
+    "parse_result",
+    "parse_table",
+    "read_table",
+    "translate_pcre",
+    "translate_posix",
+]
+
+FORMATS = ("regexp", "pcre")
+NEVER = r"[^\x00-\x{10FFFF}]"  # an RE2 atom that matches nothing, for glibc's dead escapes
+
+
+class TranslationError(ValueError):
+    """A pattern RE2 cannot run, or one Postfix itself rejects; the text says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something the admin must know about one table line."""
+
+    source: str
+    line: int
+    text: str
+    skipped: bool = True  # the line was not imported
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    written: str  # between the delimiters, as in the file
+    negated: bool
+    body: str  # RE2, without flags
+    case_sensitive: bool = False
+    multiline: bool = False
+    dotall: bool = True
+    ungreedy: bool = False
+    groups: int = 0
+    header: str | None = None  # the header name the pattern is anchored to, lower case
+    dead: bool = False  # can never match (glibc's escaped lower-case letters)
+
+    @property
+    def re2(self) -> str:
+        """The RE2 pattern for a ``form: postfix`` rule (case-insensitive, ``.`` matches LF)."""
+        on = ("m" if self.multiline else "") + ("U" if self.ungreedy else "")
+        off = ("i" if self.case_sensitive else "") + ("" if self.dotall else "s")
+        if not on and not off:
+            return self.body
+        return f"(?{on}{'-' + off if off else ''}){self.body}"
+
+    @property
+    def shown(self) -> str:
+        return ("!" if self.negated else "") + f"/{self.written}/"
+
+
+@dataclass(slots=True)
+class Line:
+    """One logical line of a table: a match line, ``if`` or ``endif``."""
+
+    source: str
+    number: int
+    text: str
+    kind: str  # "match" | "if" | "endif"
+    pattern: Pattern | None = None
+    result: str = ""  # the action text as written, $n not yet substituted
+    conditions: tuple["Line", ...] = ()  # enclosing if lines, outermost first
+    unusable: str | None = None  # why RE2 cannot run this line (Postfix can)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.number}"
+
+
+@dataclass(slots=True)
+class Table:
+    source: str
+    format: str
+    lines: list[Line] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+
+# --- reading: util/readlline.c ---------------------------------------------------------------
+def logical_lines(text: str, source: str, notes: list[Note]) -> list[tuple[int, str]]:
+    result: list[tuple[int, str]] = []
+    current: list[str] | None = None
+    first = 0
+    for number, physical in enumerate(text.split("\n"), start=1):
+        stripped = physical.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if physical[:1].isspace():
+            if current is None:
+                notes.append(Note(source, number, "a table line must not start with whitespace "
+                                  "(Postfix skips it too)"))
+                continue
+            current.append(physical)
+            continue
+        if current is not None:
+            result.append((first, "".join(current).rstrip()))
+        current, first = [physical], number
+    if current is not None:
+        result.append((first, "".join(current).rstrip()))
+    return result
+
+
+# --- /pattern/flags --------------------------------------------------------------------------
+def _split_pattern(text: str) -> tuple[bool, str, str, str]:
+    """``!/re/flags rest`` → (negated, re, flags, rest); ValueError with Postfix's complaint."""
+    negated = False
+    i = 0
+    while i < len(text) and (text[i] == "!" or text[i].isspace()):
+        if text[i] == "!":
+            negated = not negated
+        i += 1
+    if i >= len(text):
+        raise ValueError("no pattern")
+    delimiter = text[i]
+    i += 1
+    start = i
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == delimiter:
+            break
+        i += 1
+    if i >= len(text):
+        raise ValueError(f"no closing delimiter {delimiter!r}")
+    pattern = text[start:i]
+    i += 1
+    flags_start = i
+    while i < len(text) and not text[i].isspace():
+        i += 1
+    return negated, pattern, text[flags_start:i], text[i:].lstrip()
+
+
+_HEADER_NAME = re.compile(r"^\^([A-Za-z0-9][A-Za-z0-9_-]*):")
+
+
+def _make_pattern(written: str, negated: bool, flags: str, fmt: str) -> tuple[Pattern, list[str]]:
+    """Translate one pattern; returns it and remarks worth telling the admin."""
+    remarks: list[str] = []
+    icase, multiline, dotall, ungreedy = True, False, True, False
+    if fmt == "regexp":
+        extended = True
+        for flag in flags:
+            if flag == "i":
+                icase = not icase
+            elif flag == "m":
+                multiline = not multiline
+            elif flag == "x":
+                extended = not extended
+            else:
+                raise TranslationError(f'unknown flag "{flag}" (Postfix skips this line too)')
+        dotall = not multiline  # REG_NEWLINE: "." and [^...] no longer match a newline
+        body, dead, remarks = translate_posix(
+            written, extended=extended, icase=icase, newline=multiline
+        )
+    else:
+        extended = anchored = False
+        for flag in flags:
+            if flag == "i":
+                icase = not icase
+            elif flag == "m":
+                multiline = not multiline
+            elif flag == "s":
+                dotall = not dotall
+            elif flag == "x":
+                extended = not extended
+            elif flag == "A":
+                anchored = not anchored
+            elif flag == "U":
+                ungreedy = not ungreedy
+            elif flag in "EX":
+                pass  # E: "$" already ends only at the end here; X: obsolete (PCRE2 ignores it)
+            else:
+                raise TranslationError(f'unknown flag "{flag}" (Postfix skips this line too)')
+        body = translate_pcre(written, extended=extended)
+        if anchored:
+            body = rf"\A(?:{body})"
+        dead = False
+    pattern = Pattern(
+        written, negated, body, not icase, multiline, dotall, ungreedy, dead=dead and not negated
+    )
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        compiled = re2.compile(pattern.re2, options)
+    except re2.error as error:
+        detail = error.args[0] if error.args else error
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        if "argument for repetition operator" in str(detail):
+            # "*a", "(+a)": glibc's regcomp refuses these too (REG_BADRPT).
+            raise TranslationError(f"{detail} (Postfix skips this line too)") from None
+        raise TranslationError(f"RE2 cannot run this pattern: {detail}") from None
+    name = _HEADER_NAME.match(body)
+    header = name.group(1).lower() if name and not negated else None
+    return Pattern(
+        written, negated, body, not icase, multiline, dotall, ungreedy,
+        groups=compiled.groups, header=header, dead=pattern.dead,
+    ), remarks
+
+
+# --- POSIX (regexp:) → RE2 -------------------------------------------------------------------
+_GNU_ESCAPES = {
+    "w": r"\w", "W": r"\W", "s": r"\s", "S": r"\S", "b": r"\b", "B": r"\B",
+    "<": r"\b", ">": r"\b", "`": r"\A", "'": r"\z",
+}
+_POSIX_CLASSES = frozenset(
+    "alnum alpha blank cntrl digit graph lower print punct space upper xdigit".split()
+)
+_INTERVAL = re.compile(r"\{(\d*)(,(\d*))?\}")
+_BRE_INTERVAL = re.compile(r"\\\{(\d*)(,(\d*))?\\\}")
+
+
+def _interval(match: re.Match[str] | None) -> str:
+    """``{m}``, ``{m,}``, ``{m,n}`` and GNU's ``{,n}`` (RE2 wants ``{0,n}``)."""
+    if match is None or (match.group(1) == "" and match.group(2) is None):
+        raise TranslationError("invalid {...} interval (Postfix skips this line too)")
+    low = match.group(1) or "0"
+    return "{" + low + (match.group(2) or "") + "}"
+
+
+def _literal(char: str) -> str:
+    """One character as an RE2 literal."""
+    if char.isalnum() or char in " _\"'%&,/:;<=>@`~!#-":
+        return char
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return f"\\x{{{ord(char):02x}}}"
+    if ord(char) < 0x80:
+        return "\\" + char
+    return char
+
+
+def _class_char(char: str) -> str:
+    if char.isalnum():
+        return char
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return f"\\x{{{ord(char):02x}}}"
+    if ord(char) < 0x80:
+        return "\\" + char
+    return char
+
+
+def _posix_bracket(src: str, i: int, newline: bool) -> tuple[str, int]:
+    """``[...]`` starting at ``src[i] == "["`` → (RE2 class, index after it)."""
+    j = i + 1
+    negate = j < len(src) and src[j] == "^"
+    if negate:
+        j += 1
+    items: list[str] = []
+    first = True
+    while True:
+        if j >= len(src):
+            raise TranslationError("unclosed [ (Postfix skips this line too)")
+        char = src[j]
+        if char == "]" and not first:
+            j += 1
+            break
+        first = False
+        if char == "[" and j + 1 < len(src) and src[j + 1] in ":=.":
+            kind = src[j + 1]
+            end = src.find(kind + "]", j + 2)
+            if end < 0:
+                raise TranslationError(f"unclosed [{kind} (Postfix skips this line too)")
+            name = src[j + 2 : end]
+            j = end + 2
+            if kind == ":":
+                if name not in _POSIX_CLASSES:
+                    raise TranslationError(f"unknown class [:{name}:] (Postfix skips this line too)")
+                items.append(f"[:{name}:]")
+            elif len(name) == 1:
+                items.append(_class_char(name))  # [=a=], [.a.]: that character (C locale)
+            else:
+                raise TranslationError(f"collating element [{kind}{name}{kind}] is not supported")
+            continue
+        j += 1
+        if j + 1 < len(src) and src[j] == "-" and src[j + 1] != "]":
+            high = src[j + 1]
+            if high == "[":
+                raise TranslationError("a range ending in [.x.] or [=x=] is not supported")
+            if ord(high) < ord(char):
+                raise TranslationError(
+                    f"invalid range {char}-{high} (Postfix skips this line too)"
+                )
+            items.append(f"{_class_char(char)}-{_class_char(high)}")
+            j += 2
+        else:
+            items.append(_class_char(char))
+    if negate and newline:
+        items.append(r"\n")  # REG_NEWLINE: a negated list never matches a newline
+    return "[" + ("^" if negate else "") + "".join(items) + "]", j
+
+
+def translate_posix(
+    src: str, *, extended: bool = True, icase: bool = True, newline: bool = False
+) -> tuple[str, bool, list[str]]:
+    """A POSIX regex as glibc's regcomp reads it → (RE2 body, can never match, remarks)."""
+    out: list[str] = []
+    remarks: list[str] = []
+    depth = 0
+    top_alternation = False
+    dead_at: list[int] = []  # indexes in out of never-matching atoms at depth 0
+    i = 0
+    n = len(src)
+
+    def at_bre_start() -> bool:  # BRE: "*" and "^" are special only at the start of an RE
+        return not out or out[-1] in ("(", "(?:", "|", "^")
+
+    while i < n:
+        char = src[i]
+        if char == "\\":
+            if i + 1 >= n:
+                raise TranslationError("the pattern ends with a backslash (Postfix skips it too)")
+            escaped = src[i + 1]
+            i += 2
+            if not extended and escaped in "(){}|+?":
+                if escaped == "(":
+                    depth += 1
+                    out.append("(")
+                elif escaped == ")":
+                    if depth == 0:
+                        raise TranslationError(r"unmatched \) (Postfix skips this line too)")
+                    depth -= 1
+                    out.append(")")
+                elif escaped == "{":
+                    interval = _BRE_INTERVAL.match(src, i - 2)
+                    out.append(_interval(interval))
+                    i = interval.end()  # type: ignore[union-attr]  # _interval raised if None
+                elif escaped == "}":
+                    raise TranslationError(r"unmatched \} (Postfix skips this line too)")
+                elif escaped == "|":
+                    top_alternation |= depth == 0
+                    out.append("|")
+                else:
+                    out.append(escaped)  # GNU \+ \?
+            elif escaped in "123456789":
+                raise TranslationError(
+                    f"backreference \\{escaped}: RE2 has no backreferences (glibc has)"
+                )
+            elif escaped in _GNU_ESCAPES:
+                out.append(_GNU_ESCAPES[escaped])
+                if escaped in "<>":
+                    remarks.append(
+                        f"\\{escaped} (word {'start' if escaped == '<' else 'end'}) became \\b "
+                        f"(any word boundary)"
+                    )
+            elif escaped.isascii() and escaped.isalpha():
+                if icase and escaped.islower():
+                    # glibc reads "\d" as the letter d, and under REG_ICASE never matches an
+                    # escaped lower-case letter at all (checked with regcomp and postmap -q).
+                    if depth == 0:
+                        dead_at.append(len(out))
+                    out.append(NEVER)
+                    remarks.append(
+                        f"\\{escaped} is not {_MEANT.get(escaped, 'a class')} in a regexp: table: "
+                        f"glibc reads it as the letter {escaped}, and with case-insensitive "
+                        f"matching never matches it at all"
+                        + (" (write [0-9] for a digit, or use a pcre: table)"
+                           if escaped == "d" else "")
+                    )
+                else:
+                    out.append(escaped)
+                    remarks.append(
+                        f"\\{escaped} is the letter {escaped} in a regexp: table, not "
+                        f"{_MEANT.get(escaped.lower(), 'a class')}"
+                    )
+            else:
+                out.append(_literal(escaped))
+            continue
+        if char == "[":
+            bracket, i = _posix_bracket(src, i, newline)
+            out.append(bracket)
+            continue
+        i += 1
+        if extended:
+            if char == "(":
+                depth += 1
+                out.append("(")
+            elif char == ")":
+                if depth == 0:
+                    out.append(r"\)")  # glibc: RE_UNMATCHED_RIGHT_PAREN_ORD
+                else:
+                    depth -= 1
+                    out.append(")")
+            elif char == "|":
+                top_alternation |= depth == 0
+                out.append("|")
+            elif char == "{":
+                interval = _INTERVAL.match(src, i - 1)
+                out.append(_interval(interval))
+                i = interval.end()  # type: ignore[union-attr]  # _interval raised if None
+            elif char in "*+?^$.":
+                out.append(char)
+            else:
+                out.append(_literal(char))
+        else:
+            if char == "*":
+                out.append(r"\*" if at_bre_start() else "*")
+            elif char == "^":
+                out.append("^" if at_bre_start() else r"\^")
+            elif char == "$":
+                at_end = i >= n or src.startswith(r"\)", i) or src.startswith(r"\|", i)
+                out.append("$" if at_end else r"\$")
+            elif char == ".":
+                out.append(".")
+            else:
+                out.append(_literal(char))
+    if depth:
+        raise TranslationError("unmatched ( (Postfix skips this line too)")
+    # A never-matching atom at the top level, not made optional, kills the whole pattern.
+    dead = not top_alternation and any(
+        index + 1 >= len(out) or out[index + 1][:1] not in ("*", "?", "{")
+        for index in dead_at
+    )
+    return "".join(out), dead, remarks
+
+
+_MEANT = {"d": "a digit", "s": "a space", "w": "a word character", "n": "a newline",
+          "t": "a tab", "r": "a carriage return", "b": "a word boundary"}
+
+
+# --- PCRE (pcre:) → RE2 ----------------------------------------------------------------------
+_PCRE_UNSUPPORTED = [
+    (re.compile(r"\(\?<?[=!]"), "lookaround (?= (?! (?<= (?<!"),
+    (re.compile(r"\(\?>"), "atomic group (?>"),
+    (re.compile(r"\(\?\("), "conditional (?("),
+    (re.compile(r"\(\?(?:R|[+-]?\d|&|P>)"), "recursion"),
+    (re.compile(r"\(\*[A-Z]"), "a (*VERB)"),
+    (re.compile(r"[*+?}]\+"), "a possessive quantifier"),
+]
+_PCRE_ESCAPES = {"Z": r"\z", "e": r"\x1b", "a": r"\x07"}
+
+
+def _strip_extended(src: str) -> str:
+    """PCRE's x flag: unescaped whitespace outside classes is ignored, "#" starts a comment."""
+    out = []
+    i = 0
+    in_class = False
+    while i < len(src):
+        char = src[i]
+        if char == "\\" and i + 1 < len(src):
+            out.append(src[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if char == "]":
+                in_class = False
+        elif char == "[":
+            in_class = True
+        elif char.isspace():
+            i += 1
+            continue
+        elif char == "#":
+            break
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def translate_pcre(src: str, *, extended: bool = False) -> str:
+    """A PCRE pattern → RE2: nearly the same language; say clearly what RE2 lacks."""
+    if extended:
+        src = _strip_extended(src)
+    for finder, what in _PCRE_UNSUPPORTED:
+        if finder.search(src):
+            raise TranslationError(f"{what}: RE2 has no such thing (PCRE has)")
+    out = []
+    i = 0
+    while i < len(src):
+        char = src[i]
+        if char != "\\" or i + 1 >= len(src):
+            out.append(char)
+            i += 1
+            continue
+        escaped = src[i + 1]
+        i += 2
+        if escaped in "123456789" or escaped in "gk":
+            raise TranslationError(
+                f"backreference \\{escaped}: RE2 has no backreferences (PCRE has)"
+            )
+        if escaped in "KG":
+            raise TranslationError(f"\\{escaped}: RE2 has no such thing (PCRE has)")
+        if escaped == "Q":  # \Q...\E: copied as it is, RE2 reads it the same way
+            end = src.find(r"\E", i)
+            end = len(src) if end < 0 else end + 2
+            out.append("\\Q" + src[i:end])
+            i = end
+            continue
+        out.append(_PCRE_ESCAPES.get(escaped, "\\" + escaped))
+    return "".join(out)
+
+
+# --- results: $n substitution (global/mac_parse.c) ------------------------------------------
+_MACRO = re.compile(r"\$(?:\{([^}]*)\}|\(([^)]*)\)|([A-Za-z0-9_]+)|(\$)|)")
+
+
+def parse_result(result: str, groups: int, negated: bool) -> str:
+    """The result with ``$(n)`` written as ``${n}`` and ``$$`` as ``$``; ValueError when
+    Postfix would skip the line (its own warning, reworded)."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(4):
+            return "$"
+        name = match.group(1) if match.group(1) is not None else (
+            match.group(2) if match.group(2) is not None else match.group(3)
+        )
+        if name is None or name == "":
+            raise ValueError("a $ with no number after it (Postfix: empty macro name)")
+        if not name.isdigit():
+            raise ValueError(f"${name} is not a group number (Postfix: bad replacement syntax)")
+        number = int(name)
+        if negated:
+            raise ValueError(f"${number} with a negated pattern, which has no groups")
+        if number < 1 or number > groups:
+            raise ValueError(f"${number} but the pattern has {groups} group(s) "
+                             f"(Postfix: out of range replacement index)")
+        return "${%d}" % number
+
+    return _MACRO.sub(one, result)
+
+
+# --- results: what cleanup_act makes of them (cleanup/cleanup_message.c) ---------------------
+def split_action(result: str) -> tuple[str, str]:
+    """The command ends at the first blank; blanks after it are skipped."""
+    match = re.match(r"([^ \t]*)[ \t]*(.*)", result, re.S)
+    assert match is not None  # the pattern matches any string
+    return match.group(1).upper(), match.group(2)
+
+
+def reject_reply(text: str) -> tuple[str, str]:
+    """REJECT's reply: dsn_prepend("5.7.1", text), the generic text when there is none, and a
+    code that is neither 4 nor 5 made 4 ("need 4.x.x or 5.x.x"). 4.x.x defers: "tempfail"."""
+    if not text:
+        return "reject", "5.7.1 Message content rejected"
+    if not re.match(r"^\d\.\d{1,3}\.\d{1,3}(?=\s|$)", text):
+        text = "5.7.1 " + text
+    if text[0] not in "45":
+        text = "4" + text[1:]
+    return ("tempfail" if text[0] == "4" else "reject"), text
+
+
+# --- tables ----------------------------------------------------------------------------------
+def parse_table(text: str, fmt: str, source: str) -> Table:
+    """Every logical line of one table, with its enclosing ``if`` lines and translated pattern.
+
+    Lines Postfix itself skips are left out with a note; lines Postfix keeps but RE2 cannot run
+    are kept with ``unusable`` set, because they still shadow the lines below them."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}")
+    table = Table(source, fmt)
+    stack: list[Line] = []
+    for number, text_line in logical_lines(text, source, table.notes):
+        if any("\udc80" <= c <= "\udcff" for c in text_line):
+            table.notes.append(Note(source, number, "not UTF-8 text: not imported (RE2 patterns "
+                                    "and YAML rules are UTF-8; Postfix matches bytes)"))
+            continue
+        keyword = re.match(r"(?i)(if|endif)(?![A-Za-z0-9])", text_line)
+        if text_line[:1].isalnum() and keyword is None:
+            table.notes.append(Note(source, number, "not a pattern, if or endif "
+                                    "(Postfix ignores this line too)"))
+            continue
+        if keyword and keyword.group(1).lower() == "endif":
+            if not stack:
+                table.notes.append(Note(source, number, "endif without if "
+                                        "(Postfix ignores it too)"))
+                continue
+            stack.pop()
+            table.lines.append(Line(source, number, text_line, "endif", conditions=tuple(stack)))
+            continue
+        is_if = keyword is not None
+        body = text_line[keyword.end():] if is_if else text_line
+        try:
+            negated, written, flags, rest = _split_pattern(body)
+        except ValueError as error:
+            table.notes.append(Note(source, number, f"{error} (Postfix skips this line too)"))
+            continue
+        line = Line(source, number, text_line, "if" if is_if else "match",
+                    conditions=tuple(stack), result=rest)
+        try:
+            pattern, remarks = _make_pattern(written, negated, flags, fmt)
+        except TranslationError as error:
+            if "Postfix skips" in str(error):
+                table.notes.append(Note(source, number, str(error)))
+                continue
+            line.unusable = str(error)
+            line.pattern = Pattern(written, negated, "", groups=0)
+            remarks = []
+        else:
+            line.pattern = pattern
+        for remark in dict.fromkeys(remarks):  # once per line, however often its escape appears
+            table.notes.append(Note(source, number, remark, skipped=False))
+        if is_if:
+            if rest:
+                table.notes.append(Note(source, number, f"text after the if pattern is ignored "
+                                        f"(by Postfix too): {rest[:60]!r}", skipped=False))
+            stack.append(line)
+        elif line.unusable is None:
+            try:
+                line.result = parse_result(rest, line.pattern.groups, line.pattern.negated)
+            except ValueError as error:
+                table.notes.append(Note(source, number, f"{error}: Postfix skips this line"))
+                continue
+        table.lines.append(line)
+    for line in stack:
+        table.notes.append(Note(source, line.number, "if without endif: it ends with the "
+                                "file, as in Postfix", skipped=False))
+    return table
+
+
+def read_table(spec: str, fmt: str | None = None) -> Table:
+    """``/etc/postfix/header_checks``, ``regexp:/etc/...`` or ``pcre:/etc/...`` → Table.
+
+    The format comes from the ``type:`` prefix (as written in main.cf), else ``fmt``, else the
+    file name (``*.pcre``), else regexp. Raises OSError when the file cannot be read."""
+    kind, sep, name = spec.partition(":")
+    if sep and kind in FORMATS:
+        fmt, path = kind, Path(name)
+    else:
+        path = Path(spec)
+        fmt = fmt or ("pcre" if path.suffix == ".pcre" else "regexp")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", "surrogateescape")
+    table = parse_table(text, fmt, str(path))
+    return table
