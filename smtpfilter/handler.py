@@ -75,6 +75,21 @@ def _in_networks(peer: object, networks: tuple) -> bool:
     return any(address in network for network in networks)
 
 
+def _outcome(decision: Decision | None, reply: str) -> str:
+    """What happened to the message, by the reply Postfix got (a delivery decision whose
+    re-injection failed was deferred, not delivered): the counters behind systemd's STATUS."""
+    code = reply[:1]
+    if code == "5":
+        return "rejected"
+    if code != "2" or decision is None:
+        return "deferred"  # 4xx, or the client left before any reply
+    if decision.action is Action.DISCARD:
+        return "discarded"
+    if decision.action is Action.QUARANTINE:
+        return "quarantined"
+    return "delivered"
+
+
 class FilterHandler:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -362,7 +377,8 @@ class FilterHandler:
         started: float,
     ) -> None:
         action = decision.action.value if decision else "error"
-        self.rt.count(f"action_{action}")
+        self.rt.count(f"action_{action}")  # what the rules decided (metrics)
+        self.rt.count(_outcome(decision, reply))  # what Postfix was told (systemd STATUS)
         fields = [
             f"queue_id={client.ident or '-'}",
             f"client={client.describe()}",

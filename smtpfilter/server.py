@@ -188,14 +188,15 @@ class Server:
 
     def status(self) -> str:
         rt = self.runtime
-        counters = rt.counters
-        delivered = counters.get("action_accept", 0) + counters.get("action_tag", 0)
-        return (
-            f"{rt.sessions} sessions, {len(rt.ruleset)} rules; delivered {delivered}, "
-            f"rejected {counters.get('action_reject', 0)}, "
-            f"discarded {counters.get('action_discard', 0)}, "
-            f"deferred {counters.get('action_tempfail', 0) + counters.get('action_error', 0)}"
+        counts = rt.counters
+        text = (
+            f"{rt.sessions} sessions, {len(rt.ruleset)} rules; delivered {counts.get('delivered', 0)}, "
+            f"rejected {counts.get('rejected', 0)}, discarded {counts.get('discarded', 0)}, "
+            f"deferred {counts.get('deferred', 0)}"
         )
+        if counts.get("quarantined"):
+            text += f", quarantined {counts['quarantined']}"
+        return text
 
     async def serve(self, *, notify: bool = True) -> None:
         """Run until SIGTERM/SIGINT (or ``stop()``), then shut down gracefully.

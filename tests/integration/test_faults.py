@@ -157,3 +157,15 @@ async def test_dns_fault_decision_within_the_message_limit(start_filter, sink, f
         # rather than holding all mail (smtpfilter/dns.py, ZoneHealth).
         assert reply.code in (250, 451), reply
     assert len(sink.messages) == (1 if reply.code == 250 else 0)
+
+
+async def test_status_counts_what_postfix_was_told(start_filter, sink):
+    # A message the rules accepted but 10026 refused was deferred, not delivered.
+    from tests.support.client import send_message
+
+    sink.script = once("DOT", "451 4.3.0 Error: queue file write error")
+    server = await start_filter()
+    assert (await send_message(server.port, message())).code == 451
+    assert (await send_message(server.port, message())).code == 250
+    assert (await send_message(server.port, message("X-Mailer: Avalanche"))).code == 250
+    assert server.status().endswith("delivered 1, rejected 0, discarded 1, deferred 1")

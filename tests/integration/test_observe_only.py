@@ -92,7 +92,7 @@ async def test_dry_run_delivers_everything_and_logs_the_rule(start_filter, sink,
         line = message_line(caplog)
         assert " action=accept " in line and expected in line, line
     assert len(sink.messages) == len(cases)
-    assert server.runtime.counters.get("action_accept") == len(cases)
+    assert server.runtime.counters.get("delivered") == len(cases)
 
 
 async def test_warn_mode_reject_next_to_an_enforced_discard(start_filter, sink, caplog):

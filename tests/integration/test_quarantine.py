@@ -57,7 +57,7 @@ async def test_quarantine_stores_then_release_reinjects_the_original(start_filte
     entry_id = reply.text.split(" as ", 1)[1].split(" ", 1)[0]
     assert sink.messages == []  # 10026 saw nothing
     assert (tmp_path / "q" / "new" / entry_id).is_file()
-    assert server.runtime.counters["action_quarantine"] == 1
+    assert server.runtime.counters["quarantined"] == 1
 
     config = str(server.config_path)
     assert await asyncio.to_thread(cli, "quarantine", "list", "--config", config) == 0
