@@ -75,6 +75,39 @@ def _in_networks(peer: object, networks: tuple) -> bool:
     return any(address in network for network in networks)
 
 
+def summary_line(
+    client: Client,
+    mail_from: str,
+    rcpts: list[str],
+    size: int,
+    decision: Decision | None,
+    reply: str,
+    elapsed: float,
+    *extra: str,
+) -> str:
+    """The one INFO line per message, stable key=value fields (serve and pipe mode alike)."""
+    fields = [
+        f"queue_id={client.ident or '-'}",
+        f"client={client.describe()}",
+        f"from=<{mail_from}>",
+        f"rcpts={','.join(rcpts)}",
+        f"size={size}",
+        f"action={decision.action.value if decision else 'error'}",
+    ]
+    if decision is not None:
+        if decision.intended is not None and decision.intended is not decision.action:
+            fields.append(f"would={decision.intended.value}")
+            if decision.intended_rule:
+                fields.append(f"would_by={decision.intended_rule}")
+        fields.append(f"score={decision.score:g}")
+        fields.append(f"rules={decision.rules_hit}")
+    shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
+    fields.append(f'reply="{shown[:300]}"')
+    fields.extend(extra)
+    fields.append(f"elapsed_ms={elapsed * 1000:.0f}")
+    return " ".join(fields)
+
+
 def _outcome(decision: Decision | None, reply: str) -> str:
     """What happened to the message, by the reply Postfix got (a delivery decision whose
     re-injection failed was deferred, not delivered): the counters behind systemd's STATUS."""
@@ -379,27 +412,11 @@ class FilterHandler:
         action = decision.action.value if decision else "error"
         self.rt.count(f"action_{action}")  # what the rules decided (metrics)
         self.rt.count(_outcome(decision, reply))  # what Postfix was told (systemd STATUS)
-        fields = [
-            f"queue_id={client.ident or '-'}",
-            f"client={client.describe()}",
-            f"from=<{txn.mail_from or ''}>",
-            f"rcpts={','.join(r.address for r in txn.recipients)}",
-            f"size={size}",
-            f"action={action}",
-        ]
-        if decision is not None:
-            if decision.intended is not None and decision.intended is not decision.action:
-                fields.append(f"would={decision.intended.value}")
-                if decision.intended_rule:
-                    fields.append(f"would_by={decision.intended_rule}")
-            fields.append(f"score={decision.score:g}")
-            fields.append(f"rules={decision.rules_hit}")
-        shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
-        fields.append(f'reply="{shown[:300]}"')
         elapsed = time.monotonic() - started
-        fields.append(f"elapsed_ms={elapsed * 1000:.0f}")
         self.rt.metrics.message(decision, reply, elapsed)
-        log.info("%s", " ".join(fields))
+        rcpts = [r.address for r in txn.recipients]
+        line = summary_line(client, txn.mail_from or "", rcpts, size, decision, reply, elapsed)
+        log.info("%s", line)
         if decision is not None and log.isEnabledFor(logging.DEBUG):
             for verdict in decision.verdicts:
                 log.debug(

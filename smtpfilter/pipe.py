@@ -46,6 +46,7 @@ from typing import Sequence
 from . import quarantine, replies, wire
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
+from .handler import summary_line
 from .message import Client, MessageContext, outgoing
 from .pipeline import RuleFailure, evaluate
 from .policy import Policy
@@ -201,15 +202,7 @@ async def reinject(
     size: int,
 ) -> Outcome:
     """One SMTP transaction with the 10026 smtpd; its reply decides the outcome."""
-    limits = config.limits
-    pool = DownstreamPool(
-        config.forward.host,
-        config.forward.port,
-        local_hostname=config.hostname,
-        connect_timeout=limits.connect_timeout,
-        command_timeout=limits.command_timeout,
-        data_timeout=limits.data_timeout,
-    )
+    pool = DownstreamPool.for_config(config, keep_idle=False)
     try:
         conn = await pool.connect()
     except DownstreamError as error:
@@ -277,24 +270,16 @@ def _summary(
     started: float,
 ) -> str:
     """The daemon's one line per message (smtpfilter.handler), for pipe mode."""
-    fields = [
-        f"queue_id={client.ident or '-'}",
-        f"client={client.describe()}",
-        f"from=<{args.sender}>",
-        f"rcpts={','.join(args.recipients)}",
-        f"size={size}",
-        f"action={decision.action.value if decision else 'error'}",
-    ]
-    if decision is not None:
-        if decision.intended is not None and decision.intended is not decision.action:
-            fields.append(f"would={decision.intended.value}")
-            if decision.intended_rule:
-                fields.append(f"would_by={decision.intended_rule}")
-        fields.append(f"score={decision.score:g}")
-        fields.append(f"rules={decision.rules_hit}")
-    fields.append(f'reply="{outcome.text[:200]}" status={outcome.status}')
-    fields.append(f"elapsed_ms={(time.monotonic() - started) * 1000:.0f}")
-    return " ".join(fields)
+    return summary_line(
+        client,
+        args.sender,
+        list(args.recipients),
+        size,
+        decision,
+        outcome.text,
+        time.monotonic() - started,
+        f"status={outcome.status}",
+    )
 
 
 def _load(path: str | None) -> tuple[Config, RuleSet]:

@@ -369,16 +369,7 @@ async def release(config: Config, entry_id: str) -> ReleaseResult:
     result = ReleaseResult(entry)
     msg = MessageContext.build(data, received_at=datetime.now(timezone.utc))
     parts = outgoing(msg, (), config.headers.own)
-    limits = config.limits
-    pool = DownstreamPool(
-        config.forward.host,
-        config.forward.port,
-        local_hostname=config.hostname,
-        connect_timeout=limits.connect_timeout,
-        command_timeout=limits.command_timeout,
-        data_timeout=limits.data_timeout,
-        max_idle=0,
-    )
+    pool = DownstreamPool.for_config(config, keep_idle=False)
     try:
         conn = await pool.connect()
     except DownstreamError as error:

@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 import aiosmtplib
 
 from . import xtext
+from .config import Config
 
 __all__ = ["Downstream", "DownstreamError", "DownstreamPool", "Reply", "XFORWARD_GROUPS"]
 
@@ -271,6 +272,22 @@ class DownstreamPool:
         # The extensions 10026 announced most recently: what we may promise upstream.
         self.last_extensions: dict[str, str] | None = None
         self.connects = 0
+
+    @classmethod
+    def for_config(cls, config: Config, *, keep_idle: bool = True) -> "DownstreamPool":
+        """The pool a config describes. ``keep_idle=False`` for one-shot users (pipe mode, a
+        quarantine release) that open one connection and close it."""
+        limits = config.limits
+        return cls(
+            config.forward.host,
+            config.forward.port,
+            local_hostname=config.hostname,
+            connect_timeout=limits.connect_timeout,
+            command_timeout=limits.command_timeout,
+            data_timeout=limits.data_timeout,
+            max_idle=limits.pool_size if keep_idle else 0,
+            idle_time=limits.pool_idle,
+        )
 
     async def acquire(self) -> tuple[Downstream, bool]:
         """A ready connection, and whether it was reused (a reused one may be stale)."""

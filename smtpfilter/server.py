@@ -36,20 +36,6 @@ log = logging.getLogger(__name__)
 _PRUNE_INTERVAL = 5.0
 
 
-def make_pool(config: Config) -> DownstreamPool:
-    limits = config.limits
-    return DownstreamPool(
-        config.forward.host,
-        config.forward.port,
-        local_hostname=config.hostname,
-        connect_timeout=limits.connect_timeout,
-        command_timeout=limits.command_timeout,
-        data_timeout=limits.data_timeout,
-        max_idle=limits.pool_size,
-        idle_time=limits.pool_idle,
-    )
-
-
 def make_tls_context(config: Config) -> ssl.SSLContext | None:
     if config.tls is None:
         return None
@@ -87,7 +73,7 @@ class Server:
     ) -> None:
         self.config_path = config_path
         self.overrides = overrides or {}
-        self.runtime = Runtime(config, ruleset, make_pool(config))
+        self.runtime = Runtime(config, ruleset, DownstreamPool.for_config(config))
         # Shared by every rule set this server will load: the DNS cache and zone health
         # survive reloads.
         self.env = ruleset.env
