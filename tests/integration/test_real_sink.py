@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 import pytest
 
 from tests.support.client import Client
 from tests.support.messages import message
+from tests.support.service import free_port
 from tests.support.tools import require
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 async def smtp_sink(tmp_path):
     require("smtp-sink")
-    port = _free_port()
+    port = free_port()
     user = "nobody" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
     counter = open(tmp_path / "sink.out", "wb")
     process = await asyncio.create_subprocess_exec(

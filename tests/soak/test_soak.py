@@ -20,26 +20,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.service import free_port, poll
 from tests.support.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+def wait_port(port: int) -> None:
+    def accepts() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
+            return False
+        return True
+
+    poll(accepts, 15, f"a listener on port {port}", 0.05)
 
 
 def rss_kb(pid: int) -> int:
