@@ -332,8 +332,8 @@ def main() -> int:
                         flush=True,
                     )
         print()
-        print(f"| workload | peer | msgs/s | vs naive | vs baseline | probe p50 ms | probe p99 ms "
-              f"| CPU ms/msg | peak RSS MB | RSS added MB | lost |")
+        print("| workload | peer | msgs/s | vs naive | vs baseline | probe p50 ms | probe p99 ms "
+              "| CPU ms/msg | peak RSS MB | RSS added MB | lost |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for workload in workloads:
             medians = {peer: median_result(collected[(workload, peer)]) for peer in peers}

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from smtpfilter import checks
-from smtpfilter.verdict import Finding
 from tests.support.client import Client, send_message
 from tests.support.messages import date_header, message
 from tests.support.sink import Close, Hang

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from smtpfilter.checks.date import parse_date
 from smtpfilter.config import Config, HeadersConfig, PolicyConfig, shipped_rules_dir
