@@ -12,6 +12,7 @@ import pytest
 from smtpfilter.config import load_config
 from smtpfilter.rules import load_rules
 from smtpfilter.server import Server
+from tests.support.dnsserver import DnsServer, serve_test_lists
 from tests.support.sink import Sink
 
 try:
@@ -60,6 +61,15 @@ rules:
 @pytest.fixture
 async def sink():
     server = await Sink().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def dns_server():
+    """A real DNS server on loopback serving the test lists (tests/support/dnsserver.py)."""
+    server = await DnsServer().start()
+    serve_test_lists(server)
     yield server
     await server.stop()
 

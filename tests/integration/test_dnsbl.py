@@ -10,22 +10,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.support.client import Client, send_message
-from tests.support.dnsserver import IPV6_LISTED, SITES, DnsServer, Fault, serve_test_lists
+from tests.support.dnsserver import IPV6_LISTED, SITES, DnsServer, Fault
 from tests.support.messages import message
 from tests.support.sink import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def dns_server():
-    server = await DnsServer().start()
-    serve_test_lists(server)
-    yield server
-    await server.stop()
 
 
 def dns_config(server: DnsServer, **extra: str) -> str:

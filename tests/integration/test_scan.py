@@ -17,7 +17,7 @@ import pytest
 
 from smtpfilter.cli import main
 from smtpfilter.scan import Stored, from_line_date, stored_view
-from tests.support.dnsserver import SITES, DnsServer, serve_test_lists
+from tests.support.dnsserver import SITES, DnsServer
 
 RULES = f"""
 rules:
@@ -62,14 +62,6 @@ Body.
 def delivered(*, ip="192.0.2.7", stamp="Tue, 05 Mar 2024 10:00:00 +0000",
               date="Tue, 05 Mar 2024 09:59:00 +0000", subject="hello", extra="") -> bytes:
     return DELIVERED.format(ip=ip, stamp=stamp, date=date, subject=subject, extra=extra).encode()
-
-
-@pytest.fixture
-async def dns_server():
-    server = await DnsServer().start()
-    serve_test_lists(server)
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -19,15 +19,7 @@ from smtpfilter.rules import RuleEnv
 from smtpfilter.verdict import Action
 from smtpfilter.wire import to_wire
 from smtpfilter.yamlfile import load_text
-from tests.support.dnsserver import IPV6_LISTED, SITES, DnsServer, Fault, serve_test_lists
-
-
-@pytest.fixture
-async def dns_server():
-    server = await DnsServer().start()
-    serve_test_lists(server)
-    yield server
-    await server.stop()
+from tests.support.dnsserver import IPV6_LISTED, SITES, Fault
 
 
 @pytest.fixture
