@@ -41,7 +41,7 @@ from smtpfilter.config import DnsConfig, HostPort, load_config  # noqa: E402
 from smtpfilter.dns import DnsService  # noqa: E402
 from smtpfilter.message import Client as MsgClient, MessageContext  # noqa: E402
 from smtpfilter.options import Options  # noqa: E402
-from smtpfilter.rules import RuleEnv, load_rules  # noqa: E402
+from smtpfilter.rules import RuleEnv, rules_for  # noqa: E402
 from smtpfilter.server import Server  # noqa: E402
 from smtpfilter.yamlfile import load_text  # noqa: E402
 from tests.support.client import Client  # noqa: E402
@@ -187,7 +187,7 @@ async def start_filter(tmp: Path, name: str, rules: str, sink: Sink, dns_port: i
         f"rules: [{rules_path.name}]\nlimits: {{sessions: 200}}\n" + dns
     )
     config = load_config(config_path)
-    server = Server(config, load_rules(config.rules))
+    server = Server(config, rules_for(config))
     await server.start()
     return server
 
