@@ -8,6 +8,8 @@ might (bare LF, NULs, overlong lines) and read every reply, multi-line ones whol
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from dataclasses import dataclass
 
 
@@ -75,6 +77,17 @@ class Client:
             await self.writer.wait_closed()
         except (ConnectionError, OSError):
             pass
+
+    def abort(self) -> None:
+        """Hang up the way a killed process with unread input does: a TCP reset (SO_LINGER 0),
+        which the server sees as a lost connection at once, not as an end of input."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    def shutdown_write(self) -> None:
+        """shutdown(SHUT_WR): no more commands, but still reading replies (a half-close)."""
+        self.writer.transport.write_eof()
 
     async def closed_by_peer(self, timeout: float = 5.0) -> bool:
         try:

@@ -5,6 +5,15 @@ subclass): it records every command line and the DATA bytes exactly as they cros
 tests can assert on what our filter really sent. It answers like Postfix's smtpd by default and
 can be scripted to fail in every way a real 10026 can: refuse, answer 4xx/5xx at any command, hang,
 close mid-DATA, or answer slowly.
+
+It is as strict about command order as Postfix's smtpd (smtpd.c): a MAIL inside a transaction
+gets ``503 5.5.1 Error: nested MAIL command``, RCPT before MAIL ``503 5.5.1 Error: need MAIL
+command``, DATA without an accepted recipient ``503``/``554``, XFORWARD inside a transaction
+``503``. A client that gets out of step with it therefore sees the 5xx Postfix would give.
+
+``gate`` holds replies back: an async hook awaited before each reply is written, given the verb,
+the transaction and a coroutine function that waits until more input (or EOF) arrives on that
+connection. Tests use it to make 10026 slow at exactly one point of the dialogue.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class Connection:
 
 
 Script = Callable[[str, bytes, Transaction], "str | type[Hang] | type[Close] | None"]
+Gate = Callable[[str, Transaction, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
 class Sink:
@@ -65,6 +75,7 @@ class Sink:
         self.greeting = "220 sink.test ESMTP Postfix"
         self.data_reply: Callable[[Transaction], str] | None = None
         self.byte_delay = 0.0  # answer "." one byte at a time, this far apart
+        self.gate: Gate | None = None
         self._server: asyncio.base_events.Server | None = None
         self._queue_ids = itertools.count(1)
         self._writers: set[asyncio.StreamWriter] = set()
@@ -101,6 +112,13 @@ class Sink:
         conn = Connection()
         self.connections.append(conn)
         txn = Transaction()
+        in_mail = False  # Postfix smtpd's state: a MAIL was accepted and not yet ended
+
+        async def more_input() -> None:
+            """Until the client sent something more (or closed): StreamReader's own wait."""
+            if not reader._buffer and not reader._eof:  # type: ignore[attr-defined]
+                await reader._wait_for_data("gate")  # type: ignore[attr-defined]
+
         try:
             opening = self.script("CONNECT", b"", txn) if self.script else None
             if opening is Hang:
@@ -130,18 +148,37 @@ class Sink:
                 elif verb == "HELO":
                     default = "250 sink.test"
                 elif verb == "XFOR":
-                    txn.xforward.append(line)
-                    default = "250 2.0.0 Ok"
+                    if in_mail:
+                        default = "503 5.5.1 Error: MAIL transaction in progress"
+                    else:
+                        txn.xforward.append(line)
+                        default = "250 2.0.0 Ok"
                 elif verb == "MAIL":
-                    txn.mail = line
-                    default = "250 2.1.0 Ok"
+                    if in_mail:
+                        default = "503 5.5.1 Error: nested MAIL command"
+                    else:
+                        txn.mail = line
+                        default = "250 2.1.0 Ok"
                 elif verb == "RCPT":
-                    txn.rcpts.append(line)
-                    default = "250 2.1.5 Ok"
+                    if not in_mail:
+                        default = "503 5.5.1 Error: need MAIL command"
+                    else:
+                        txn.rcpts.append(line)
+                        default = "250 2.1.5 Ok"
                 elif verb == "DATA":
-                    default = "354 End data with <CR><LF>.<CR><LF>"
+                    if not in_mail:
+                        default = "503 5.5.1 Error: need MAIL command"
+                    elif not txn.accepted_rcpts:
+                        default = (
+                            "554 5.5.1 Error: no valid recipients"
+                            if txn.rcpts
+                            else "503 5.5.1 Error: need RCPT command"
+                        )
+                    else:
+                        default = "354 End data with <CR><LF>.<CR><LF>"
                 elif verb == "RSET":
                     txn = Transaction()
+                    in_mail = False
                     default = "250 2.0.0 Ok"
                 elif verb == "QUIT":
                     await self._send(writer, reply or "221 2.0.0 Bye")
@@ -151,8 +188,13 @@ class Sink:
                 answer = reply or default
                 if verb == "RCPT" and answer.startswith("2"):
                     txn.accepted_rcpts.append(line)
-                if verb == "MAIL" and not answer.startswith("2"):
-                    txn = Transaction()
+                if verb == "MAIL":
+                    if answer.startswith("2"):
+                        in_mail = True
+                    elif not in_mail:
+                        txn = Transaction()
+                if self.gate is not None:
+                    await self.gate(verb, txn, more_input)
                 await self._send(writer, answer)
                 if verb == "DATA" and answer.startswith("354"):
                     if self.script and self.script("MIDDATA", b"", txn) is Close:
@@ -161,6 +203,7 @@ class Sink:
                     data = await self._read_data(reader)
                     if data is None:
                         return  # closed mid-DATA: a real smtpd discards the message
+                    in_mail = False  # the transaction ends with ".", whatever the answer
                     txn.data = data
                     script_reply = self.script("DOT", data, txn) if self.script else None
                     if script_reply is Hang:
@@ -173,6 +216,8 @@ class Sink:
                         else f"250 2.0.0 Ok: queued as Q{next(self._queue_ids)}"
                     )
                     txn.reply = final
+                    if self.gate is not None:
+                        await self.gate("DOT", txn, more_input)
                     if final.startswith("2"):
                         self.messages.append(txn)
                         self.arrived.set()
