@@ -178,10 +178,11 @@ class FilterHandler:
             self.rt.sessions -= 1
         conn, session.downstream = session.downstream, None
         if conn is not None:
-            if conn.in_transaction:
-                conn.close()  # the client left mid-transaction: 10026 discards it, no "."
-            else:
-                self.rt.pool.release(conn)
+            # Pooled only if exactly as after RSET (reinject.Downstream.reusable): a transaction
+            # the client left is closed (10026 discards it, no "."), and so is a connection
+            # whose reply to MAIL, RCPT... is still on its way (the session was cancelled
+            # while it waited): the next session would read every reply one step late.
+            self.rt.pool.release(conn)
 
     def capabilities(self, session: FilterSession) -> list[str]:
         """EHLO keywords: only what we and 10026 can honour (never STARTTLS here)."""

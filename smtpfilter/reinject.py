@@ -13,12 +13,21 @@ aiosmtplib speaks the protocol; this module adds what a content filter needs on 
 
 Connections are reused: after a message, a clean connection goes back to the pool (LIFO, bounded,
 expiring well before the 10026 smtpd's own 300 s idle timeout).
+
+A connection is reused only in exactly the state it had after the greeting or an RSET: no
+transaction open, no XFORWARD attributes pending, and every command it was sent answered. A
+command whose reply was not read (the session was cancelled because Postfix's side hung up,
+a timeout, an error) leaves its reply on the way; read by the next session, it would shift every
+reply by one step (a "503 nested MAIL" to a RCPT, a RCPT's "250 2.1.5" taken for the answer to
+"."). Such a connection is closed, never pooled. Replies that cannot answer the command they
+came back for are caught too (``_plausible``) and close the connection as out of step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -38,6 +47,8 @@ XFORWARD_GROUPS = (("NAME", "ADDR", "PORT"), ("PROTO", "HELO", "IDENT", "SOURCE"
 _COMMAND_LIMIT = 512
 # Write DATA in slices so the transport never buffers a second copy of a large message.
 _WRITE_SLICE = 256 * 1024
+# RFC 3463 §3.2: X.1.Y are address statuses, what MAIL and RCPT get.
+_ADDRESS_STATUS = re.compile(r"[245]\.1\.\d{1,3}(?:\s|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,28 @@ def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
     return Reply(response.code, response.message)
 
 
+def _plausible(stage: str, reply: Reply) -> bool:
+    """Could ``reply`` be the answer to ``stage``? False means the dialogue is out of step.
+
+    Only what no server answers (RFC 5321 §4.3.2, RFC 3463) is refused, so that an
+    after-filter server other than Postfix is not mistaken for a broken one: 354 is for DATA
+    alone and DATA succeeds with nothing else; a positive answer to the final "." (or to
+    XFORWARD and RSET, which Postfix answers 2.0.0) is never an address status; MAIL's never
+    the 2.1.5 of a valid recipient.
+    """
+    code, text = reply.code, reply.text
+    if stage == "DATA":
+        return code == 354 or code >= 400
+    if code == 354 or not 200 <= code < 600:
+        return False
+    if 200 <= code < 300:
+        if stage in ("end of DATA", "XFORWARD", "RSET") and _ADDRESS_STATUS.match(text):
+            return False
+        if stage == "MAIL" and text.startswith("2.1.5"):
+            return False
+    return True
+
+
 class Downstream:
     """One connection to the 10026 smtpd. One transaction at a time (the session owns it)."""
 
@@ -84,6 +117,9 @@ class Downstream:
         self.in_transaction = False
         self.transactions = 0
         self.idle_since = time.monotonic()
+        # False from the moment a command is written until its reply is read: a connection
+        # left that way owes a reply that the next user would read as its own.
+        self._in_step = True
         self._xforward_refused = False
         # XFORWARD attributes live until the transaction ends (RSET or "."); after a refused
         # MAIL they would linger into the next one, so that case is cleared with RSET.
@@ -96,11 +132,37 @@ class Downstream:
     def connected(self) -> bool:
         return self._smtp.is_connected
 
+    @property
+    def reusable(self) -> bool:
+        """Exactly as after the greeting or RSET: the only state another session may inherit."""
+        return (
+            self.connected
+            and self._in_step
+            and not self.in_transaction
+            and not self._xforward_pending
+        )
+
+    def _out_of_step(self, stage: str, reply: Reply, *, sent_data: bool = False) -> DownstreamError:
+        self.close()
+        log.error(
+            "10026 answered %s with %r, which cannot be its reply: closing that connection "
+            "as out of step",
+            stage,
+            str(reply),
+        )
+        return DownstreamError(stage, f"reply out of step: {reply}", sent_data=sent_data)
+
     async def _command(self, stage: str, line: str) -> Reply:
+        self._in_step = False
         try:
             response = await self._smtp.execute_command(
                 line.encode("utf-8", "surrogateescape"), timeout=self._command_timeout
             )
+        except asyncio.CancelledError:
+            # Our session was cancelled (Postfix's side hung up) with this reply on its way:
+            # nobody may ever read it as the answer to another command.
+            self.close()
+            raise
         except aiosmtplib.SMTPTimeoutError:
             self.close()
             raise DownstreamError(stage, f"no reply within {self._command_timeout:g}s") from None
@@ -110,10 +172,14 @@ class Downstream:
         except (aiosmtplib.SMTPException, ValueError, OSError) as error:
             self.close()
             raise DownstreamError(stage, f"{type(error).__name__}: {error}") from None
+        self._in_step = True
+        reply = _reply(response)
+        if not _plausible(stage, reply):
+            raise self._out_of_step(stage, reply)
         if response.code == 421:
             # RFC 5321 §3.8: the server is closing the channel.
             self.close()
-        return _reply(response)
+        return reply
 
     async def xforward(self, attrs: Mapping[str, str]) -> None:
         """Send XFORWARD for the attributes 10026 announced. A refusal is logged, not fatal:
@@ -137,7 +203,9 @@ class Downstream:
         if reply.positive:
             self.in_transaction = True
         elif self._xforward_pending and self.connected:
-            await self._command("RSET", "RSET")
+            reset = await self._command("RSET", "RSET")
+            if reset.code != 250:
+                self.close()
             self._xforward_pending = False
         return reply
 
@@ -172,6 +240,7 @@ class Downstream:
         # read_response() below. Starting read_response() as a task first is not enough: on
         # uvloop the server's reply was delivered before that task's first step, and lost.
         protocol._response_pending = True
+        self._in_step = False  # until the reply to "." is read
         sent_final = False
         try:
             slices = [
@@ -202,12 +271,16 @@ class Downstream:
         except asyncio.CancelledError:
             self.close()  # the client left: 10026 must see no "." it did not get yet
             raise
+        self._in_step = True
+        reply = _reply(response)
+        if not _plausible("end of DATA", reply):
+            raise self._out_of_step("end of DATA", reply, sent_data=True)
         self.in_transaction = False
         self._xforward_pending = False
         self.transactions += 1
         if response.code == 421:
             self.close()
-        return _reply(response)
+        return reply
 
     def close(self) -> None:
         self.in_transaction = False
@@ -294,7 +367,7 @@ class DownstreamPool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.connected and now - conn.idle_since < self.idle_time:
+            if conn.reusable and now - conn.idle_since < self.idle_time:
                 return conn, True
             conn.close()
         return await self.connect(), False
@@ -313,6 +386,9 @@ class DownstreamPool:
         try:
             await smtp.connect(timeout=self.connect_timeout)
             await smtp.ehlo(timeout=self.command_timeout)
+        except asyncio.CancelledError:
+            smtp.close()  # the session that wanted it is gone; never leave a half-open one
+            raise
         except aiosmtplib.SMTPConnectResponseError as error:
             smtp.close()
             raise DownstreamError("connect", f"greeting {error.code} {error.message}") from None
@@ -328,8 +404,8 @@ class DownstreamPool:
         return conn
 
     def release(self, conn: Downstream) -> None:
-        """Give back a connection; only a clean, connected one is kept."""
-        if conn.connected and not conn.in_transaction and len(self._idle) < self.max_idle:
+        """Give back a connection: kept only when ``reusable`` (module docstring), else closed."""
+        if conn.reusable and len(self._idle) < self.max_idle:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
@@ -340,7 +416,7 @@ class DownstreamPool:
         now = time.monotonic()
         keep = []
         for conn in self._idle:
-            if conn.connected and now - conn.idle_since < self.idle_time:
+            if conn.reusable and now - conn.idle_since < self.idle_time:
                 keep.append(conn)
             else:
                 conn.close()
