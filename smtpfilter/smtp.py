@@ -208,6 +208,28 @@ class FilterSMTP(SMTP):
         if session is not None:
             self.event_handler.disconnect(session)
 
+    def eof_received(self) -> bool | None:
+        """The client has nothing more to send: a half-close (shutdown of its sending side,
+        RFC 9293 §3.6), or the first half of a normal close.
+
+        aiosmtpd cancels the session here, which throws away the replies still owed: a client
+        that sent a whole message and then half-closed while waiting for our answer got none,
+        and its message was never passed on. Instead the reader gets the end of input and the
+        session finishes what it has received: every command already read is answered (after
+        ".", once 10026 has answered), then the command loop ends at the end of input
+        (handle_exception). A connection that is lost (reset, or our own close) still cancels
+        the session at once (connection_lost).
+
+        The price: a client that sent "." and then closed for good (a Postfix smtp process
+        killed at that moment) has its message passed on while nobody reads our 250, and
+        Postfix delivers it again later. That duplicate is inherent in an after-queue filter
+        (FILTER_README; it is the same when Postfix dies just after our reply).
+        """
+        log.debug("%s: end of input from the client", self.session.peer)
+        keep_open = asyncio.StreamReaderProtocol.eof_received(self)  # feeds EOF to the reader
+        # On a TLS transport a half-close cannot be kept (aiosmtpd's own eof_received says so).
+        return False if self.session.ssl is not None else keep_open
+
     def _timeout_cb(self) -> None:
         # Postfix's smtpd says why it hangs up (RFC 5321 §4.5.3.2: a server may close after a
         # timeout, preferably with 421).

@@ -141,6 +141,34 @@ async def test_hangup_while_10026_answers_never_shifts_the_next_session(
     assert subjects.count(b"from A") <= 1
 
 
+@pytest.mark.parametrize("point", ["mail", "rcpt-1", "dot"])
+async def test_half_close_still_gets_every_reply(start_filter, sink, point):
+    """A client that shuts its sending side after its last command and waits (a half-close,
+    RFC 9293 §3.6) still gets its replies; after "." that means the message is delivered and
+    the 250 written, not dropped."""
+    server = await start_filter()
+    verb, nth = POINTS[point]
+    held, released = asyncio.Event(), asyncio.Event()
+
+    async def gate(command: str, txn, more_input) -> None:
+        if command == verb and not held.is_set():
+            held.set()
+            await released.wait()
+
+    sink.gate = gate
+    client = await _client_a(server.port, point)
+    await asyncio.wait_for(held.wait(), 10)
+    client.shutdown_write()
+    released.set()
+    reply = await client.reply()
+    if point == "dot":
+        assert reply.code == 250 and reply.text.startswith("2.0.0 Ok: queued as")
+        assert [m.data.split(b"Subject: ")[1][:6] for m in sink.messages] == [b"from A"]
+    else:
+        assert reply.code == 250
+    assert await client.closed_by_peer()
+
+
 async def test_reply_that_cannot_answer_the_final_dot_is_451(start_filter, sink):
     """A 2.1.x reply (an address status: what MAIL and RCPT get) cannot be 10026's answer to
     ".": whatever the cause, the connection is out of step, and the message must not be
