@@ -85,7 +85,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config, ruleset, args.workers, config_path=args.config, overrides=overrides,
                 sock=sock,
             )
-        server = Server(config, ruleset, config_path=args.config, overrides=overrides, sock=sock)
+        server = Server(
+            config, ruleset, config_path=args.config, overrides=overrides, sock=sock,
+            handed_over=sock is not None,
+        )
         run(server.serve(), config.event_loop)
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)

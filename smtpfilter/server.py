@@ -5,8 +5,12 @@
 - SIGHUP re-reads config and rules, builds the new RuleSet beside the old one and swaps a single
   reference; a broken file keeps the old rules serving and logs every problem. Sessions in flight
   are not disturbed; each message finishes with the rules it started with.
-- SIGTERM stops accepting, answers 421 to idle sessions, lets messages in flight finish within a
-  deadline, closes the 10026 pool and returns (exit 0).
+- SIGTERM stops accepting mail: idle sessions and connections that arrive during the drain get
+  ``421 4.3.2`` (Postfix defers and retries; a closed port would leave connections already in
+  the kernel's queue with an end of file instead of an answer); messages in flight finish within
+  a deadline; then the port closes, the 10026 pool closes and it returns (exit 0). A socket that
+  systemd holds (smtpfilter.socket) is let go at once instead: connections then wait in its
+  queue for the next instance, which is the point of socket activation.
 """
 
 from __future__ import annotations
@@ -70,7 +74,10 @@ class Server:
         config_path: Path | None = None,
         overrides: dict[str, str] | None = None,
         sock: socket.socket | None = None,
+        handed_over: bool = False,
     ) -> None:
+        """``sock``: a listening socket to serve instead of binding ``config.listen``;
+        ``handed_over``: it belongs to systemd (socket activation), see the module docstring."""
         self.config_path = config_path
         self.overrides = overrides or {}
         self.runtime = Runtime(config, ruleset, DownstreamPool.for_config(config))
@@ -81,6 +88,7 @@ class Server:
         self.handler = FilterHandler(self.runtime)
         self.tls_context = make_tls_context(config)
         self._sock = sock
+        self._handed_over = handed_over
         self._server: asyncio.base_events.Server | None = None
         self._protocols: weakref.WeakSet[FilterSMTP] = weakref.WeakSet()
         self._stopping = asyncio.Event()
@@ -264,8 +272,8 @@ class Server:
 
     # --- shutdown ------------------------------------------------------------------------
     async def shutdown(self, deadline: float = 30.0) -> None:
-        self.runtime.accepting = False
-        if self._server is not None:
+        self.runtime.accepting = False  # from now on FilterHandler.connect answers 421 4.3.2
+        if self._server is not None and self._handed_over:
             self._server.close()
         end = time.monotonic() + deadline
         while True:
@@ -275,6 +283,8 @@ class Server:
             if not busy or time.monotonic() >= end:
                 break
             await asyncio.sleep(0.05)
+        if self._server is not None:
+            self._server.close()
         for protocol in list(self._protocols):
             if protocol.transport is not None:
                 log.warning("shutdown deadline: closing a session still in a transaction")

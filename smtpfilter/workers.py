@@ -62,7 +62,10 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     sock = inherited if inherited is not None else bind(config, reuse_port=True)
-    server = Server(config, ruleset, config_path=config_path, overrides=overrides, sock=sock)
+    server = Server(
+        config, ruleset, config_path=config_path, overrides=overrides, sock=sock,
+        handed_over=inherited is not None,
+    )
     server.name = f"worker {number}"
     server.worker = number  # metrics: worker k serves on metrics port + k
     try:
