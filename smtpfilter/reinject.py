@@ -252,8 +252,10 @@ class Downstream:
             for piece in slices:
                 protocol.write(piece)
                 # StreamWriter.drain()'s flow-control contract (FlowControlMixin): wait
-                # while the transport's buffer is above its high-water mark.
-                await protocol._drain_helper()
+                # while the transport's buffer is above its high-water mark, but not forever:
+                # a 10026 that stops reading must cost no more than data_timeout (Postfix's
+                # own client gives up after smtp_data_xfer_timeout without progress).
+                await asyncio.wait_for(protocol._drain_helper(), self._data_timeout)
             # The last slice and the final "." in one write: one send() fewer per message.
             protocol.write(bytes(last) + b".\r\n")
             sent_final = True
@@ -262,6 +264,11 @@ class Downstream:
             self.close()
             raise DownstreamError(
                 "end of DATA", f"no reply within {self._data_timeout:g}s", sent_data=sent_final
+            ) from None
+        except TimeoutError:  # (after SMTPTimeoutError, a subclass) the transfer stalled: 10026 took nothing for data_timeout
+            self.close()
+            raise DownstreamError(
+                "DATA", f"no progress sending the message for {self._data_timeout:g}s"
             ) from None
         except (aiosmtplib.SMTPException, ConnectionError, OSError) as error:
             self.close()

@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.client import Client
 from tests.support.messages import message
-from tests.support.sink import wait_until
+from tests.support.sink import Hang, wait_until
 
 # Postfix's smtp client sends XFORWARD in two commands (XFORWARD_README; smtp_proto.c).
 XFORWARD = (
@@ -186,4 +186,21 @@ async def test_reply_that_cannot_answer_the_final_dot_is_451(start_filter, sink)
     assert (await client.cmd("MAIL FROM:<a@example.org>")).code == 250
     assert (await client.cmd("RCPT TO:<b@example.com>")).code == 250
     assert (await client.data(message("Subject: fresh"))).code == 250
+    await client.close()
+
+
+async def test_10026_that_stops_reading_the_message_costs_only_data_timeout(start_filter, sink):
+    """Every wait on 10026 is bounded by its configured timeout: a 10026 that accepts DATA and
+    then reads nothing more used to hold the session until the idle timer (minutes)."""
+    server = await start_filter(config="limits: {data_timeout: 1s, command_timeout: 1s}\n")
+    sink.script = lambda verb, line, txn: Hang if verb == "MIDDATA" else None
+    client = await Client.connect(server.port)
+    await client.ehlo()
+    assert (await client.cmd("MAIL FROM:<a@example.org>")).code == 250
+    assert (await client.cmd("RCPT TO:<b@example.com>")).code == 250
+    # Larger than every socket buffer on the way, so the filter's writes must block.
+    big = message("Subject: big", body=(b"y" * 76 + b"\n") * 120_000)
+    reply = await client.data(big, timeout=20)
+    assert reply.code == 451 and "failed at DATA" in reply.text, reply
+    assert sink.messages == []
     await client.close()

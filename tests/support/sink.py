@@ -76,6 +76,9 @@ class Sink:
         self.data_reply: Callable[[Transaction], str] | None = None
         self.byte_delay = 0.0  # answer "." one byte at a time, this far apart
         self.gate: Gate | None = None
+        # Commands refused because they came out of order (what Postfix's smtpd answers with
+        # 503): a client in step with us never causes one.
+        self.out_of_order: list[bytes] = []
         self._server: asyncio.base_events.Server | None = None
         self._queue_ids = itertools.count(1)
         self._writers: set[asyncio.StreamWriter] = set()
@@ -186,6 +189,8 @@ class Sink:
                 else:
                     default = "502 5.5.2 Error: command not recognized"
                 answer = reply or default
+                if reply is None and default.startswith(("503", "554")):
+                    self.out_of_order.append(line)
                 if verb == "RCPT" and answer.startswith("2"):
                     txn.accepted_rcpts.append(line)
                 if verb == "MAIL":
@@ -197,9 +202,12 @@ class Sink:
                     await self.gate(verb, txn, more_input)
                 await self._send(writer, answer)
                 if verb == "DATA" and answer.startswith("354"):
-                    if self.script and self.script("MIDDATA", b"", txn) is Close:
+                    middata = self.script("MIDDATA", b"", txn) if self.script else None
+                    if middata is Close:
                         await reader.read(100)  # take a little of the message, then hang up
                         return
+                    if middata is Hang:
+                        await asyncio.Event().wait()  # stop reading: the sender's buffers fill
                     data = await self._read_data(reader)
                     if data is None:
                         return  # closed mid-DATA: a real smtpd discards the message
