@@ -282,6 +282,14 @@ class FilterSMTP(SMTP):
     async def flush(self) -> None:
         if not self._outbox:
             return
+        if self._writer.transport.is_closing():
+            # The client reset the connection while we worked on its command (the session's
+            # cancellation reaches us only at our next await). asyncio ignores a write to a
+            # closed transport but uvloop raises RuntimeError, which ended up logged as an
+            # internal error: this is the end of the session, not a failure.
+            self._outbox.clear()
+            self._client_gone = True
+            raise _ClientGone
         data = b"".join(self._outbox)
         self._outbox.clear()
         self._writer.write(data)
@@ -576,8 +584,11 @@ class FilterSMTP(SMTP):
             return None if len(buf) > limit else buf
 
 
-class _ClientGone(Exception):
-    """Raised out of aiosmtpd's command loop when the client is gone (FilterSMTP.push)."""
+class _ClientGone(ConnectionResetError):
+    """Raised out of aiosmtpd's command loop when the client is gone (FilterSMTP.push).
+
+    A ConnectionResetError, so that aiosmtpd's loop treats it as a lost connection (closes its
+    writer, ends the loop) instead of passing it to handle_exception as a failure of ours."""
 
 
 def _valid_xtext_escapes(value: str) -> bool:
