@@ -309,6 +309,8 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             # stderr is pipe(8)'s, not a log: keep warnings and errors, after the reply line.
             setup_logging(config.log, stream=buffered)
             logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        for warning in ruleset.warnings:  # a table line skipped, a table with nothing usable
+            log.warning("%s", warning)
         raw = stdin.read(config.limits.message_size + 1)
         if len(raw) > config.limits.message_size:
             outcome = Outcome.from_reply(replies.R552_TOO_BIG)

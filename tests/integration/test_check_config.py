@@ -118,3 +118,66 @@ def test_dates_are_text_not_yaml_timestamps(tmp_path):
     result = check_config(write(tmp_path, b"hostname: 2024-99-01\n"))
     assert result.returncode == 0, result.stderr
     assert b"hostname 2024-99-01" in result.stdout
+
+
+# --- a Postfix table with nothing usable in it ------------------------------------------------
+# Issue 10 item 11: "table: [pcre:/etc/passwd]" was accepted as "0 lines", silently. Postfix warns
+# once per line it skips and goes on (dict_regexp.c, dict_pcre.c); so do we, and then say that
+# the rule will never match, with where the table is named. A warning, not an error: an empty
+# table is valid in Postfix, and a daemon degrades rather than dies on a bad table at reload.
+PASSWD_LIKE = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+
+
+def table_rule(*tables: str) -> bytes:
+    return (
+        "rules:\n  - name: POSTFIX_TABLE\n    check: header_checks\n"
+        f"    table: [{', '.join(tables)}]\n"
+    ).encode()
+
+
+def warnings_of(result: subprocess.CompletedProcess) -> list[str]:
+    lines = assert_one_line_per_problem(result)
+    assert all(line.startswith("smtpfilter: warning: ") for line in lines), lines
+    return [line.removeprefix("smtpfilter: warning: ") for line in lines]
+
+
+@pytest.mark.parametrize("fmt", ["pcre", "regexp"])
+def test_a_table_without_one_usable_line_is_a_warning_naming_it(tmp_path, fmt):
+    (tmp_path / "passwd").write_text(PASSWD_LIKE)
+    result = check_config(write(tmp_path, b"", table_rule(f"{fmt}:passwd")))
+    assert result.returncode == 0, result.stderr  # usable, as Postfix would use it
+    warnings = warnings_of(result)
+    table = tmp_path / "passwd"
+    assert warnings[:2] == [
+        f"{table}:1: rule POSTFIX_TABLE: not a pattern, if or endif (Postfix ignores this line too)",
+        f"{table}:2: rule POSTFIX_TABLE: not a pattern, if or endif (Postfix ignores this line too)",
+    ]
+    assert warnings[2:] == [
+        f"{tmp_path / 'r.yaml'}:4: rule POSTFIX_TABLE: table: {fmt}:{table} has no usable line "
+        f"(2 skipped, above): this rule will never match"
+    ]
+    assert b"(0 lines)" in result.stdout
+
+
+def test_an_empty_table_and_a_table_of_lines_that_decide_nothing_are_warnings(tmp_path):
+    (tmp_path / "empty").write_text("# nothing here yet\n")
+    (tmp_path / "edits").write_text("/^X-Internal:/ IGNORE\n/^Subject:/ PREPEND X-Seen: yes\n")
+    result = check_config(write(tmp_path, b"", table_rule("regexp:empty", "regexp:edits")))
+    assert result.returncode == 0, result.stderr
+    rules = tmp_path / "r.yaml"
+    assert warnings_of(result) == [
+        f"{rules}:4: rule POSTFIX_TABLE: table: regexp:{tmp_path / 'empty'} has no lines",
+        f"{rules}:4: rule POSTFIX_TABLE: table: no line of its tables REJECTs, DISCARDs, HOLDs, "
+        f"WARNs or INFOs (the others act in Postfix only): this rule will never match",
+    ]
+
+
+def test_a_table_beside_a_usable_one_is_a_warning_that_the_rule_still_works(tmp_path):
+    (tmp_path / "passwd").write_text(PASSWD_LIKE)
+    (tmp_path / "good").write_text("/^X-Mailer: MaxBulk/ DISCARD\n")
+    result = check_config(write(tmp_path, b"", table_rule("pcre:passwd", "regexp:good")))
+    assert result.returncode == 0, result.stderr
+    assert warnings_of(result)[-1] == (
+        f"{tmp_path / 'r.yaml'}:4: rule POSTFIX_TABLE: table: pcre:{tmp_path / 'passwd'} has no "
+        f"usable line (2 skipped, above); the rule's other tables still apply"
+    )
