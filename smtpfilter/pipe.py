@@ -46,7 +46,7 @@ from typing import Sequence
 from . import quarantine, replies, wire
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
-from .handler import summary_line
+from .handler import log_exceeded, summary_line
 from .message import Client, MessageContext, outgoing
 from .pipeline import RuleFailure, evaluate
 from .policy import Policy
@@ -169,6 +169,7 @@ async def filter_message(
         client=client,
         header_limit=config.limits.header_size,
     )
+    log_exceeded(msg)
     policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
     try:
         decision = await asyncio.wait_for(
