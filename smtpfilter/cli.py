@@ -49,6 +49,12 @@ def _load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
     return config, rules_for(config)
 
 
+def _print_warnings(ruleset: RuleSet) -> None:
+    """Rule warnings for a command run by hand: on stderr, like its problems."""
+    for warning in ruleset.warnings:
+        print(f"smtpfilter: warning: {warning}", file=sys.stderr)
+
+
 def _report_config_error(error: ConfigError, consequence: str) -> None:
     for problem in error.problems:
         print(f"smtpfilter: {problem}", file=sys.stderr)
@@ -65,6 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _report_config_error(error, "not starting")
         return EX_CONFIG
     setup_logging(config.log)
+    for warning in ruleset.warnings:  # in the log, now that there is one (syslog, journald)
+        log.warning("%s", warning)
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
     # systemd socket activation (smtpfilter.socket): take the port systemd holds for us.
     inherited = sdnotify.listen_sockets()
@@ -103,6 +111,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         _report_config_error(error, "the configuration is not usable")
         return EX_CONFIG
+    _print_warnings(ruleset)  # usable: the exit code stays 0, as with postfix check
     source = config.source or "built-in defaults"
     print(f"{source}: ok; listen {config.listen}, forward {config.forward}, "
           f"hostname {config.hostname}")
@@ -171,6 +180,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     except ConfigError as error:
         _report_config_error(error, "cannot test")
         return EX_CONFIG
+    _print_warnings(ruleset)
     if not _check_client_ip(args):
         return EX_USAGE
     policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
@@ -221,6 +231,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ConfigError as error:
         _report_config_error(error, "cannot scan")
         return EX_CONFIG
+    _print_warnings(ruleset)
     if not _check_client_ip(args):
         return EX_USAGE
     try:

@@ -134,11 +134,21 @@ def _absolute(name: str) -> str:
 
 
 class DnspythonResolver:
-    """dnspython's asyncio stub resolver, one lookup bounded by ``timeout`` seconds in total.
+    """dnspython's asyncio stub resolver; an answer counts if it arrives within ``timeout``.
 
     Nameservers from the config (``dns.nameservers``) or /etc/resolv.conf. Use a local caching
     resolver (unbound, systemd-resolved): Spamhaus refuses queries arriving through public
     resolvers (127.255.255.254). dnspython's own cache stays off: ours clamps TTLs and coalesces.
+
+    One lookup is two overlapping queries, not two consecutive tries. dnspython gives each try
+    its own timeout and forgets a try that timed out, so splitting ``timeout`` into two tries
+    made an answer arriving after half of it a "timeout" (issue 10: with dns.timeout: 2s, an
+    answer after 1.0 s, and the health probe then disabled the list). Instead, the first query
+    is listened for during the whole ``timeout``; if it has not been answered after half of it
+    (one lost datagram, or a first nameserver that is down), a second query goes out, on a new
+    socket and starting with the next nameserver, and the first answer from either counts.
+    That is what RFC 1035 §7.2 asks of a resolver (keep listening while retransmitting) and
+    costs one extra query only for slow or lost answers.
     """
 
     def __init__(self, nameservers: Sequence[HostPort] = (), timeout: float = 2.0) -> None:
@@ -156,24 +166,32 @@ class DnspythonResolver:
                 resolver = dns.asyncresolver.Resolver(configure=False)
                 resolver.nameservers = ["127.0.0.1"]
         resolver.cache = None
+        # One try per query may take the whole lookup time: the retry is ours (see above).
         resolver.lifetime = timeout
-        # Two tries within the lifetime: one lost UDP packet does not cost the whole lookup.
-        resolver.timeout = timeout / 2
+        resolver.timeout = timeout
         # Larger UDP answers (several TXT strings) without falling back to TCP; 1232 bytes is
         # the DNS Flag Day 2020 size that avoids IP fragmentation.
         resolver.use_edns(0, 0, 1232)
+        # The retry's resolver: the same settings, nameservers rotated by one, so a dead first
+        # nameserver costs half the timeout, not all of it (glibc's resolv.conf "rotate").
+        retry = dns.asyncresolver.Resolver(configure=False)
+        retry.cache = None
+        retry.lifetime = retry.timeout = timeout
+        retry.use_edns(0, 0, 1232)
+        servers = list(resolver.nameservers)
+        retry.nameservers = servers[1:] + servers[:1]
         self._resolver = resolver
+        self._retry = retry
         self.timeout = timeout
+        self.retry_after = timeout / 2
         self.nameservers = tuple(_nameserver_text(ns) for ns in resolver.nameservers)
 
     async def query(self, name: str, rdtype: str) -> Lookup:
         try:
-            # dnspython's lifetime is checked between tries; a retry back-off can overshoot it,
-            # so the whole lookup also runs under a hard deadline.
+            # dnspython's lifetime is checked between tries; a back-off can overshoot it, so
+            # the whole lookup also runs under a hard deadline.
             async with asyncio.timeout(self.timeout):
-                answer = await self._resolver.resolve(
-                    _absolute(name), rdtype, raise_on_no_answer=False, search=False
-                )
+                answer = await self._resolve(_absolute(name), rdtype)
         except dns.resolver.NXDOMAIN as nx:
             return Lookup(name, rdtype, (), _negative_ttl(nx))
         except (TimeoutError, dns.exception.Timeout):
@@ -195,6 +213,46 @@ class DnspythonResolver:
         else:
             records = tuple(rd.to_text() for rd in rrset)
         return Lookup(name, rdtype, records, ttl)
+
+    async def _resolve(self, qname: str, rdtype: str) -> "dns.resolver.Answer":
+        """The first answer (or NXDOMAIN) of up to two overlapping queries (class docstring).
+
+        An error (SERVFAIL from every nameserver, a timeout) counts only once no query is left
+        that could still bring an answer."""
+
+        def start(resolver: "dns.asyncresolver.Resolver", lifetime: float) -> asyncio.Task:
+            return asyncio.ensure_future(
+                resolver.resolve(
+                    qname, rdtype, raise_on_no_answer=False, search=False, lifetime=lifetime
+                )
+            )
+
+        started = time.monotonic()
+        running = {start(self._resolver, self.timeout)}
+        retried = False
+        failures: list[BaseException] = []
+        try:
+            while running:
+                wait = None if retried else max(0.0, started + self.retry_after - time.monotonic())
+                done, running = await asyncio.wait(
+                    running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    error = task.exception()
+                    if error is None or isinstance(error, dns.resolver.NXDOMAIN):
+                        return task.result()  # an answer, "no such name" included, is final
+                    failures.append(error)
+                if not done and not retried:  # half the time gone and nothing yet: retry
+                    retried = True
+                    running.add(start(self._retry, self.timeout - (time.monotonic() - started)))
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        # What a nameserver said (SERVFAIL, REFUSED) tells more than a timeout.
+        failures.sort(key=lambda error: isinstance(error, dns.exception.Timeout))
+        raise failures[0]
 
 
 def _nameserver_text(nameserver: object) -> str:

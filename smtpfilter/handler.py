@@ -108,6 +108,15 @@ def summary_line(
     return " ".join(fields)
 
 
+def log_exceeded(msg: MessageContext) -> None:
+    """A WARNING for each parse limit the message went past, whether or not a rule watches it:
+    part of the message was not judged (serve and pipe mode alike)."""
+    for exceeded in msg.exceeded():
+        log.warning(
+            "queue_id=%s from=<%s>: %s", msg.client.ident or "-", msg.mail_from, exceeded.reason
+        )
+
+
 def _outcome(decision: Decision | None, reply: str) -> str:
     """What happened to the message, by the reply Postfix got (a delivery decision whose
     re-injection failed was deferred, not delivered): the counters behind systemd's STATUS."""
@@ -353,6 +362,7 @@ class FilterHandler:
             client=client,
             header_limit=config.limits.header_size,
         )
+        log_exceeded(msg)
         ruleset, policy = self.rt.ruleset, self.rt.policy  # this message keeps these
         try:
             decision = await asyncio.wait_for(

@@ -9,6 +9,11 @@ The header section ends at the first empty line or, as in Postfix's cleanup(8) (
 at the first line that is neither a header field nor a continuation. Whatever follows is body for
 Postfix and for mail readers, so it is body for the rules too; ``HeaderBlock.malformed_at`` records
 that it happened so the log can say so.
+
+A header section that goes on past ``header_limit`` is not read to its end, and what the rules do
+not read they cannot judge (issue 10: 1.12 MB of small headers hid an ``X-Mailer`` from every
+rule). :meth:`MessageContext.exceeded` names each parse limit a message went past, so the log
+says so and the ``limits`` rule kind can act on it; :data:`PARSE_LIMITS` lists them.
 """
 
 from __future__ import annotations
@@ -20,14 +25,20 @@ from datetime import datetime
 from typing import Iterator
 
 __all__ = [
+    "PARSE_LIMITS",
     "Client",
     "Header",
     "HeaderBlock",
+    "LimitExceeded",
     "MessageContext",
     "fold_header",
     "outgoing",
     "parse_header_block",
 ]
+
+# Every parse limit a message can exceed, by kind, with the setting that sets it. The MIME
+# parser will add its own ("mime": parts, nesting depth, archive entries).
+PARSE_LIMITS = {"header": "limits.header_size"}
 
 # RFC 5322 §3.6.8: field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable, no colon).
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
@@ -93,6 +104,7 @@ class HeaderBlock:
     end: int  # offset where the header section ends (blank line, malformed line, or limit)
     malformed_at: int | None = None  # offset of a line that ended the headers early
     truncated: bool = False  # the header section continued past header_limit
+    limit: int | None = None  # the header_limit it was parsed with
     _by_name: dict[str, list[Header]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,7 +124,7 @@ class HeaderBlock:
 def parse_header_block(data: bytes | bytearray, limit: int = 1 << 20) -> HeaderBlock:
     """Parse the header section of CRLF, dot-stuffed wire ``data``, reading at most ``limit``."""
     if data[:2] == b"\r\n":
-        return HeaderBlock([], 0)
+        return HeaderBlock([], 0, limit=limit)
     truncated = False
     blank = data.find(b"\r\n\r\n", 0, limit)
     if blank >= 0:
@@ -120,7 +132,10 @@ def parse_header_block(data: bytes | bytearray, limit: int = 1 << 20) -> HeaderB
     elif len(data) <= limit:
         region_end = len(data)
     else:
-        region_end = data.rfind(b"\r\n", 0, limit) + 2
+        # Up to the last whole line within the limit; none at all when the first line alone
+        # is longer (rfind's -1 once made that one byte, parsed as a malformed line).
+        last = data.rfind(b"\r\n", 0, limit)
+        region_end = last + 2 if last >= 0 else 0
         truncated = True
     lines = bytes(data[:region_end]).split(b"\r\n")
     if lines and lines[-1] == b"":
@@ -149,7 +164,21 @@ def parse_header_block(data: bytes | bytearray, limit: int = 1 << 20) -> HeaderB
             current.end = offset + size
             headers.append(current)
         offset += size
-    return HeaderBlock(headers, offset, malformed_at, truncated and malformed_at is None)
+    return HeaderBlock(headers, offset, malformed_at, truncated and malformed_at is None, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitExceeded:
+    """A parse limit one message went past: part of it the rules did not read."""
+
+    kind: str  # a key of PARSE_LIMITS: "header"
+    setting: str  # "limits.header_size"
+    reason: str  # for the log and the finding
+
+    @property
+    def finding(self) -> str:
+        """The finding a ``limits`` rule reports: HEADER_LIMIT (later MIME_LIMIT)."""
+        return f"{self.kind.upper()}_LIMIT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +237,21 @@ class MessageContext:
             headers=parse_header_block(data, header_limit),
             size=len(data),
         )
+
+    def exceeded(self) -> tuple[LimitExceeded, ...]:
+        """Every parse limit this message went past, in PARSE_LIMITS order."""
+        found = []
+        if self.headers.truncated:
+            found.append(
+                LimitExceeded(
+                    "header",
+                    PARSE_LIMITS["header"],
+                    f"header section longer than {PARSE_LIMITS['header']} ({self.headers.limit} "
+                    f"bytes): the rules did not read the rest ({len(self.headers)} header "
+                    f"fields read)",
+                )
+            )
+        return tuple(found)
 
 
 # --- what leaves for 10026 ----------------------------------------------------------------

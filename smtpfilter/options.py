@@ -4,12 +4,14 @@ Config sections and rules are both read through :class:`Options`: each accessor 
 converts units (durations like ``30d`` or ``500ms``, sizes like ``10m``) and marks the key as used;
 :meth:`Options.finish` reports every key nobody asked for ("unknown key 'older_then'; did you mean
 'older_than'?"). Problems are collected, not raised one by one, so an admin sees all of them in one
-``check-config`` run.
+``check-config`` run. Warnings (:meth:`Options.warn`: usable, but probably not what was meant)
+are collected the same way, into a list of their own, and reported where the log goes.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -17,6 +19,8 @@ from typing import Any, Iterable, Sequence
 from .yamlfile import Mapping
 
 __all__ = ["ConfigError", "Options", "Problem", "parse_duration", "parse_size"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,14 @@ class Options:
         *,
         rule: str | None = None,
         prefix: str = "",
+        warnings: list[Problem] | None = None,
     ) -> None:
         self.mapping = mapping
         self.problems = problems
         self.rule = rule
         self.prefix = prefix
+        # Shared with the caller like ``problems``; None: each warning is logged at once.
+        self.warnings = warnings
         self._used: set[str] = set()
 
     # --- bookkeeping -------------------------------------------------------------------
@@ -109,6 +116,16 @@ class Options:
     def problem(self, key: str | None, message: str) -> None:
         label = f"{self.prefix}{key}: " if key else ""
         self.problems.append(Problem(self.where(key), label + message, self.rule))
+
+    def warn(self, key: str | None, message: str, *, where: str | None = None) -> None:
+        """Something usable but probably not meant; ``where`` names another file:line (a line
+        of a table the rule reads) instead of the key's."""
+        label = f"{self.prefix}{key}: " if key else ""
+        warning = Problem(where or self.where(key), label + message, self.rule)
+        if self.warnings is None:
+            log.warning("%s", warning)
+        else:
+            self.warnings.append(warning)
 
     def has(self, key: str) -> bool:
         return key in self.mapping
@@ -242,8 +259,14 @@ class Options:
         value = self._get(key, _MISSING)
         if value is _MISSING:
             empty = Mapping(source=self.mapping.source, line=self.mapping.line)
-            return Options(empty, self.problems, rule=self.rule, prefix=f"{self.prefix}{key}.")
+            return Options(
+                empty, self.problems, rule=self.rule, prefix=f"{self.prefix}{key}.",
+                warnings=self.warnings,
+            )
         if not isinstance(value, Mapping):
             self.problem(key, f"expected a mapping of settings, got {type(value).__name__}")
             value = Mapping(source=self.mapping.source, line=self.mapping.line)
-        return Options(value, self.problems, rule=self.rule, prefix=f"{self.prefix}{key}.")
+        return Options(
+            value, self.problems, rule=self.rule, prefix=f"{self.prefix}{key}.",
+            warnings=self.warnings,
+        )

@@ -46,7 +46,7 @@ from typing import Sequence
 from . import quarantine, replies, wire
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
-from .handler import summary_line
+from .handler import log_exceeded, summary_line
 from .message import Client, MessageContext, outgoing
 from .pipeline import RuleFailure, evaluate
 from .policy import Policy
@@ -169,6 +169,7 @@ async def filter_message(
         client=client,
         header_limit=config.limits.header_size,
     )
+    log_exceeded(msg)
     policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
     try:
         decision = await asyncio.wait_for(
@@ -309,6 +310,8 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             # stderr is pipe(8)'s, not a log: keep warnings and errors, after the reply line.
             setup_logging(config.log, stream=buffered)
             logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        for warning in ruleset.warnings:  # a table line skipped, a table with nothing usable
+            log.warning("%s", warning)
         raw = stdin.read(config.limits.message_size + 1)
         if len(raw) > config.limits.message_size:
             outcome = Outcome.from_reply(replies.R552_TOO_BIG)

@@ -138,7 +138,8 @@ def judged_report(judged: "Judged") -> str:
     lines = [
         f"{judged.label}: {msg.size} bytes, {len(msg.headers)} headers"
         + (", header section ends at a malformed line"
-           if msg.headers.malformed_at is not None else ""),
+           if msg.headers.malformed_at is not None else "")
+        + "".join(f", {e.setting} exceeded (the rest not read)" for e in msg.exceeded()),
         _received_line(judged),
     ]
     width = max([len(rule.name) for rule, _ in judged.results] + [4])

@@ -13,6 +13,11 @@ rules:
 
 A RuleSet is built completely before it is used; a reload builds a new one beside the old and
 swaps one reference, so messages in flight finish with the rules they started with.
+
+Problems make the whole load fail (ConfigError). Warnings (a Postfix table line skipped as
+Postfix skips it, a table with nothing usable in it) do not: they travel with the RuleSet, and
+whoever loaded it reports them where its log goes (``check-config`` on stderr, ``serve`` and a
+reload in the log), as Postfix's daemons log a bad table line and go on.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class RuleSet:
     files: tuple[str, ...]
     # The environment the checks were built with; a reload builds the next set with the same.
     env: RuleEnv = field(default_factory=RuleEnv)
+    warnings: tuple[Problem, ...] = ()  # usable, but worth telling the admin (file:line)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -114,13 +120,15 @@ def _text(opts: Options, action: Action | None) -> str | None:
     return text
 
 
-def _rule(item: object, where: str, problems: list[Problem], env: RuleEnv) -> Rule | None:
+def _rule(
+    item: object, where: str, problems: list[Problem], env: RuleEnv, warnings: list[Problem]
+) -> Rule | None:
     if not isinstance(item, Mapping):
         problems.append(Problem(where, "each rule is a mapping with at least name and check"))
         return None
     name = item.get("name")
     label = name if isinstance(name, str) else None
-    opts = Options(item, problems, rule=label)
+    opts = Options(item, problems, rule=label, warnings=warnings)
     before = len(problems)
     name = opts.str("name", required=True)
     if name is not None and not _NAME.match(name):
@@ -169,6 +177,7 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
     """
     env = env if env is not None else RuleEnv()
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     files = rule_files(paths, problems)
     rules: list[Rule] = []
     seen: dict[str, str] = {}
@@ -189,7 +198,7 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
             continue
         for index, item in enumerate(items):
             where = item.where() if isinstance(item, Mapping) else data.where("rules")
-            rule = _rule(item, where, problems, env)
+            rule = _rule(item, where, problems, env, warnings)
             if rule is None:
                 continue
             if rule.name in seen:
@@ -201,7 +210,7 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
             rules.append(rule)
     if problems:
         raise ConfigError(problems)
-    return RuleSet(tuple(rules), tuple(str(p) for p in files), env)
+    return RuleSet(tuple(rules), tuple(str(p) for p in files), env, tuple(warnings))
 
 
 def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:

@@ -264,6 +264,8 @@ class Server:
         self.runtime.policy = make_policy(config)
         self.runtime.ruleset = ruleset
         self.env.dns.configure(config.dns)
+        for warning in ruleset.warnings:  # usable rules, but the admin should know
+            log.warning("reload: %s", warning)
         log.info(
             "reloaded: %d rules from %d files", len(ruleset), len(ruleset.files)
         )

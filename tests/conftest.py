@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 
 import pytest
 
-from smtpfilter.config import load_config
+from smtpfilter.config import load_config, shipped_rules_dir
 from smtpfilter.rules import load_rules
 from smtpfilter.server import Server
 from tests.support.dnsserver import DnsServer, serve_test_lists
@@ -80,17 +80,25 @@ StartFilter = Callable[..., Awaitable[Server]]
 
 @pytest.fixture
 async def start_filter(sink: Sink, tmp_path: Path):
-    """``await start_filter(rules=..., config=...)`` → a running Server forwarding to ``sink``."""
+    """``await start_filter(rules=..., config=...)`` → a running Server forwarding to ``sink``;
+    ``shipped=True`` loads the shipped rules directory instead of ``rules``."""
     servers: list[Server] = []
 
-    async def start(rules: str = ISSUE_RULES, config: str = "", forward_port: int | None = None) -> Server:
+    async def start(
+        rules: str = ISSUE_RULES,
+        config: str = "",
+        forward_port: int | None = None,
+        *,
+        shipped: bool = False,
+    ) -> Server:
         rules_path = tmp_path / f"rules{len(servers)}.yaml"
         rules_path.write_text(textwrap.dedent(rules))
         config_path = tmp_path / f"config{len(servers)}.yaml"
         port = sink.port if forward_port is None else forward_port
+        rules_entry = shipped_rules_dir() if shipped else rules_path.name
         config_path.write_text(
             f"listen: 127.0.0.1:0\nforward: 127.0.0.1:{port}\nhostname: filter.test\n"
-            f"rules: [{rules_path.name}]\n" + textwrap.dedent(config)
+            f"rules: ['{rules_entry}']\n" + textwrap.dedent(config)
         )
         cfg = load_config(config_path)
         server = Server(cfg, load_rules(cfg.rules), config_path=config_path)

@@ -18,6 +18,7 @@ from ..verdict import Finding
 from .date import DateCheck
 from .dnsbl import DnsblCheck, RhsblCheck
 from .header import HeaderCheck
+from .limits import LimitsCheck
 from .postfix_table import HeaderChecksCheck
 
 __all__ = ["CHECK_KINDS", "Check"]
@@ -42,4 +43,5 @@ CHECK_KINDS: dict[str, type] = {
     "dnsbl": DnsblCheck,
     "rhsbl": RhsblCheck,
     "header_checks": HeaderChecksCheck,
+    "limits": LimitsCheck,
 }

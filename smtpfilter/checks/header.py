@@ -173,9 +173,13 @@ class HeaderCheck:
             forms = []
             if self.raw:
                 forms.append(header.line if self.every else header.text)
-            if self.decoded and "=?" in header.text:
+            if self.decoded:
+                # A value without encoded words is its own decoded form: with decode: decoded
+                # it is tried as written (issue 10: skipping it let plain spam through); with
+                # decode: both only a value that decoding changed is worth a second try.
                 decoded = header.decoded
-                forms.append(f"{header.name}: {decoded}" if self.every else decoded)
+                if not self.raw or decoded != header.text:
+                    forms.append(f"{header.name}: {decoded}" if self.every else decoded)
             for text in forms:
                 if not self._selected(text):
                     continue

@@ -21,11 +21,17 @@ The table's lines decide, so the rule has no action, score or text of its own. F
 Postfix action, ``REJECT``, ``DISCARD``, ``HOLD`` (quarantine) or ``WARN``, with the reply text
 and ``$n`` groups of the line. A table with a line RE2 cannot run (a backreference) is refused
 with its line number: it could not be honoured exactly.
+
+A line Postfix skips with a warning is skipped with a warning (file:line), and so is the rule's
+whole point when nothing is left: a table with no usable line (``table: [pcre:/etc/passwd]``,
+every line "not a pattern") or with no line that decides anything here is a warning that says
+the rule will never match. Warnings, not errors, as in Postfix: postmap and cleanup warn per
+bad line and go on, an empty table is valid, and a daemon should not refuse to start (nor a
+reload fail) over a table that a script has just emptied.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +44,6 @@ from ..verdict import Action, Finding
 from .header import postfix_line
 
 __all__ = ["HeaderChecksCheck"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,53 @@ def lookup(table: list[_Compiled], text: str) -> tuple[Line, tuple[str, ...]] | 
     return None
 
 
+# cleanup_act's actions that make a finding here; the others edit or route the message.
+_DECIDING = ("REJECT", "DISCARD", "HOLD", "WARN", "INFO")
+
+
+def _usable(line: Line) -> bool:
+    """A match line that can ever match (not one glibc's escapes made dead)."""
+    return line.kind == "match" and line.pattern is not None and not line.pattern.dead
+
+
+def _warn_if_useless(opts: Options, tables: list[Table]) -> None:
+    """Say so when a table, or the whole rule, can never produce a finding."""
+    if not tables:
+        return  # none could be read: already a problem each
+    deciding = any(
+        _usable(line) and split_action(line.result)[0] in _DECIDING
+        for table in tables
+        for line in table.lines
+    )
+    empty = [t for t in tables if not any(_usable(line) for line in t.lines)]
+    for table in empty:
+        skipped = sum(1 for note in table.notes if note.skipped)
+        if skipped:
+            why = f"no usable line ({skipped} skipped, above)"
+        elif table.lines:
+            why = "no usable line (only if/endif, or patterns that can never match)"
+        else:
+            why = "no lines"
+        what = f"{table.format}:{table.source} has {why}"
+        if deciding:
+            opts.warn("table", f"{what}; the rule's other tables still apply")
+        elif len(tables) == 1:
+            opts.warn("table", f"{what}: this rule will never match")
+            return
+        else:
+            opts.warn("table", what)
+    if deciding:
+        return
+    if len(empty) == len(tables):
+        opts.warn("table", "none of its tables has a usable line: this rule will never match")
+    else:
+        opts.warn(
+            "table",
+            "no line of its tables REJECTs, DISCARDs, HOLDs, WARNs or INFOs (the others "
+            "act in Postfix only): this rule will never match",
+        )
+
+
 def _snippet(text: str) -> str:
     text = "".join(c if c.isprintable() else "?" for c in text[:101])
     return text if len(text) <= 100 else text[:100] + "..."
@@ -142,11 +193,12 @@ class HeaderChecksCheck:
                     opts.problem("table", f"{line.where}: {line.unusable}; this table cannot be "
                                  f"used exactly (import-header-checks converts the other lines)")
             for note in table.notes:
-                log.warning("header_checks %s", note)
+                opts.warn(None, note.text, where=f"{note.source}:{note.line}")
             tables.append(table)
         for key in ("action", "score", "text"):
             if opts.has(key):
                 opts.problem(key, "a header_checks table's own lines decide; remove it")
+        _warn_if_useless(opts, tables)
         return cls(tables)
 
     def describe(self) -> str:

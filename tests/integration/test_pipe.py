@@ -205,3 +205,23 @@ async def test_quarantine_exits_0_only_once_stored_and_releases(write_config, si
     config = write_config(rules, extra="quarantine: {directory: blocker/q}\n")
     status, out, _ = await run_pipe(f"--config={config}", "--sender=a@example.org", "--", "b@example.com")
     assert status == 75 and "quarantine" in out[0]
+
+
+async def test_a_header_section_past_header_size_is_logged_and_tagged(write_config, sink):
+    # Issue 10 item 4 in pipe mode: what the rules could not read is logged (on stderr, which
+    # pipe(8) adds to its log line) and a limits rule tags it.
+    rules = "rules:\n  - {name: PARSE_LIMIT, check: limits, action: tag, score: 5}\n"
+    config = write_config(rules, "limits: {header_size: 4k}\n")
+    filler = b"".join(b"X-Filler-%03d: %s\n" % (n, b"v" * 60) for n in range(80))
+    hidden = CLEAN.replace(b"Subject: hi\n", filler + b"X-Mailer: MaxBulk.Mailer 1\n")
+    status, out, err = await run_pipe(
+        f"--config={config}", "--queue-id=4F2B1", "--sender=a@example.org", "--", "b@example.com",
+        stdin=hidden,
+    )
+    assert (status, out) == (0, ["2.0.0 Ok: queued as Q1"])
+    assert (
+        "WARNING smtpfilter.handler: queue_id=4F2B1 from=<a@example.org>: header section longer "
+        "than limits.header_size (4096 bytes): the rules did not read the rest"
+    ) in err
+    [txn] = sink.messages
+    assert txn.data.startswith(b"X-Spam-Flag: YES\r\n")

@@ -107,6 +107,27 @@ async def test_a_broken_file_on_sighup_keeps_the_old_rules_and_says_why(service,
     assert process.process.poll() is None
 
 
+async def test_a_table_with_nothing_usable_is_a_warning_in_the_log_at_start_and_reload(service):
+    # Issue 10 item 11: such a table was accepted silently ("0 lines"). Postfix logs each line
+    # it skips and goes on; so do we, in the log (not on a stderr nobody reads), and say that
+    # the rule will never match. The filter serves all the same.
+    process = service(
+        rules="rules:\n  - name: PASSWORDS\n    check: header_checks\n    table: [pcre:passwd]\n"
+    )
+    table = process.rules.parent / "passwd"
+    table.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    await start(process)
+    never = (rf"^WARNING smtpfilter\.serve: {process.rules}:4: rule PASSWORDS: table: "
+             rf"pcre:{table} has no usable line \(1 skipped, above\): this rule will never match$")
+    assert process.wait_log(never)
+    assert f"WARNING smtpfilter.serve: {table}:1: rule PASSWORDS: not a pattern" in process.log()
+    assert (await send_message(process.port, message("Subject: hi"))).code == 250
+
+    process.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(process.wait_log, r"reloaded: 1 rules from 1 files")
+    assert process.wait_log(never.replace(r"smtpfilter\.serve: ", r"smtpfilter\.server: reload: "))
+
+
 async def test_sigterm_lets_the_message_in_flight_finish_and_closes_idle_sessions(service, sink):
     dot = asyncio.Event()
     sink.script = lambda verb, line, txn: dot.set() if verb == "DOT" else None

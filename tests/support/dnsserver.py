@@ -24,7 +24,8 @@ own, under the wildcard's parent).
 
 Faults, per zone or per exact name: DROP (read the query, never answer), SERVFAIL, REFUSED,
 TRUNCATE (UDP answers carry only the TC bit, so a resolver must retry over TCP), and a delay in
-seconds before any answer.
+seconds before any answer; ``times=N`` limits a fault to the next N queries (``times=1`` with
+DROP is one lost datagram).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Query:
 class _Behaviour:
     fault: Fault | None = None
     delay: float = 0.0
+    times: int | None = None  # queries left that get this behaviour; None: every one
 
 
 @dataclass
@@ -151,13 +153,21 @@ class DnsServer:
         soa = zone.find_rrset(name, dns.rdatatype.SOA)
         self._zones[name] = _Zone(name, zone, soa)
 
-    def fault(self, where: str, fault: Fault | None = None, *, delay: float = 0.0) -> None:
-        """Misbehave for a zone (and every name under it) or one exact name; None clears."""
+    def fault(
+        self,
+        where: str,
+        fault: Fault | None = None,
+        *,
+        delay: float = 0.0,
+        times: int | None = None,
+    ) -> None:
+        """Misbehave for a zone (and every name under it) or one exact name; None clears.
+        ``times``: only for the next that many queries, then behave again."""
         key = where.lower().rstrip(".")
         if fault is None and not delay:
             self._behaviour.pop(key, None)
         else:
-            self._behaviour[key] = _Behaviour(fault, delay)
+            self._behaviour[key] = _Behaviour(fault, delay, times)
 
     def clear_faults(self) -> None:
         self._behaviour.clear()
@@ -188,6 +198,10 @@ class DnsServer:
         while True:
             found = self._behaviour.get(name)
             if found is not None:
+                if found.times is not None:
+                    found.times -= 1
+                    if found.times <= 0:
+                        del self._behaviour[name]  # this query is the last one it applies to
                 return found
             if "." not in name:
                 return None

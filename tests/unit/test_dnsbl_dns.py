@@ -8,7 +8,15 @@ import time
 import pytest
 
 from smtpfilter.config import DnsConfig, HostPort
-from smtpfilter.dns import DnsCache, DnspythonResolver, DnsService, Lookup, StaticResolver, error_answer
+from smtpfilter.dns import (
+    DnsCache,
+    DnspythonResolver,
+    DnsService,
+    Lookup,
+    StaticResolver,
+    Zone,
+    error_answer,
+)
 from tests.support.dnsserver import DnsServer, Fault
 
 
@@ -55,6 +63,54 @@ async def test_a_silent_server_is_a_timeout_within_the_lifetime(server):
     assert time.monotonic() - started < 0.3 + 0.5
     # Two tries within the lifetime: one lost datagram does not lose the lookup.
     assert server.count("4.3.2.1.zen.dnsbl.test") == 2
+
+
+# Issue 10 item 7: dnspython gave each try timeout/2, so with dns.timeout: 2s an answer after
+# 1.0 s was a "timeout" and the health probe disabled the list. The configured timeout is the
+# time an answer may take; a lost datagram is still retried within it.
+async def test_an_answer_within_the_timeout_is_an_answer(server):
+    server.fault("4.3.2.1.zen.dnsbl.test", delay=1.2)
+    lookup = await resolver(server, timeout=2.0).query("4.3.2.1.zen.dnsbl.test", "A")
+    assert lookup.error is None and sorted(lookup.records) == ["127.0.0.10", "127.0.0.4"]
+
+
+async def test_a_server_that_never_answers_is_a_timeout_within_the_bound(server):
+    server.fault("zen.dnsbl.test", Fault.DROP)
+    started = time.monotonic()
+    lookup = await resolver(server, timeout=1.0).query("4.3.2.1.zen.dnsbl.test", "A")
+    elapsed = time.monotonic() - started
+    assert lookup.error == "timeout"
+    assert 0.9 <= elapsed < 1.0 + 1.0  # the whole timeout is waited for, and not much more
+
+
+async def test_one_lost_datagram_is_retried_within_the_timeout(server):
+    server.fault("4.3.2.1.zen.dnsbl.test", Fault.DROP, times=1)
+    lookup = await resolver(server, timeout=2.0).query("4.3.2.1.zen.dnsbl.test", "A")
+    assert lookup.found
+    first, second = [q for q in server.queries if q.name == "4.3.2.1.zen.dnsbl.test"]
+    assert second.at - first.at < 2.0  # the retry went out within the timeout
+
+
+async def test_a_dead_first_nameserver_does_not_cost_the_lookup(server):
+    silent = await DnsServer().start()  # a nameserver that answers nothing
+    silent.fault("test", Fault.DROP)
+    try:
+        both = DnspythonResolver(
+            (HostPort("127.0.0.1", silent.port), HostPort("127.0.0.1", server.port)), 2.0
+        )
+        lookup = await both.query("4.3.2.1.zen.dnsbl.test", "A")
+    finally:
+        await silent.stop()
+    assert lookup.found and silent.count() == 1 and server.count() == 1
+
+
+async def test_health_probe_keeps_a_list_whose_answers_take_most_of_the_timeout(server):
+    server.fault("zen.dnsbl.test", delay=1.2)
+    service = DnsService(DnsConfig(nameservers=(HostPort("127.0.0.1", server.port),), timeout=2.0))
+    zone = Zone("zen.dnsbl.test", "ip", "zen.dnsbl.test")
+    await service.check_zones([zone])
+    assert service.health.usable("zen.dnsbl.test"), service.health.reason("zen.dnsbl.test")
+    await service.aclose()
 
 
 @pytest.mark.parametrize(

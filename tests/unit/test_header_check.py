@@ -75,6 +75,25 @@ def test_case_sensitive_and_decode_raw():
     assert raw_only.observe(msg(b"Subject: =?utf-8?B?aGlkZGVu?=\n\n")) is None
 
 
+@pytest.mark.parametrize("every", [False, True], ids=["named", "star"])
+@pytest.mark.parametrize(
+    ("raw", "finding"),
+    [
+        (b"Subject: hidden offer\n\n", "MATCH"),  # plain text: its decoded form is itself
+        (b"Subject: =?utf-8?B?aGlkZGVu?= offer\n\n", "MATCH"),
+        (b"Subject: =?utf-8?Q?hid?= =?utf-8?Q?den?=\n\n", "MATCH"),  # split across two words
+        (b"Subject: harmless\n\n", None),
+    ],
+)
+def test_decode_decoded_tries_every_header_plain_or_encoded(raw, finding, every):
+    # Issue 10 item 5: a header without an encoded word was never tried with decode: decoded,
+    # so spam evaded such a rule by simply not encoding.
+    header = "'*'\nmatch: '^Subject: .*hidden'" if every else "Subject\nmatch: 'hidden'"
+    rule = check(f"header: {header}\ndecode: decoded\n")
+    result = rule.observe(msg(raw))
+    assert (result.code if result else None) == finding
+
+
 @pytest.mark.parametrize(
     ("yaml", "problem"),
     [

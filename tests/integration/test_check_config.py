@@ -1,0 +1,183 @@
+"""``smtpfilter check-config`` on broken files, run as the admin runs it: a child process.
+
+Whatever is wrong with a file (bytes YAML forbids, an encoding that is not UTF-8, an escape
+that is not a character, nesting without end, a Postfix table with nothing usable in it), the
+answer is one line per problem naming ``file:line``, never a traceback, and the exit code is
+the one every configuration error gets (78, EX_CONFIG); warnings leave it at 0.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smtpfilter.cli import EX_CONFIG
+
+GOOD_RULE = b"rules:\n  - name: OK\n    check: date\n    missing: true\n    score: 1\n"
+
+
+def check_config(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smtpfilter", "check-config", "--config", str(config)],
+        capture_output=True,
+        timeout=60,
+        cwd=config.parent,
+    )
+
+
+def assert_one_line_per_problem(result: subprocess.CompletedProcess) -> list[str]:
+    """stderr holds only ``smtpfilter: ...`` lines, no traceback; returns them decoded."""
+    err = result.stderr.decode("utf-8", "backslashreplace")
+    assert "Traceback" not in err and "Error:" not in err.replace("smtpfilter:", ""), err
+    lines = err.splitlines()
+    assert all(line.startswith("smtpfilter: ") for line in lines), err
+    return lines
+
+
+def write(tmp_path: Path, config: bytes, rules: bytes = GOOD_RULE, *, bom: bytes = b"") -> Path:
+    (tmp_path / "r.yaml").write_bytes(rules)
+    path = tmp_path / "c.yaml"
+    path.write_bytes(bom + b"rules: [r.yaml]\n" + config)
+    return path
+
+
+# (config after "rules: [r.yaml]\n", rule file, the file:line expected, words of the problem)
+BROKEN = {
+    "control byte in a rule file": (
+        b"",
+        b"rules:\n  - name: OK\n    description: ring \x07 the bell\n    check: date\n"
+        b"    missing: true\n    score: 1\n",
+        "r.yaml:3",
+        "U+0007",
+    ),
+    "control byte in the config": (b"hostname: a\x01b\n", GOOD_RULE, "c.yaml:2", "U+0001"),
+    "NUL byte": (b"log:\n  level: info\x00\n", GOOD_RULE, "c.yaml:3", "U+0000"),
+    "DEL byte": (b"hostname: ab\x7f\n", GOOD_RULE, "c.yaml:2", "U+007F"),
+    "C1 control in UTF-8": (b"hostname: ab\xc2\x9b\n", GOOD_RULE, "c.yaml:2", "U+009B"),
+    "not UTF-8": (b"hostname: ab\n# caf\xe9\n", GOOD_RULE, "c.yaml:3", "not UTF-8"),
+    "lone surrogate escape in a rule": (
+        b"",
+        b'rules:\n  - name: OK\n    check: header\n    header: "X-\\ud800"\n    match: a\n'
+        b"    score: 1\n",
+        "r.yaml:4",
+        "surrogate",
+    ),
+    "lone surrogate escape in a pattern": (
+        b"",
+        b'rules:\n  - name: OK\n    check: header\n    header: X\n    match: "\\udc80"\n'
+        b"    score: 1\n",
+        "r.yaml:5",
+        "surrogate",
+    ),
+    "endless nesting": (b"policy: " + b"[" * 5000 + b"]" * 5000 + b"\n", GOOD_RULE, "c.yaml:2",
+                        "nested"),
+    "explicit tag with a bad value": (b"limits:\n  sessions: !!int many\n", GOOD_RULE, "c.yaml:3",
+                                      "many"),
+    "impossible date": (b"limits:\n  sessions: !!timestamp 2024-99-01\n", GOOD_RULE, "c.yaml:3",
+                        "month"),
+    "integer beyond Python's limit": (b"limits:\n  sessions: " + b"9" * 5000 + b"\n", GOOD_RULE,
+                                      "c.yaml:3", "digits"),
+}
+
+
+@pytest.mark.parametrize(("config", "rules", "where", "words"), BROKEN.values(), ids=BROKEN.keys())
+def test_broken_yaml_is_one_problem_line_with_file_and_line(tmp_path, config, rules, where, words):
+    result = check_config(write(tmp_path, config, rules))
+    lines = assert_one_line_per_problem(result)
+    assert result.returncode == EX_CONFIG, lines
+    problems = [line for line in lines if re.match(r"smtpfilter: \S+:\d+: ", line)]
+    assert len(problems) == 1 and len(lines) == 2, lines  # the problem, then the count
+    assert f"{tmp_path / where}: " in problems[0] and words in problems[0], problems[0]
+
+
+@pytest.mark.parametrize("bom", [b"\xef\xbb\xbf", b""], ids=["UTF-8 BOM", "no BOM"])
+def test_utf8_with_or_without_a_bom_is_fine(tmp_path, bom):
+    result = check_config(write(tmp_path, b"hostname: filter.example\n", bom=bom))
+    assert result.returncode == 0, result.stderr
+    assert b"hostname filter.example" in result.stdout
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_a_utf16_file_is_named_as_such(tmp_path, encoding):
+    (tmp_path / "r.yaml").write_bytes(GOOD_RULE)
+    config = tmp_path / "c.yaml"
+    config.write_bytes("\ufeffrules: [r.yaml]\nhostname: a.b\n".encode(encoding))
+    result = check_config(config)
+    [problem, _count] = assert_one_line_per_problem(result)
+    assert result.returncode == EX_CONFIG
+    assert f"{config}:1: " in problem and encoding[:6].upper() in problem, problem
+
+
+def test_dates_are_text_not_yaml_timestamps(tmp_path):
+    # YAML 1.1 reads 2024-01-01 as a date; nothing here is a date, and a mistyped one
+    # (2024-99-01) once ended in a ValueError traceback.
+    result = check_config(write(tmp_path, b"hostname: 2024-99-01\n"))
+    assert result.returncode == 0, result.stderr
+    assert b"hostname 2024-99-01" in result.stdout
+
+
+# --- a Postfix table with nothing usable in it ------------------------------------------------
+# Issue 10 item 11: "table: [pcre:/etc/passwd]" was accepted as "0 lines", silently. Postfix warns
+# once per line it skips and goes on (dict_regexp.c, dict_pcre.c); so do we, and then say that
+# the rule will never match, with where the table is named. A warning, not an error: an empty
+# table is valid in Postfix, and a daemon degrades rather than dies on a bad table at reload.
+PASSWD_LIKE = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+
+
+def table_rule(*tables: str) -> bytes:
+    return (
+        "rules:\n  - name: POSTFIX_TABLE\n    check: header_checks\n"
+        f"    table: [{', '.join(tables)}]\n"
+    ).encode()
+
+
+def warnings_of(result: subprocess.CompletedProcess) -> list[str]:
+    lines = assert_one_line_per_problem(result)
+    assert all(line.startswith("smtpfilter: warning: ") for line in lines), lines
+    return [line.removeprefix("smtpfilter: warning: ") for line in lines]
+
+
+@pytest.mark.parametrize("fmt", ["pcre", "regexp"])
+def test_a_table_without_one_usable_line_is_a_warning_naming_it(tmp_path, fmt):
+    (tmp_path / "passwd").write_text(PASSWD_LIKE)
+    result = check_config(write(tmp_path, b"", table_rule(f"{fmt}:passwd")))
+    assert result.returncode == 0, result.stderr  # usable, as Postfix would use it
+    warnings = warnings_of(result)
+    table = tmp_path / "passwd"
+    assert warnings[:2] == [
+        f"{table}:1: rule POSTFIX_TABLE: not a pattern, if or endif (Postfix ignores this line too)",
+        f"{table}:2: rule POSTFIX_TABLE: not a pattern, if or endif (Postfix ignores this line too)",
+    ]
+    assert warnings[2:] == [
+        f"{tmp_path / 'r.yaml'}:4: rule POSTFIX_TABLE: table: {fmt}:{table} has no usable line "
+        f"(2 skipped, above): this rule will never match"
+    ]
+    assert b"(0 lines)" in result.stdout
+
+
+def test_an_empty_table_and_a_table_of_lines_that_decide_nothing_are_warnings(tmp_path):
+    (tmp_path / "empty").write_text("# nothing here yet\n")
+    (tmp_path / "edits").write_text("/^X-Internal:/ IGNORE\n/^Subject:/ PREPEND X-Seen: yes\n")
+    result = check_config(write(tmp_path, b"", table_rule("regexp:empty", "regexp:edits")))
+    assert result.returncode == 0, result.stderr
+    rules = tmp_path / "r.yaml"
+    assert warnings_of(result) == [
+        f"{rules}:4: rule POSTFIX_TABLE: table: regexp:{tmp_path / 'empty'} has no lines",
+        f"{rules}:4: rule POSTFIX_TABLE: table: no line of its tables REJECTs, DISCARDs, HOLDs, "
+        f"WARNs or INFOs (the others act in Postfix only): this rule will never match",
+    ]
+
+
+def test_a_table_beside_a_usable_one_is_a_warning_that_the_rule_still_works(tmp_path):
+    (tmp_path / "passwd").write_text(PASSWD_LIKE)
+    (tmp_path / "good").write_text("/^X-Mailer: MaxBulk/ DISCARD\n")
+    result = check_config(write(tmp_path, b"", table_rule("pcre:passwd", "regexp:good")))
+    assert result.returncode == 0, result.stderr
+    assert warnings_of(result)[-1] == (
+        f"{tmp_path / 'r.yaml'}:4: rule POSTFIX_TABLE: table: pcre:{tmp_path / 'passwd'} has no "
+        f"usable line (2 skipped, above); the rule's other tables still apply"
+    )
