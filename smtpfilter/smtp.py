@@ -248,9 +248,8 @@ class FilterSMTP(SMTP):
         """
         if self._client_gone:
             raise _ClientGone  # nobody to answer; ends aiosmtpd's command loop
-        if isinstance(status, str):
-            status = status.encode("utf-8", "surrogateescape")
-        self._outbox.append(status + b"\r\n")
+        # Every reply, aiosmtpd's echoes of client text too, as printable ASCII lines.
+        self._outbox.append(replies.encode_reply(status))
         hold, self._pipelinable = self._pipelinable, False
         # StreamReader keeps unread input in ``_buffer`` (aiosmtpd relies on it too).
         if hold and b"\n" in getattr(self._reader, "_buffer", b""):
