@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpfilter.cli import main
 from tests.integration.conftest import start
 from tests.support.messages import message
 
@@ -164,3 +165,53 @@ async def test_syslog_keeps_lines_with_8bit_envelope_data(service):
         syslog.close()
         path.unlink(missing_ok=True)
         directory.rmdir()
+
+
+QUARANTINE_RULES = r"""
+rules:
+  - name: SPAM_MAILER
+    check: header
+    header: X-Mailer
+    match: '^MaxBulk\.Mailer'
+    action: quarantine
+"""
+
+
+async def test_quarantine_stores_and_releases_8bit_envelope_exactly(start_filter, sink, capsys):
+    server = await start_filter(rules=QUARANTINE_RULES, config="quarantine: {directory: q}\n")
+    replies = await postfix_8bit_session(
+        server.port, SPAM, mail_from=b"caf\xe9@example.org",
+        rcpts=[b"b\xfcr@example.com", b"plain@example.com"],
+    )
+    final = replies[-2][0].decode()
+    assert final.startswith("250 2.0.0 Ok: quarantined as "), final  # was 451, forever
+    entry_id = final.split(" as ", 1)[1].split(" ", 1)[0]
+    assert sink.messages == []
+    config = str(server.config_path)
+
+    def cli(*args: str) -> int:
+        return main(list(args))
+
+    assert await asyncio.to_thread(cli, "quarantine", "list", "--config", config) == 0
+    out = capsys.readouterr().out
+    assert entry_id in out and r"<caf\xe9@example.org>" in out and r"b\xfcr@example.com (+1)" in out
+
+    assert await asyncio.to_thread(cli, "quarantine", "show", "--config", config, entry_id) == 0
+    out = capsys.readouterr().out
+    assert r"from:      <caf\xe9@example.org>" in out
+    assert r"to:        <b\xfcr@example.com>" in out
+    assert r"client:    evil\x1b[31m\x0d\x0aforged[192.0.2.7]" in out
+    assert r"queue id:  Q\x00\xff" in out
+    assert LOG_CONTROL.search(out.encode()) is None
+
+    assert await asyncio.to_thread(cli, "quarantine", "list", "--json", "--config", config) == 0
+    assert entry_id in capsys.readouterr().out
+
+    assert await asyncio.to_thread(cli, "quarantine", "release", "--config", config, entry_id) == 0
+    out = capsys.readouterr().out
+    assert rf"released to b\xfcr@example.com, plain@example.com: 250 2.0.0 Ok" in out
+    [released] = sink.messages
+    # Exactly the bytes Postfix sent, as a live delivery would have passed them on.
+    assert released.mail == b"MAIL FROM:<caf\xe9@example.org>\r\n"
+    assert released.rcpts == [b"RCPT TO:<b\xfcr@example.com>\r\n", b"RCPT TO:<plain@example.com>\r\n"]
+    assert released.data == SPAM
