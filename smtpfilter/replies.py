@@ -36,6 +36,10 @@ def banner(hostname: str) -> str:
 R421_TOO_MANY_SESSIONS = "421 4.7.0 Error: too many connections, try again later"
 R421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
 R421_TIMEOUT = "421 4.4.2 Error: timeout exceeded"
+# To the longest-idle session when a new one needs its slot (RFC 5321 §4.5.3.2: a server may
+# close an idle session; Postfix's smtp client tests a cached connection with RSET before
+# reusing it and opens a new one if it is gone, CONNECTION_CACHE_README).
+R421_IDLE_CLOSED = "421 4.4.2 Error: idle session closed, too many connections"
 R554_ACCESS_DENIED = "554 5.7.1 Error: access denied"
 
 # --- command syntax and sequence (RFC 5321 §4.2, Postfix smtpd wording) ------------------

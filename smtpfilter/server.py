@@ -74,6 +74,7 @@ class Server:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.runtime = Runtime(config, ruleset, DownstreamPool.for_config(config))
+        self.runtime.make_room = self._make_room
         # Shared by every rule set this server will load: the DNS cache and zone health
         # survive reloads.
         self.env = ruleset.env
@@ -260,6 +261,35 @@ class Server:
             "reloaded: %d rules from %d files", len(ruleset), len(ruleset.files)
         )
         sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
+        return True
+
+    # --- session limit -------------------------------------------------------------------
+    def _make_room(self) -> bool:
+        """At limits.sessions, close the session idle longest, if any, so a newcomer is served.
+
+        Idle sessions (greeted or between transactions, waiting for a command) cost a waiting
+        client everything and their own client nothing: Postfix's smtp client keeps an unused
+        connection for 2 s at most (smtp_connection_cache_time_limit) and tests a cached one
+        with RSET before reusing it (CONNECTION_CACHE_README), so it simply opens a new one.
+        Sessions in a transaction are never closed here: only when every session is busy does
+        the newcomer get 421."""
+        oldest: FilterSMTP | None = None
+        oldest_since = 0.0
+        for protocol in self._protocols:
+            since = protocol.idle_since()
+            if since is not None and (oldest is None or since < oldest_since):
+                oldest, oldest_since = protocol, since
+        if oldest is None:
+            return False
+        log.info(
+            "closing idle session from %s (idle %.1fs) for a new one: %d sessions open "
+            "(limits.sessions)",
+            oldest.session.peer,
+            time.monotonic() - oldest_since,
+            self.runtime.sessions,
+        )
+        self.runtime.count("idle_closed")
+        oldest.close_idle(replies.R421_IDLE_CLOSED)
         return True
 
     # --- shutdown ------------------------------------------------------------------------
