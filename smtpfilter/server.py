@@ -24,6 +24,7 @@ from pathlib import Path
 from . import replies, sdnotify
 from .config import Config, ConfigError, load_config
 from .handler import FilterHandler, Runtime, make_policy
+from .listener import Listener
 from .metrics import MetricsServer
 from .reinject import DownstreamPool
 from .rules import RuleSet, rules_for
@@ -82,7 +83,7 @@ class Server:
         self.handler = FilterHandler(self.runtime)
         self.tls_context = make_tls_context(config)
         self._sock = sock
-        self._server: asyncio.base_events.Server | None = None
+        self._server: Listener | None = None
         self._protocols: weakref.WeakSet[FilterSMTP] = weakref.WeakSet()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -114,12 +115,13 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        # Our own accept loop, not loop.create_server's: out of file descriptors, new
+        # connections wait in the listen queue and one warning a minute says so (listener.py).
         if self._sock is not None:
-            self._server = await loop.create_server(self._protocol, sock=self._sock)
+            self._server = Listener(self._sock, self._protocol)
         else:
-            self._server = await loop.create_server(
-                self._protocol, listen.host, listen.port, reuse_address=True, backlog=128
-            )
+            self._server = Listener.bind(listen.host, listen.port, self._protocol)
+        self._server.start()
         if not listen.is_loopback:
             log.warning(
                 "listening on %s, beyond loopback: only allow_clients may connect, "
