@@ -291,7 +291,7 @@ EX_TEMPFAIL = 75  # sysexits(3): the message stays in quarantine, try again late
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     from . import quarantine
-    from .report import quarantine_list, quarantine_show
+    from .report import clean, quarantine_list, quarantine_show
 
     try:
         config = load_config(args.config)
@@ -303,8 +303,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         if args.operation == "list":
             entries = store.entries()
             if args.json:
-                print(json.dumps([e.meta | {"id": e.id, "file": str(e.path)} for e in entries],
-                                 indent=2, ensure_ascii=False))
+                print(quarantine.json_text([e.meta | {"id": e.id, "file": str(e.path)}
+                                            for e in entries]))
             else:
                 print(quarantine_list(store, entries), end="")
             return EX_OK
@@ -330,11 +330,13 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             status = EX_NOINPUT
             continue
         for address, reply in result.refused:
-            print(f"{entry_id}: {address}: refused by {config.forward}: {reply}", file=sys.stderr)
+            print(f"{entry_id}: {clean(address)}: refused by {config.forward}: {reply}",
+                  file=sys.stderr)
+        delivered = ", ".join(clean(address) for address in result.delivered)
         if result.removed:
-            print(f"{entry_id}: released to {', '.join(result.delivered)}: {result.reply}")
+            print(f"{entry_id}: released to {delivered}: {result.reply}")
         elif result.delivered:
-            print(f"{entry_id}: released to {', '.join(result.delivered)}: {result.reply}; "
+            print(f"{entry_id}: released to {delivered}: {result.reply}; "
                   f"kept in quarantine for the refused recipients")
             status = EX_TEMPFAIL
         else:

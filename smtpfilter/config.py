@@ -111,7 +111,9 @@ DEFAULT_FORWARD = HostPort("127.0.0.1", 10026)  # FILTER_README's after-filter s
 class Limits:
     message_size: int = 10_240_000  # Postfix's message_size_limit default; announced as SIZE
     header_size: int = 1 << 20  # how much of the header section the rules look at
-    sessions: int = 100  # Postfix's default scan concurrency is 20 (default_destination_concurrency_limit)
+    # Per process. At least the scan transport's maxproc (20 in master.cf.example) after queue,
+    # the port-25 smtpd's (default_process_limit, 100) before queue; idle sessions make room.
+    sessions: int = 100
     recipients: int = 1000  # Postfix's smtpd_recipient_limit default
     idle_timeout: float = 300.0  # Postfix's smtpd_timeout: a silent client is dropped
     scan_timeout: float = 60.0  # all rules of one message, DNS included

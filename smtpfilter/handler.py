@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import quarantine, replies, wire
 from .config import Config
@@ -52,6 +52,8 @@ class Runtime:
     accepting: bool = True
     counters: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)  # per-rule tallies, latency, reply codes
+    # At limits.sessions: close the longest-idle session, True if one was (set by the server).
+    make_room: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         self.policy = make_policy(self.config)
@@ -168,9 +170,11 @@ class FilterHandler:
             return replies.R554_ACCESS_DENIED
         if not self.rt.accepting:
             return replies.R421_SHUTTING_DOWN
-        if self.rt.sessions >= config.limits.sessions:
+        if self.rt.sessions >= config.limits.sessions and not (
+            self.rt.make_room is not None and self.rt.make_room()
+        ):
             log.warning(
-                "refused connection from %s: %d sessions open (limits.sessions)",
+                "refused connection from %s: %d sessions open and busy (limits.sessions)",
                 session.peer,
                 self.rt.sessions,
             )

@@ -4,6 +4,13 @@ so our lines land in /var/log/mail.log beside Postfix's own.
 Syslog lines look like Postfix's: ``smtpfilter[PID]: text`` for information and
 ``smtpfilter[PID]: warning: text`` for problems (Postfix's msg(3) prefixes), so the tools that
 read mail.log (pflogsumm, grep "warning:") treat them alike.
+
+Every line, whatever the target, is escaped (smtpfilter.text): log lines quote client data (MAIL
+FROM, XFORWARD values, header values, aiosmtpd's own "unrecognised: COMMAND" warning). A raw CR,
+LF or ESC there would forge lines or drive the terminal of whoever reads the log, and a byte that
+is not UTF-8 (decoded with surrogateescape) makes SysLogHandler's UTF-8 encoding raise, which
+loses the line: the one INFO line of a discarded message would leave no trace. Such characters
+appear as ``\\xNN`` instead; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -15,11 +22,32 @@ import socket
 import sys
 
 from .config import LogConfig
+from .text import escape, escape_lines
 
-__all__ = ["setup_logging"]
+__all__ = ["EscapingFormatter", "setup_logging"]
 
 
-class _SyslogFormatter(logging.Formatter):
+class EscapingFormatter(logging.Formatter):
+    """A Formatter whose output holds no control character and no undecodable byte: the
+    message is one line, a traceback keeps its line feeds (they are ours) and nothing else."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_text:  # cached by another formatter: escaping it again changes nothing
+            record.exc_text = escape_lines(record.exc_text)
+        return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        return escape_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_lines(super().formatStack(stack_info))
+
+
+class _SyslogFormatter(EscapingFormatter):
     """RFC 3164 TAG ``smtpfilter[PID]:`` and Postfix's severity prefixes."""
 
     _PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "fatal: "}
@@ -79,7 +107,7 @@ def setup_logging(config: LogConfig, *, stream=None) -> None:
             )
     if config.target != "syslog" or fallback_reason is not None:
         handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(config.level.upper())
     # aiosmtpd logs every command line at INFO on its "mail.log" logger (and the peer of every

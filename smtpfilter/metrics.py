@@ -133,6 +133,9 @@ def render(runtime: "Runtime", *, started_at: float) -> str:
              "Connections refused at connect.",
              [({"reason": "not_allowed"}, counters.get("refused_clients", 0)),
               ({"reason": "busy"}, counters.get("refused_busy", 0))])
+    w.family("smtpfilter_idle_sessions_closed_total", "counter",
+             "Idle sessions closed at limits.sessions to serve a new connection.",
+             [({}, counters.get("idle_closed", 0))])
     w.family("smtpfilter_reload_failures_total", "counter",
              "Reloads (SIGHUP) that kept the old rules because of a problem.",
              [({}, counters.get("reload_failures", 0))])

@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ __all__ = [
     "QuarantineError",
     "ReleaseResult",
     "envelope_of_pipe",
+    "json_text",
     "release",
     "store_message",
     "store_with_envelope",
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 
 META_VERSION = 1
 _SUBDIRS = ("tmp", "new", "cur", "meta")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _counter = itertools.count(1)
 
 
@@ -93,6 +96,27 @@ def _unique_name() -> str:
     now = time.time()
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072") or "localhost"
     return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{host}"
+
+
+def json_text(value: Any) -> str:
+    """``value`` as JSON text that strict UTF-8 can encode, whatever bytes the envelope holds.
+
+    Envelope values are client data decoded with surrogateescape (aiosmtpd decodes command
+    arguments so, and Postfix passes 8-bit MAIL FROM, RCPT TO and XFORWARD values on as they
+    came when smtputf8_enable = no): a byte that is not UTF-8 is a lone surrogate U+DC80..U+DCFF,
+    which UTF-8 cannot encode. It is written as the JSON escape ``\\udcNN``, which json.loads
+    turns back into the same character: the file stays UTF-8 and a release sends the very bytes
+    received. (Refusing to store it answered 451 until Postfix bounced the message after
+    maximal_queue_lifetime.)
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _json_bytes(meta: dict[str, Any]) -> bytes:
+    return json_text(meta).encode("utf-8") + b"\n"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -151,7 +175,7 @@ class Quarantine:
             content, form = data, "wire"
         meta = dict(meta, id=entry_id, version=META_VERSION, form=form, size=len(data),
                     sha256=hashlib.sha256(data).hexdigest())
-        meta_bytes = json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+        meta_bytes = _json_bytes(meta)
         meta_path = self.directory / "meta" / f"{entry_id}.json"
         try:
             self._prepare()
@@ -231,7 +255,7 @@ class Quarantine:
         (self.directory / "meta" / f"{entry.id}.json").unlink(missing_ok=True)
 
     def update_meta(self, entry: Entry, meta: dict[str, Any]) -> None:
-        meta_bytes = json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+        meta_bytes = _json_bytes(meta)
         final = self.directory / "meta" / f"{entry.id}.json"
         tmp = self.directory / "tmp" / f"{entry.id}.{next(_counter)}.json"
         _write_durably(tmp, final, meta_bytes)

@@ -25,6 +25,7 @@ import re
 from typing import Iterable
 
 from .reinject import Reply
+from .text import reply_text
 from .verdict import Action, Decision
 
 # --- connection --------------------------------------------------------------------------
@@ -35,6 +36,10 @@ def banner(hostname: str) -> str:
 R421_TOO_MANY_SESSIONS = "421 4.7.0 Error: too many connections, try again later"
 R421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
 R421_TIMEOUT = "421 4.4.2 Error: timeout exceeded"
+# To the longest-idle session when a new one needs its slot (RFC 5321 §4.5.3.2: a server may
+# close an idle session; Postfix's smtp client tests a cached connection with RSET before
+# reusing it and opens a new one if it is gone, CONNECTION_CACHE_README).
+R421_IDLE_CLOSED = "421 4.4.2 Error: idle session closed, too many connections"
 R554_ACCESS_DENIED = "554 5.7.1 Error: access denied"
 
 # --- command syntax and sequence (RFC 5321 §4.2, Postfix smtpd wording) ------------------
@@ -109,9 +114,21 @@ _ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?: |$)")
 _GROUP_REF = re.compile(r"\$(?:\{(\d)\}|(\d))")
 
 
-def sanitise(text: str) -> str:
-    """Reply text is one line of printable ASCII: everything else becomes "?"."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
+# Reply text is one line of printable ASCII (RFC 5321 §4.2): everything else becomes "?".
+sanitise = reply_text
+
+
+def encode_reply(status: str | bytes) -> bytes:
+    """A reply as it goes on the wire: every line printable ASCII, each ended by CRLF.
+
+    The last defence for every reply we send, ours and aiosmtpd's alike: aiosmtpd echoes client
+    text (the unknown command in ``500 Error: command "..." not recognized``, VRFY's argument),
+    and a CR, LF, NUL, ESC or 8-bit byte there would forge or break reply lines. Lines of a
+    multi-line reply are joined by CRLF by the caller; anything else becomes "?".
+    """
+    if isinstance(status, bytes):
+        status = status.decode("ascii", "surrogateescape")
+    return "\r\n".join(map(reply_text, status.split("\r\n"))).encode("ascii") + b"\r\n"
 
 
 def render_text(template: str, groups: tuple[str, ...], rule: str | None) -> str:

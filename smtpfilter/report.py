@@ -1,7 +1,7 @@
 """Text for humans: the tables and summaries the operator commands print.
 
 Functions here return strings; only :mod:`smtpfilter.cli` prints them. Values that come from a
-message (Subject, From...) are shown decoded (RFC 2047) and with control characters replaced, so
+message (Subject, From...) are shown decoded (RFC 2047) and with control characters escaped, so
 a hostile header cannot move the cursor or forge lines in an admin's terminal.
 """
 
@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Iterable
 
 from .message import HeaderBlock
+from .text import escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from .quarantine import Entry, Quarantine
@@ -32,8 +33,9 @@ __all__ = [
 
 
 def clean(text: str, limit: int = 200) -> str:
-    """One printable line: controls become "?", long values end in "..."."""
-    text = "".join(c if c.isprintable() else "?" for c in text.replace("\t", " "))
+    """One printable line: controls and bytes that are not UTF-8 (an 8-bit envelope address)
+    shown escaped, ``\\x1b``, ``\\xff`` (smtpfilter.text); long values end in "..."."""
+    text = escape(text.replace("\t", " "))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -89,7 +91,7 @@ def quarantine_show(store: "Quarantine", entry: "Entry") -> str:
         f"id:        {entry.id}",
         f"file:      {entry.path}",
         f"received:  {entry.meta.get('received_at', '-')}",
-        f"queue id:  {entry.meta.get('queue_id') or '-'}",
+        f"queue id:  {clean(entry.meta.get('queue_id') or '-')}",
         f"client:    {clean(entry.meta.get('client') or '-')}",
         f"from:      <{clean(env.get('mail_from', ''))}>"
         + "".join(f" {clean(t)}" for t in env.get("mail_params", {}).values()),

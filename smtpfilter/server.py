@@ -28,6 +28,7 @@ from pathlib import Path
 from . import replies, sdnotify
 from .config import Config, ConfigError, load_config
 from .handler import FilterHandler, Runtime, make_policy
+from .listener import Listener
 from .metrics import MetricsServer
 from .reinject import DownstreamPool
 from .rules import RuleSet, rules_for
@@ -81,6 +82,7 @@ class Server:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.runtime = Runtime(config, ruleset, DownstreamPool.for_config(config))
+        self.runtime.make_room = self._make_room
         # Shared by every rule set this server will load: the DNS cache and zone health
         # survive reloads.
         self.env = ruleset.env
@@ -89,7 +91,7 @@ class Server:
         self.tls_context = make_tls_context(config)
         self._sock = sock
         self._handed_over = handed_over
-        self._server: asyncio.base_events.Server | None = None
+        self._server: Listener | None = None
         self._protocols: weakref.WeakSet[FilterSMTP] = weakref.WeakSet()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -121,12 +123,13 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        # Our own accept loop, not loop.create_server's: out of file descriptors, new
+        # connections wait in the listen queue and one warning a minute says so (listener.py).
         if self._sock is not None:
-            self._server = await loop.create_server(self._protocol, sock=self._sock)
+            self._server = Listener(self._sock, self._protocol)
         else:
-            self._server = await loop.create_server(
-                self._protocol, listen.host, listen.port, reuse_address=True, backlog=128
-            )
+            self._server = Listener.bind(listen.host, listen.port, self._protocol)
+        self._server.start()
         if not listen.is_loopback:
             log.warning(
                 "listening on %s, beyond loopback: only allow_clients may connect, "
@@ -270,6 +273,35 @@ class Server:
             "reloaded: %d rules from %d files", len(ruleset), len(ruleset.files)
         )
         sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
+        return True
+
+    # --- session limit -------------------------------------------------------------------
+    def _make_room(self) -> bool:
+        """At limits.sessions, close the session idle longest, if any, so a newcomer is served.
+
+        Idle sessions (greeted or between transactions, waiting for a command) cost a waiting
+        client everything and their own client nothing: Postfix's smtp client keeps an unused
+        connection for 2 s at most (smtp_connection_cache_time_limit) and tests a cached one
+        with RSET before reusing it (CONNECTION_CACHE_README), so it simply opens a new one.
+        Sessions in a transaction are never closed here: only when every session is busy does
+        the newcomer get 421."""
+        oldest: FilterSMTP | None = None
+        oldest_since = 0.0
+        for protocol in self._protocols:
+            since = protocol.idle_since()
+            if since is not None and (oldest is None or since < oldest_since):
+                oldest, oldest_since = protocol, since
+        if oldest is None:
+            return False
+        log.info(
+            "closing idle session from %s (idle %.1fs) for a new one: %d sessions open "
+            "(limits.sessions)",
+            oldest.session.peer,
+            time.monotonic() - oldest_since,
+            self.runtime.sessions,
+        )
+        self.runtime.count("idle_closed")
+        oldest.close_idle(replies.R421_IDLE_CLOSED)
         return True
 
     # --- shutdown ------------------------------------------------------------------------

@@ -14,6 +14,8 @@ handler (smtpfilter.handler):
   the data (the SMTP smuggling fix of aiosmtpd 1.4.5, kept). The idle timer restarts on every
   chunk, and covers our scan and 10026's reply afterwards (aiosmtpd's would run through both).
 - A connection gate: clients outside ``allow_clients`` get 554, sessions beyond the limit 421.
+- Whether a session sits idle (no transaction, waiting for its next command) and since when,
+  so that at the session limit the longest-idle one makes room for a newcomer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import collections
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +162,9 @@ class FilterSMTP(SMTP):
             lambda: COMMAND_LIMIT, {"MAIL": PATH_COMMAND_LIMIT, "RCPT": PATH_COMMAND_LIMIT}
         )
         self.command_size_limit = COMMAND_LIMIT
+        # When the client last sent anything. time.monotonic(), not loop.time(): uvloop's clock
+        # ticks in whole milliseconds, too coarse to tell which session has been idle longest.
+        self._last_input = time.monotonic()
 
     # Command lines are read with readuntil() under this limit; MAIL/RCPT with DSN parameters
     # may exceed RFC 5321's 512, so allow Postfix's own 2048 (plus CRLF).
@@ -230,6 +236,41 @@ class FilterSMTP(SMTP):
         # On a TLS transport a half-close cannot be kept (aiosmtpd's own eof_received says so).
         return False if self.session.ssl is not None else keep_open
 
+    def data_received(self, data: bytes) -> None:
+        self._last_input = time.monotonic()
+        super().data_received(data)
+
+    def idle_since(self) -> float | None:
+        """When this session last heard from its client, if it now sits idle: greeted or between
+        transactions, waiting for a command with nothing of one received. None while it is
+        busy: in a transaction (MAIL accepted), running a command (e.g. waiting for 10026's
+        reply to MAIL), or closing.
+
+        Reads StreamReader's ``_waiter`` (set while a read waits for data) and ``_buffer``
+        (unread input), as push() and aiosmtpd do: a session whose command loop is not blocked
+        on an empty buffer is doing something."""
+        session = self.session
+        transport = self.transport
+        if session is None or not session.counted or transport is None or transport.is_closing():
+            return None
+        txn = self.envelope
+        if session.busy or (txn is not None and txn.started):
+            return None
+        reader = self._reader
+        if getattr(reader, "_waiter", None) is None or getattr(reader, "_buffer", b"x"):
+            return None
+        return self._last_input
+
+    def close_idle(self, reply: str) -> None:
+        """Say why and hang up (RFC 5321 §3.8: a server may close with 421 at any time), and
+        free the session's slot now, not when the connection is finally torn down."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(replies.encode_reply(reply))
+            transport.close()
+        if self.session is not None:
+            self.event_handler.disconnect(self.session)
+
     def _timeout_cb(self) -> None:
         # Postfix's smtpd says why it hangs up (RFC 5321 §4.5.3.2: a server may close after a
         # timeout, preferably with 421).
@@ -270,9 +311,8 @@ class FilterSMTP(SMTP):
         """
         if self._client_gone:
             raise _ClientGone  # nobody to answer; ends aiosmtpd's command loop
-        if isinstance(status, str):
-            status = status.encode("utf-8", "surrogateescape")
-        self._outbox.append(status + b"\r\n")
+        # Every reply, aiosmtpd's echoes of client text too, as printable ASCII lines.
+        self._outbox.append(replies.encode_reply(status))
         hold, self._pipelinable = self._pipelinable, False
         # StreamReader keeps unread input in ``_buffer`` (aiosmtpd relies on it too).
         if hold and b"\n" in getattr(self._reader, "_buffer", b""):

@@ -30,6 +30,7 @@ BOTH_LOOPS = {
     "tests.integration.test_abuse",
     "tests.integration.test_real_sink",
     "tests.integration.test_lockstep",
+    "tests.integration.test_session_limit",
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 from smtpfilter import checks
 from tests.support.client import Client, send_message
 from tests.support.messages import date_header, message
-from tests.support.sink import Close, Hang
+from tests.support.sink import Close, Hang, wait_until
 
 
 # --- delivery ------------------------------------------------------------------------------
@@ -502,15 +502,20 @@ async def test_client_outside_allow_clients_gets_554(start_filter):
     assert await client.closed_by_peer()
 
 
-async def test_sessions_beyond_the_limit_get_421(start_filter):
+async def test_sessions_beyond_the_limit_get_421(start_filter, sink):
+    """Only while every session is busy (in a transaction): idle ones make room instead,
+    see test_session_limit.py."""
     server = await start_filter(config="limits: {sessions: 2}\n")
     first = await Client.connect(server.port)
     second = await Client.connect(server.port)
+    for client in (first, second):
+        await client.ehlo()
+        assert (await client.cmd("MAIL FROM:<a@example.org>")).code == 250
     third = await Client.connect(server.port)
     assert (first.banner.code, second.banner.code, third.banner.code) == (220, 220, 421)
     assert await third.closed_by_peer()
     await first.close()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: server.runtime.sessions == 1)
     fourth = await Client.connect(server.port)
     assert fourth.banner.code == 220
     await second.close()
