@@ -211,6 +211,13 @@ class FilterSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         session = self.session
         super().connection_lost(error)
+        # StreamReaderProtocol keeps a reset's ConnectionResetError in a future that only
+        # wait_closed() (never called here) or its own __del__ would read; when the garbage
+        # collector breaks the protocol's reference cycle it may finalise the future first,
+        # and asyncio logs "Future exception was never retrieved" for an ordinary hang-up.
+        closed = getattr(self, "_closed", None)
+        if closed is not None and closed.done() and not closed.cancelled():
+            closed.exception()
         if session is not None:
             self.event_handler.disconnect(session)
 
