@@ -36,14 +36,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from smtpfilter.checks.dnsbl import DnsblCheck  # noqa: E402
-from smtpfilter.config import DnsConfig, HostPort, load_config  # noqa: E402
-from smtpfilter.dns import DnsService  # noqa: E402
-from smtpfilter.message import Client as MsgClient, MessageContext  # noqa: E402
-from smtpfilter.options import Options  # noqa: E402
-from smtpfilter.rules import RuleEnv, rules_for  # noqa: E402
-from smtpfilter.server import Server  # noqa: E402
-from smtpfilter.yamlfile import load_text  # noqa: E402
+from smtpfilter.config.options import Options  # noqa: E402
+from smtpfilter.config.settings import DnsConfig, HostPort, load_config  # noqa: E402
+from smtpfilter.config.yamlfile import load_text  # noqa: E402
+from smtpfilter.core.envelope import Client as MsgClient  # noqa: E402
+from smtpfilter.core.message import MessageContext  # noqa: E402
+from smtpfilter.engine.checks.dnsbl import DnsblCheck  # noqa: E402
+from smtpfilter.engine.resolver import DnsService  # noqa: E402
+from smtpfilter.engine.rules import RuleEnv, rules_for  # noqa: E402
+from smtpfilter.service.lifecycle import Server  # noqa: E402
 from tests.support.client import Client  # noqa: E402
 from tests.support.dnsserver import DnsServer  # noqa: E402
 from tests.support.messages import message  # noqa: E402

@@ -26,11 +26,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, sdnotify
-from .config import Config, ConfigError, load_config
-from .logs import setup_logging
-from .policy import Policy
-from .rules import RuleSet, load_rules, rules_for
+from smtpfilter import __version__
+from smtpfilter.config.settings import Config, ConfigError, load_config
+from smtpfilter.engine.policy import Policy
+from smtpfilter.engine.rules import RuleSet, load_rules, rules_for
+from smtpfilter.service import sdnotify
+from smtpfilter.service.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -63,7 +64,10 @@ def _report_config_error(error: ConfigError, consequence: str) -> None:
 
 # --- serve ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Server, run  # the listener's imports are not needed by the others
+    from smtpfilter.service.lifecycle import (  # the listener's imports are not needed by the others
+        Server,
+        run,
+    )
 
     try:
         config, ruleset = _load(args)
@@ -87,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     try:
         if args.workers > 1:
-            from .workers import run_workers
+            from smtpfilter.service.workers import run_workers
 
             return run_workers(
                 config, ruleset, args.workers, config_path=args.config, overrides=overrides,
@@ -129,8 +133,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
-    from .quarantine import check_directory
-    from .verdict import Action
+    from smtpfilter.core.verdict import Action
+    from smtpfilter.delivery.quarantine import check_directory
 
     used = any(rule.action is Action.QUARANTINE for rule in ruleset.rules) or any(
         action is Action.QUARANTINE for _, action in config.policy.thresholds
@@ -172,8 +176,8 @@ def _check_client_ip(args: argparse.Namespace) -> bool:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .report import judged_report, judged_json
-    from .scan import judge, open_source
+    from smtpfilter.tools.report import judged_json, judged_report
+    from smtpfilter.tools.scan import judge, open_source
 
     try:
         config, ruleset = _load(args)
@@ -223,8 +227,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     import csv
     import time
 
-    from .report import scan_csv_row, scan_json, scan_summary, CSV_FIELDS
-    from .scan import Summary, judge_all, open_source
+    from smtpfilter.tools.report import CSV_FIELDS, scan_csv_row, scan_json, scan_summary
+    from smtpfilter.tools.scan import Summary, judge_all, open_source
 
     try:
         config, ruleset = _load(args)
@@ -290,8 +294,8 @@ EX_TEMPFAIL = 75  # sysexits(3): the message stays in quarantine, try again late
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from . import quarantine
-    from .report import clean, quarantine_list, quarantine_show
+    from smtpfilter.delivery import quarantine
+    from smtpfilter.tools.report import clean, quarantine_list, quarantine_show
 
     try:
         config = load_config(args.config)
@@ -350,8 +354,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_import_header_checks(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .hcimport import convert
-    from .headerchecks import read_table
+    from smtpfilter.postfix.importer import convert
+    from smtpfilter.postfix.tables import read_table
 
     tables = []
     for spec in args.tables:
@@ -482,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pipe(argv: list[str]) -> int:
     try:
-        from .pipe import main as pipe_main
+        from smtpfilter.frontdoors.pipe import main as pipe_main
     except BaseException as error:  # a broken installation must defer mail, not bounce it
         print(f"4.3.0 smtpfilter pipe cannot start: {type(error).__name__}: {error}")
         return 75  # EX_TEMPFAIL

@@ -9,9 +9,9 @@ from typing import Awaitable, Callable
 
 import pytest
 
-from smtpfilter.config import load_config, shipped_rules_dir
-from smtpfilter.rules import load_rules
-from smtpfilter.server import Server
+from smtpfilter.config.settings import load_config, shipped_rules_dir
+from smtpfilter.engine.rules import load_rules
+from smtpfilter.service.lifecycle import Server
 from tests.support.dnsserver import DnsServer, serve_test_lists
 from tests.support.sink import Sink
 

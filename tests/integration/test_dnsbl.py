@@ -10,7 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-
 from tests.support.client import Client, send_message
 from tests.support.dnsserver import IPV6_LISTED, SITES, DnsServer, Fault
 from tests.support.messages import message

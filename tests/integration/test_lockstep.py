@@ -14,7 +14,6 @@ ordinary transaction must see exactly the replies it would see on a fresh connec
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 

@@ -133,6 +133,6 @@ async def test_metrics_are_off_by_default_and_a_taken_port_does_not_stop_mail(st
 
 
 def test_large_values_stay_exact():
-    from smtpfilter.metrics import _number
+    from smtpfilter.service.metrics import _number
 
     assert _number(1_234_567) == "1234567" and _number(1709632800.25) == "1709632800.25"

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from smtpfilter.config import HeadersConfig, PolicyConfig
-from smtpfilter.policy import Policy
-from smtpfilter.verdict import Action, Finding, Mode, Verdict
+from smtpfilter.config.settings import HeadersConfig, PolicyConfig
+from smtpfilter.core.verdict import Action, Finding, Mode, Verdict
+from smtpfilter.engine.policy import Policy
 from tests.support.client import send_message
 from tests.support.messages import date_header, message
 
@@ -43,7 +43,7 @@ def rules(mailer: str = "enforce", subject: str = "enforce") -> str:
 
 
 def message_line(caplog) -> str:
-    [line] = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.handler"
+    [line] = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.frontdoors.smtp.transaction"
               and r.getMessage().startswith("queue_id=")]
     caplog.clear()
     return line

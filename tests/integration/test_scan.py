@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from smtpfilter.cli import main
-from smtpfilter.scan import Stored, from_line_date, stored_view
+from smtpfilter.tools.scan import Stored, from_line_date, stored_view
 from tests.support.dnsserver import SITES, DnsServer
 
 RULES = f"""

@@ -97,7 +97,7 @@ async def test_a_broken_file_on_sighup_keeps_the_old_rules_and_says_why(service,
     await asyncio.to_thread(process.wait_log, r"reload failed: keeping the previous configuration and rules")
     log = process.log()
     for problem in problems:  # every problem, each with file:line (and the rule)
-        assert any(line.startswith("ERROR smtpfilter.server: reload: ") and __import__("re").search(problem, line)
+        assert any(line.startswith("ERROR smtpfilter.service.lifecycle: reload: ") and __import__("re").search(problem, line)
                    for line in log.splitlines()), (problem, log)
     ready = await asyncio.to_thread(process.wait_notification, "READY=1", after=seen)
     assert "STATUS=reload failed; " in ready
@@ -125,7 +125,7 @@ async def test_a_table_with_nothing_usable_is_a_warning_in_the_log_at_start_and_
 
     process.send_signal(signal.SIGHUP)
     await asyncio.to_thread(process.wait_log, r"reloaded: 1 rules from 1 files")
-    assert process.wait_log(never.replace(r"smtpfilter\.serve: ", r"smtpfilter\.server: reload: "))
+    assert process.wait_log(never.replace(r"smtpfilter\.serve: ", r"smtpfilter\.service\.lifecycle: reload: "))
 
 
 async def test_sigterm_lets_the_message_in_flight_finish_and_closes_idle_sessions(service, sink):
@@ -166,7 +166,7 @@ async def test_sigterm_lets_the_message_in_flight_finish_and_closes_idle_session
     assert (await busy.reply()).code == 421  # idle now: closed like the other one
     assert await busy.closed_by_peer()
     assert await asyncio.to_thread(process.wait) == 0
-    assert process.log().endswith("INFO smtpfilter.server: smtpfilter stopped\n")
+    assert process.log().endswith("INFO smtpfilter.service.lifecycle: smtpfilter stopped\n")
     await asyncio.to_thread(process.wait_notification, "STOPPING=1")
 
 

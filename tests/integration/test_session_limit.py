@@ -14,6 +14,7 @@ from tests.support.client import Client, send_message
 from tests.support.messages import message
 from tests.support.sink import Hang
 
+
 async def idle_client(port: int) -> Client:
     client = await Client.connect(port)
     assert client.banner.code == 220

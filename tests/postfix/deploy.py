@@ -60,7 +60,7 @@ def deploy(dest: Path, user: str = "nobody") -> Path:
             target = lib / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(dist.locate_file(file), target)
-    probe = f"import sys; sys.path.insert(0, {str(lib)!r}); import smtpfilter.cli, smtpfilter.pipe"
+    probe = f"import sys; sys.path.insert(0, {str(lib)!r}); import smtpfilter.cli, smtpfilter.frontdoors.pipe"
     tried = []
     for python in _interpreters():
         try:

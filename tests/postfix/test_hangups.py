@@ -19,8 +19,8 @@ import pytest
 
 from tests.postfix.conftest import FILTERED_DOMAIN
 from tests.support.client import Client
-from tests.support.service import poll
 from tests.support.messages import message
+from tests.support.service import poll
 
 pytestmark = pytest.mark.postfix
 

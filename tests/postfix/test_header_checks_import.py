@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from smtpfilter import replies
 from smtpfilter.cli import main
-from smtpfilter.config import HeadersConfig, PolicyConfig
-from smtpfilter.message import MessageContext
-from smtpfilter.pipeline import evaluate
-from smtpfilter.policy import Policy
-from smtpfilter.rules import load_rules
-from smtpfilter.wire import to_wire
+from smtpfilter.config.settings import HeadersConfig, PolicyConfig
+from smtpfilter.core import replies
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.wire import to_wire
+from smtpfilter.engine.pipeline import evaluate
+from smtpfilter.engine.policy import Policy
+from smtpfilter.engine.rules import load_rules
 from tests.support.tools import require
 
 pytestmark = pytest.mark.postfix

@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from smtpfilter.checks.date import parse_date
-from smtpfilter.config import Config, HeadersConfig, PolicyConfig, shipped_rules_dir
-from smtpfilter.message import MessageContext, outgoing
-from smtpfilter.pipeline import evaluate
-from smtpfilter.policy import Policy
-from smtpfilter.rules import load_rules
-from smtpfilter.server import Server
-from smtpfilter.verdict import Action
-from smtpfilter.wire import has_bare_line_ends, to_wire
+from smtpfilter.config.settings import Config, HeadersConfig, PolicyConfig, shipped_rules_dir
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.verdict import Action
+from smtpfilter.core.wire import has_bare_line_ends, outgoing, to_wire
+from smtpfilter.engine.checks.date import parse_date
+from smtpfilter.engine.pipeline import evaluate
+from smtpfilter.engine.policy import Policy
+from smtpfilter.engine.rules import load_rules
+from smtpfilter.service.lifecycle import Server
 from tests.conftest import ISSUE_RULES
 from tests.property.strategies import date_text, message_bytes
 from tests.support.sink import Sink

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
-from smtpfilter.wire import to_wire
+from smtpfilter.core.wire import to_wire
 
 
 def date_header(days_ago: float = 0) -> str:

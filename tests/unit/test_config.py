@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from smtpfilter.config import HostPort, load_config, parse_hostport
-from smtpfilter.options import ConfigError, parse_duration, parse_size
-from smtpfilter.verdict import Action
+from smtpfilter.config.options import ConfigError, parse_duration, parse_size
+from smtpfilter.config.settings import HostPort, load_config, parse_hostport
+from smtpfilter.core.verdict import Action
 
 
 def load(tmp_path, text):

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from smtpfilter.checks.date import DateCheck, parse_date
-from smtpfilter.message import MessageContext
-from smtpfilter.wire import to_wire
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.wire import to_wire
+from smtpfilter.engine.checks.date import DateCheck, parse_date
 
 UTC = timezone.utc
 

@@ -10,15 +10,16 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smtpfilter.checks.dnsbl import DnsblCheck, RhsblCheck
-from smtpfilter.config import DnsConfig, HostPort
-from smtpfilter.dns import DnsService, StaticResolver
-from smtpfilter.message import Client, MessageContext
-from smtpfilter.options import Options
-from smtpfilter.rules import RuleEnv
-from smtpfilter.verdict import Action
-from smtpfilter.wire import to_wire
-from smtpfilter.yamlfile import load_text
+from smtpfilter.config.options import Options
+from smtpfilter.config.settings import DnsConfig, HostPort
+from smtpfilter.config.yamlfile import load_text
+from smtpfilter.core.envelope import Client
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.verdict import Action
+from smtpfilter.core.wire import to_wire
+from smtpfilter.engine.checks.dnsbl import DnsblCheck, RhsblCheck
+from smtpfilter.engine.resolver import DnsService, StaticResolver
+from smtpfilter.engine.rules import RuleEnv
 from tests.support.dnsserver import IPV6_LISTED, SITES, Fault
 
 
@@ -116,7 +117,7 @@ async def test_no_client_address_or_a_private_one_sends_no_query(service, dns_se
 
 async def test_spamhaus_public_resolver_answer_is_an_error_and_disables_the_zone(service, dns_server, caplog):
     check = dnsbl(service)
-    with caplog.at_level(logging.ERROR, logger="smtpfilter.dns"):
+    with caplog.at_level(logging.ERROR, logger="smtpfilter.engine.resolver"):
         finding = await check.observe(msg("1.2.3.6"))
     assert finding is None  # an error is never a listing
     assert "DNS list zen.dnsbl.test disabled" in caplog.text
@@ -144,7 +145,7 @@ async def test_health_probes_disable_broken_zones_and_reenable_them(service, dns
     dns_server.add_zone("dead.dnsbl.test", "2.0.0.127 A 127.0.0.2\n")
     dns_server.fault("dead.dnsbl.test", Fault.DROP)
     check = build(DnsblCheck, f'sites: "{sites}"\nthreshold: 3\n', service)
-    with caplog.at_level(logging.WARNING, logger="smtpfilter.dns"):
+    with caplog.at_level(logging.WARNING, logger="smtpfilter.engine.resolver"):
         await service.check_zones(check.zones())
     usable = {z.name: service.health.usable(z.name) for z in check.zones()}
     assert usable == {
@@ -164,7 +165,7 @@ async def test_health_probes_disable_broken_zones_and_reenable_them(service, dns
     # The dead one recovers: re-enabled, logged.
     dns_server.clear_faults()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="smtpfilter.dns"):
+    with caplog.at_level(logging.WARNING, logger="smtpfilter.engine.resolver"):
         await service.check_zones(check.zones())
     assert service.health.usable("dead.dnsbl.test")
     assert "dead.dnsbl.test healthy again" in caplog.text
@@ -178,7 +179,7 @@ async def test_a_list_that_never_answers_costs_at_most_the_time_limit(dns_server
     service = DnsService(config)
     check = dnsbl(service)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="smtpfilter.dns"):
+    with caplog.at_level(logging.WARNING, logger="smtpfilter.engine.resolver"):
         finding = await check.observe(msg("1.2.3.4"))
     elapsed = time.monotonic() - started
     # zen (+3) still lists it; the silent list counts as not listed and is logged.

@@ -1,4 +1,4 @@
-"""smtpfilter.dns: the resolver, the shared cache and error answers, against a real DNS server."""
+"""smtpfilter.engine.resolver: the resolver, the shared cache and error answers, against a real DNS server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from smtpfilter.config import DnsConfig, HostPort
-from smtpfilter.dns import (
+from smtpfilter.config.settings import DnsConfig, HostPort
+from smtpfilter.engine.resolver import (
     DnsCache,
     DnspythonResolver,
     DnsService,
@@ -196,8 +196,8 @@ async def test_static_resolver_kinds_of_answer():
 
 
 def test_nameservers_must_be_addresses(tmp_path):
-    from smtpfilter.config import load_config
-    from smtpfilter.options import ConfigError
+    from smtpfilter.config.options import ConfigError
+    from smtpfilter.config.settings import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text('dns: {nameservers: ["localhost", "127.0.0.1:99999"], timeout: 9s}\n')

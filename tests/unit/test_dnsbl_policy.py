@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import textwrap
 
-from smtpfilter.config import HeadersConfig, PolicyConfig
-from smtpfilter.policy import Policy
-from smtpfilter.rules import load_rules
-from smtpfilter.verdict import Action, Finding, Verdict
+from smtpfilter.config.settings import HeadersConfig, PolicyConfig
+from smtpfilter.core.verdict import Action, Finding, Verdict
+from smtpfilter.engine.policy import Policy
+from smtpfilter.engine.rules import load_rules
 
 DETAIL = "zen.test=127.0.0.4(+3) bl.test=- total=3"
 
@@ -56,7 +56,7 @@ def test_a_findings_own_action_overrides_the_rules_action_score_and_text(tmp_pat
 
 
 def test_the_annotated_example_loads_and_is_not_shipped_by_default():
-    from smtpfilter.config import shipped_rules_dir
+    from smtpfilter.config.settings import shipped_rules_dir
 
     shipped = shipped_rules_dir()
     ruleset = load_rules([shipped / "examples" / "dnsbl.yaml"])

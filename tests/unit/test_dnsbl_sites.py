@@ -7,7 +7,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smtpfilter.checks.dnsbl import (
+from smtpfilter.core.envelope import Client
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.wire import to_wire
+from smtpfilter.engine.checks.dnsbl import (
     ReplyFilter,
     Site,
     client_address,
@@ -16,8 +19,6 @@ from smtpfilter.checks.dnsbl import (
     reverse_ip,
     sanitise_txt,
 )
-from smtpfilter.message import Client, MessageContext
-from smtpfilter.wire import to_wire
 
 # The postscreen_dnsbl_sites of a real main.cf (shared/seeds/000_546001af23c42db1.txt), as it
 # appears there: one entry per line. (The seed shows the continuation lines without their leading

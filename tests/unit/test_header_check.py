@@ -6,11 +6,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smtpfilter.checks.header import HeaderCheck
-from smtpfilter.message import MessageContext
-from smtpfilter.options import Options
-from smtpfilter.wire import to_wire
-from smtpfilter.yamlfile import load_text
+from smtpfilter.config.options import Options
+from smtpfilter.config.yamlfile import load_text
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.wire import to_wire
+from smtpfilter.engine.checks.header import HeaderCheck
 
 
 def check(yaml: str) -> HeaderCheck:

@@ -8,7 +8,7 @@ import string
 import pytest
 import re2
 
-from smtpfilter.headerchecks import Pattern, parse_table, translate_posix, _make_pattern
+from smtpfilter.postfix.tables import Pattern, _make_pattern, parse_table, translate_posix
 from tests.support.posix import glibc_search, postfix_flags
 
 
@@ -153,9 +153,9 @@ def test_table_reading_follows_postfix():
 
 
 # --- conversion to rules ---------------------------------------------------------------------
-from smtpfilter.hcimport import convert  # noqa: E402
-from smtpfilter.rules import load_rules  # noqa: E402
-from smtpfilter.verdict import Action, Mode  # noqa: E402
+from smtpfilter.core.verdict import Action, Mode  # noqa: E402
+from smtpfilter.engine.rules import load_rules  # noqa: E402
+from smtpfilter.postfix.importer import convert  # noqa: E402
 
 
 def imported(tmp_path, table: str, **options):
@@ -249,7 +249,7 @@ def test_non_ascii_patterns_survive_the_yaml(tmp_path):
 
 
 # --- check: header_checks, the table used as it is ----------------------------------------------
-from smtpfilter.options import ConfigError  # noqa: E402
+from smtpfilter.config.options import ConfigError  # noqa: E402
 
 
 def table_rules(tmp_path, table: str, extra: str = ""):
@@ -260,16 +260,16 @@ def table_rules(tmp_path, table: str, extra: str = ""):
 
 
 async def decide(ruleset, raw: bytes):
-    from smtpfilter.config import HeadersConfig, PolicyConfig
-    from smtpfilter.pipeline import evaluate
-    from smtpfilter.policy import Policy
+    from smtpfilter.config.settings import HeadersConfig, PolicyConfig
+    from smtpfilter.engine.pipeline import evaluate
+    from smtpfilter.engine.policy import Policy
     from tests.unit.test_header_check import msg
 
     return await evaluate(ruleset, msg(raw), Policy(PolicyConfig(), HeadersConfig()))
 
 
 async def test_table_rule_decides_like_cleanup(tmp_path):
-    from smtpfilter import replies
+    from smtpfilter.core import replies
 
     ruleset = table_rules(tmp_path, """\
 /^Subject: (.*) offer/  REJECT 5.7.1 no $1 offers

@@ -6,12 +6,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smtpfilter.checks import CHECK_KINDS
-from smtpfilter.checks.limits import LimitsCheck
-from smtpfilter.message import MessageContext
-from smtpfilter.options import Options
-from smtpfilter.wire import to_wire
-from smtpfilter.yamlfile import load_text
+from smtpfilter.config.options import Options
+from smtpfilter.config.yamlfile import load_text
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.wire import to_wire
+from smtpfilter.engine.checks import CHECK_KINDS
+from smtpfilter.engine.checks.limits import LimitsCheck
 
 LIMIT = 1000
 

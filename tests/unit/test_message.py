@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smtpfilter.message import MessageContext, fold_header, outgoing, parse_header_block
-from smtpfilter.wire import to_wire
+from smtpfilter.core.message import MessageContext, parse_header_block
+from smtpfilter.core.wire import fold_header, outgoing, to_wire
 
 
 def block(raw: bytes, limit: int = 1 << 20):

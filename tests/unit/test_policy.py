@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from smtpfilter.config import HeadersConfig, PolicyConfig
-from smtpfilter.policy import Policy
-from smtpfilter.verdict import Action, Finding, Mode, Verdict
+from smtpfilter.config.settings import HeadersConfig, PolicyConfig
+from smtpfilter.core.verdict import Action, Finding, Mode, Verdict
+from smtpfilter.engine.policy import Policy
 
 
 def v(rule, score=0.0, action=None, mode=Mode.ENFORCE, text=None, groups=()):

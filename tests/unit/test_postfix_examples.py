@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from smtpfilter.config import Limits
+from smtpfilter.config.settings import Limits
 from tests.postfix.examples import REPO, blocks, merge_master_cf, no_chroot
 
 MASTER = blocks(REPO / "master.cf.example")

@@ -7,8 +7,8 @@ import mailbox
 
 import pytest
 
-from smtpfilter.quarantine import Quarantine, QuarantineError
-from smtpfilter.wire import to_wire
+from smtpfilter.core.wire import to_wire
+from smtpfilter.delivery.quarantine import Quarantine, QuarantineError
 
 TRICKY = to_wire(
     b"From: a@example.org\nSubject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\n\n"
@@ -96,7 +96,7 @@ def test_bad_ids_are_refused(tmp_path):
 
 
 def test_check_directory_creates_nothing(tmp_path):
-    from smtpfilter.quarantine import check_directory
+    from smtpfilter.delivery.quarantine import check_directory
 
     assert check_directory(tmp_path / "a" / "b") is None
     assert not (tmp_path / "a").exists()

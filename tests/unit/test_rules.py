@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from smtpfilter.config import shipped_rules_dir
-from smtpfilter.options import ConfigError
-from smtpfilter.rules import load_rules
-from smtpfilter.verdict import Action, Mode
+from smtpfilter.config.options import ConfigError
+from smtpfilter.config.settings import shipped_rules_dir
+from smtpfilter.core.verdict import Action, Mode
+from smtpfilter.engine.rules import load_rules
 
 
 def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from smtpfilter import wire, xtext
-from smtpfilter.smtp import parse_path
+from smtpfilter.core import wire
+from smtpfilter.core.text import is_xtext, xtext_decode, xtext_encode
+from smtpfilter.frontdoors.smtp.session import parse_path
 
 
 @pytest.mark.parametrize(
@@ -41,9 +42,9 @@ def test_normalise_never_leaves_a_lone_dot_line(payload):
 
 def test_xtext_round_trip():
     for value in ["plain", "a+b=c d", "café", "[UNAVAILABLE]", "\x01"]:
-        assert xtext.decode(xtext.encode(value)) == value
-        assert xtext.is_xtext(xtext.encode(value))
-    assert not xtext.is_xtext("a b") and not xtext.is_xtext("a+zz")
+        assert xtext_decode(xtext_encode(value)) == value
+        assert is_xtext(xtext_encode(value))
+    assert not is_xtext("a b") and not is_xtext("a+zz")
 
 
 @pytest.mark.parametrize(

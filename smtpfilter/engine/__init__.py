@@ -1,0 +1,1 @@
+"""From one message to ONE Decision: rules, checks, pipeline, policy, DNS lists."""

@@ -1,0 +1,72 @@
+"""Run the rules of one RuleSet over one message and let the policy decide.
+
+Rules run in file order. Checks that wait on the network are started together before the walk
+begins, so five DNS lists cost one round trip, not five; the walk then takes their results in
+order. The walk stops at the first verdict that forces an action (the rest cannot change the
+outcome), unless ``observe_all`` asks for every rule's finding (``smtpfilter test``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable
+
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.verdict import Decision, Finding, Verdict
+from smtpfilter.engine.policy import Policy
+from smtpfilter.engine.rules import Rule, RuleSet
+
+__all__ = ["RuleFailure", "evaluate", "observe"]
+
+
+class RuleFailure(Exception):
+    """A check raised: our bug or a resource problem, answered 451 so Postfix keeps the mail."""
+
+    def __init__(self, rule: Rule) -> None:
+        super().__init__(f"rule {rule.name} ({rule.where}) failed")
+        self.rule = rule
+
+
+async def observe(
+    ruleset: RuleSet, msg: MessageContext, *, observe_all: bool = False
+) -> list[tuple[Rule, Finding | None]]:
+    """Each rule's finding, in order, up to the first forcing verdict (or all of them)."""
+    pending: dict[str, asyncio.Future[Finding | None]] = {}
+    for rule in ruleset.rules:
+        if rule.is_async:
+            awaitable: Awaitable[Finding | None] = rule.check.observe(msg)  # type: ignore[assignment]
+            pending[rule.name] = asyncio.ensure_future(awaitable)
+    results: list[tuple[Rule, Finding | None]] = []
+    try:
+        for rule in ruleset.rules:
+            try:
+                if rule.is_async:
+                    finding = await pending.pop(rule.name)
+                else:
+                    finding = rule.check.observe(msg)  # type: ignore[assignment]
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                raise RuleFailure(rule) from error
+            results.append((rule, finding))
+            if finding is not None and not observe_all and rule.verdict(finding).forces:
+                break
+    finally:
+        for future in pending.values():
+            if future.done():
+                if not future.cancelled():
+                    future.exception()  # retrieved: a result nobody needs is not an error
+            else:
+                future.cancel()
+    return results
+
+
+def verdicts_of(results: list[tuple[Rule, Finding | None]]) -> list[Verdict]:
+    return [rule.verdict(finding) for rule, finding in results if finding is not None]
+
+
+async def evaluate(
+    ruleset: RuleSet, msg: MessageContext, policy: Policy, *, observe_all: bool = False
+) -> Decision:
+    results = await observe(ruleset, msg, observe_all=observe_all)
+    return policy.decide(verdicts_of(results))

@@ -1,0 +1,221 @@
+"""Rule files → an immutable RuleSet.
+
+```yaml
+rules:
+  - name: OLD_DATE        # UPPER_SNAKE: it appears in logs, headers and reply texts
+    check: date           # the rule kind: see smtpfilter.checks.CHECK_KINDS
+    older_than: 30d       # ...and that kind's own options
+    action: reject        # reject | tempfail | discard | accept | tag | warn
+    score: 3              # and/or a score for the policy thresholds
+    text: "5.7.1 Message too old"   # reply text for reject/tempfail; $1 = a regex group
+    mode: warn            # observe only: log "would reject", deliver
+```
+
+A RuleSet is built completely before it is used; a reload builds a new one beside the old and
+swaps one reference, so messages in flight finish with the rules they started with.
+
+Problems make the whole load fail (ConfigError). Warnings (a Postfix table line skipped as
+Postfix skips it, a table with nothing usable in it) do not: they travel with the RuleSet, and
+whoever loaded it reports them where its log goes (``check-config`` on stderr, ``serve`` and a
+reload in the log), as Postfix's daemons log a bad table line and go on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from smtpfilter.config.options import ConfigError, Options, Problem
+from smtpfilter.config.settings import Config
+from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+from smtpfilter.core.verdict import Action, Finding, Mode, Verdict
+from smtpfilter.engine.checks import CHECK_KINDS, Check
+from smtpfilter.engine.resolver import DnsService
+
+__all__ = ["Rule", "RuleEnv", "RuleSet", "load_rules", "rule_files", "rules_for"]
+
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+_ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?: |$)")
+_RULE_KEYS = ("name", "check", "action", "score", "text", "mode", "description")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    kind: str
+    check: Check
+    where: str
+    action: Action | None = None
+    score: float = 0.0
+    text: str | None = None
+    mode: Mode = Mode.ENFORCE
+    description: str = ""
+    is_async: bool = False
+
+    def verdict(self, finding: Finding) -> Verdict:
+        if finding.action is not None:
+            # The check decided the outcome itself (DNSBL allowlist → accept, DNS failure →
+            # tempfail): the rule's score and reply text are for its listing, not for this.
+            return Verdict(self.name, finding, 0.0, finding.action, self.mode, finding.text)
+        return Verdict(self.name, finding, self.score, self.action, self.mode, self.text)
+
+
+@dataclass
+class RuleEnv:
+    """What rule kinds share beyond their own options: one per process, kept across reloads.
+
+    A kind that needs it says so with ``needs_env = True`` and gets it as
+    ``from_options(opts, env)``; the other kinds keep ``from_options(opts)``.
+    """
+
+    dns: DnsService = field(default_factory=DnsService)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    files: tuple[str, ...]
+    # The environment the checks were built with; a reload builds the next set with the same.
+    env: RuleEnv = field(default_factory=RuleEnv)
+    warnings: tuple[Problem, ...] = ()  # usable, but worth telling the admin (file:line)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
+def rule_files(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
+    """Expand directories into their *.yaml/*.yml files, sorted by name (10-x before 20-y)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            files.extend(p for p in found if p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(Problem(str(path), "rules path does not exist"))
+    return files
+
+
+def _text(opts: Options, action: Action | None) -> str | None:
+    text = opts.str("text")
+    if text is None:
+        return None
+    if any(not (" " <= c <= "~") for c in text):
+        opts.problem("text", "reply text must be one line of printable ASCII")
+        return None
+    if len(text) > 400:
+        opts.problem("text", "reply text is longer than 400 characters")
+        return None
+    enhanced = _ENHANCED.match(text)
+    if enhanced and action is Action.REJECT and enhanced.group(1) != "5":
+        opts.problem("text", "a reject text starts with 5.x.x (use action: tempfail for 4.x.x)")
+    if enhanced and action is Action.TEMPFAIL and enhanced.group(1) != "4":
+        opts.problem("text", "a tempfail text starts with 4.x.x")
+    if action not in (Action.REJECT, Action.TEMPFAIL):
+        opts.problem("text", "text is the reply for action reject or tempfail only")
+    return text
+
+
+def _rule(
+    item: object, where: str, problems: list[Problem], env: RuleEnv, warnings: list[Problem]
+) -> Rule | None:
+    if not isinstance(item, Mapping):
+        problems.append(Problem(where, "each rule is a mapping with at least name and check"))
+        return None
+    name = item.get("name")
+    label = name if isinstance(name, str) else None
+    opts = Options(item, problems, rule=label, warnings=warnings)
+    before = len(problems)
+    name = opts.str("name", required=True)
+    if name is not None and not _NAME.match(name):
+        opts.problem("name", f"{name!r}: use UPPER_SNAKE_CASE (A-Z, 0-9, _), up to 64 characters")
+    kind = opts.str("check", required=True)
+    check_class = CHECK_KINDS.get(kind) if kind else None
+    if kind is not None and check_class is None:
+        opts.problem("check", f"unknown rule kind {kind!r}; known: {', '.join(CHECK_KINDS)}")
+    action_text = opts.choice("action", [a.value for a in Action])
+    action = Action(action_text) if action_text else None
+    score = opts.number("score", 0.0)
+    mode = Mode(opts.choice("mode", [m.value for m in Mode], Mode.ENFORCE.value))
+    text = _text(opts, action)
+    description = opts.str("description", "")
+    table_actions = getattr(check_class, "table_actions", False)  # its table's lines decide
+    if action is None and not opts.has("score") and not table_actions:
+        opts.problem(None, "a rule needs an action, a score, or both")
+    check = None
+    if check_class is not None:
+        if getattr(check_class, "needs_env", False):
+            check = check_class.from_options(opts, env)
+        else:
+            check = check_class.from_options(opts)
+    opts.finish(_RULE_KEYS)
+    if len(problems) > before or check is None or name is None or kind is None:
+        return None
+    return Rule(
+        name=name,
+        kind=kind,
+        check=check,
+        where=item.where(),
+        action=action,
+        score=float(score),
+        text=text,
+        mode=mode,
+        description=description,
+        is_async=inspect.iscoroutinefunction(check.observe),
+    )
+
+
+def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
+    """Load every rule file; raise ConfigError listing every problem in every file.
+
+    ``env`` holds what the checks share (the DNS resolver and cache); a fresh one with default
+    settings when not given. A server reloads with the env of its first rule set.
+    """
+    env = env if env is not None else RuleEnv()
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    files = rule_files(paths, problems)
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for path in files:
+        try:
+            data = load_file(path)
+        except YamlError as error:
+            problems.append(Problem(error.where, error.problem))
+            continue
+        if data is None:
+            continue  # an empty file is a file with no rules
+        if not isinstance(data, Mapping) or set(data) - {"rules"}:
+            problems.append(Problem(f"{path}:1", "a rule file has one top-level key: rules"))
+            continue
+        items = data.get("rules") or []
+        if not isinstance(items, list):
+            problems.append(Problem(data.where("rules"), "rules: expected a list of rules"))
+            continue
+        for index, item in enumerate(items):
+            where = item.where() if isinstance(item, Mapping) else data.where("rules")
+            rule = _rule(item, where, problems, env, warnings)
+            if rule is None:
+                continue
+            if rule.name in seen:
+                problems.append(
+                    Problem(rule.where, f"duplicate rule name (first at {seen[rule.name]})", rule.name)
+                )
+                continue
+            seen[rule.name] = rule.where
+            rules.append(rule)
+    if problems:
+        raise ConfigError(problems)
+    return RuleSet(tuple(rules), tuple(str(p) for p in files), env, tuple(warnings))
+
+
+def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:
+    """The rules ``config`` names, their DNS lists using ``config.dns`` (a fresh environment
+    unless a running server passes the one it keeps across reloads)."""
+    if env is None:
+        env = RuleEnv(DnsService(config.dns))
+    return load_rules(config.rules, env)

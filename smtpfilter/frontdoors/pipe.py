@@ -1,0 +1,364 @@
+"""FILTER_README's simple content filter: one message on stdin, run by pipe(8) per message.
+
+    smtpfilter pipe [--config=PATH] [--client-address=IP] [--client-name=NAME]
+                    [--client-helo=HELO] [--queue-id=ID] --sender=SENDER -- RECIPIENT...
+
+(``-f SENDER`` works too, as in FILTER_README's shell example.) The same rules and policy as
+``smtpfilter serve`` (:func:`smtpfilter.pipeline.evaluate`, :class:`smtpfilter.policy.Policy`);
+accepted mail is re-injected over SMTP into the after-filter smtpd (``forward``, 127.0.0.1:10026)
+with :mod:`smtpfilter.reinject`, XFORWARD included, so the second pass logs ``orig_client=`` and
+``orig_queue_id=`` and mail is not filtered twice (the 10026 smtpd has ``content_filter=``).
+
+The exit status is all pipe(8) acts on (sysexits(3)):
+
+| status            | when                                              | Postfix then            |
+|-------------------|---------------------------------------------------|-------------------------|
+| 0 EX_OK           | 10026 queued the message, a rule discarded it, or | forgets it              |
+|                   | it is stored in quarantine                        |                         |
+| 69 EX_UNAVAILABLE | a rule rejected it, or 10026 refused it for good  | bounces it to the sender|
+| 75 EX_TEMPFAIL    | tempfail, timeout, 10026 down, any error of ours  | keeps it, retries later |
+
+Nothing else ever: pipe(8) bounces mail on an unknown status (exit 1 is "Command died with
+status 1", a bounce), so every exception, usage error included, ends in 75. The first output
+line is the reply text with its enhanced status code ("5.7.1 Message content rejected
+(OLD_DATE)"): pipe(8) logs it, puts it in the bounce, and lets a 4.X.X/5.X.X code take
+precedence over the exit status. Log lines follow it (syslog with ``log: {target: syslog}``;
+otherwise only warnings, on stderr, which pipe(8) appends to its log line).
+
+What pipe(8) does not hand over is lost in this mode: DSN requests (NOTIFY, ORCPT, RET,
+ENVID) and the client's port and protocol. The after-queue daemon keeps all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import ipaddress
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from smtpfilter.config.settings import Config, ConfigError, load_config
+from smtpfilter.core import replies, wire
+from smtpfilter.core.envelope import Client
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.replies import Reply
+from smtpfilter.core.verdict import Action, Decision
+from smtpfilter.core.wire import outgoing
+from smtpfilter.delivery import quarantine
+from smtpfilter.delivery.downstream import DownstreamError, DownstreamPool
+from smtpfilter.engine.pipeline import RuleFailure, evaluate
+from smtpfilter.engine.policy import Policy
+from smtpfilter.engine.rules import RuleSet, rules_for
+from smtpfilter.frontdoors.smtp.transaction import log_exceeded, summary_line
+from smtpfilter.service.logs import setup_logging
+
+__all__ = ["EX_OK", "EX_TEMPFAIL", "EX_UNAVAILABLE", "Outcome", "filter_message", "main"]
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+
+_ENHANCED_DEFAULT = {"2": "2.0.0", "4": "4.3.0", "5": "5.3.0"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The exit status for pipe(8) and the one line it logs and quotes."""
+
+    status: int
+    text: str
+
+    @classmethod
+    def from_reply(cls, reply: str) -> "Outcome":
+        """An SMTP reply ("550 5.7.1 ...", possibly multi-line) → status and text.
+
+        The text starts with an enhanced status code, which pipe(8) uses (pipe(8),
+        DIAGNOSTICS); a reply without one gets the class's generic code."""
+        code = reply[:1]
+        status = {"2": EX_OK, "5": EX_UNAVAILABLE}.get(code, EX_TEMPFAIL)
+        text = " / ".join(line[4:] for line in reply.split("\r\n"))
+        if not text[:1].isdigit():
+            text = f"{_ENHANCED_DEFAULT.get(code, '4.3.0')} {text}"
+        return cls(status, replies.sanitise(text))
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error, which pipe(8) turns into a bounce: raise instead."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="smtpfilter pipe",
+        description="Filter one message from stdin and re-inject it (FILTER_README simple mode).",
+    )
+    parser.add_argument("--config", "-c", help="YAML config file (default: built-in)")
+    parser.add_argument("--sender", "-f", required=True, help="envelope sender (empty: <>)")
+    parser.add_argument("--client-address", default="", help="pipe(8) ${client_address}")
+    parser.add_argument("--client-name", default="", help="pipe(8) ${client_hostname}")
+    parser.add_argument("--client-helo", default="", help="pipe(8) ${client_helo}")
+    parser.add_argument("--queue-id", default="", help="pipe(8) ${queue_id}")
+    parser.add_argument("recipients", nargs="+", metavar="RECIPIENT")
+    return parser
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    """pipe(8)'s macros → the Client that rules and XFORWARD use (empty means unknown)."""
+    address = args.client_address.strip() or None
+    if address is not None and address.lower().startswith("ipv6:"):
+        address = address[5:]
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            log.warning("--client-address %r is not an IP address: ignored", address)
+            address = None
+    return Client(
+        addr=address,
+        name=args.client_name.strip() or None,
+        helo=args.client_helo.strip() or None,
+        ident=args.queue_id.strip() or None,
+    )
+
+
+def _xforward(client: Client) -> dict[str, str]:
+    attrs = {}
+    if client.name:
+        attrs["NAME"] = client.name
+    if client.addr:
+        # XFORWARD_README: an IPv6 address is sent with the "IPv6:" prefix.
+        attrs["ADDR"] = f"IPv6:{client.addr}" if ":" in client.addr else client.addr
+    if client.helo:
+        attrs["HELO"] = client.helo
+    if client.ident:
+        attrs["IDENT"] = client.ident
+    return attrs
+
+
+def message_bytes(raw: bytes) -> bytes:
+    """pipe(8)'s output (LF lines; a "From " line with flags=F) → SMTP wire form."""
+    if raw.startswith(b"From "):
+        raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    return wire.to_wire(raw)
+
+
+async def filter_message(
+    config: Config,
+    ruleset: RuleSet,
+    data: bytes,
+    sender: str,
+    recipients: Sequence[str],
+    client: Client,
+) -> tuple[Outcome, Decision | None]:
+    """Judge one message (wire form) and deliver it to 10026 if the decision says so."""
+    msg = MessageContext.build(
+        data,
+        received_at=datetime.now(timezone.utc),
+        mail_from=sender,
+        rcpt_to=tuple(recipients),
+        client=client,
+        header_limit=config.limits.header_size,
+    )
+    log_exceeded(msg)
+    policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
+    try:
+        decision = await asyncio.wait_for(
+            evaluate(ruleset, msg, policy), config.limits.scan_timeout
+        )
+    except TimeoutError:
+        log.warning("rules took longer than %gs (limits.scan_timeout)", config.limits.scan_timeout)
+        return Outcome.from_reply(replies.R451_SCAN_TIMEOUT), None
+    except RuleFailure as failure:
+        log.error("%s; deferring", failure, exc_info=failure.__cause__)
+        return Outcome.from_reply(replies.R451_LOCAL_ERROR), None
+    if decision.action is Action.QUARANTINE:
+        # Exit 0 only once the copy is on disk: pipe(8) forgets the message at 0.
+        envelope = quarantine.envelope_of_pipe(sender, recipients, client)
+        reply = await quarantine.store_with_envelope(config, msg, envelope, decision)
+        return Outcome.from_reply(reply), decision
+    if not decision.delivers:
+        reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
+        return Outcome.from_reply(reply), decision
+    parts = outgoing(msg, decision.headers, config.headers.own)
+    return await reinject(config, parts, sender, recipients, client, size=msg.size), decision
+
+
+async def reinject(
+    config: Config,
+    parts: list,
+    sender: str,
+    recipients: Sequence[str],
+    client: Client,
+    *,
+    size: int,
+) -> Outcome:
+    """One SMTP transaction with the 10026 smtpd; its reply decides the outcome."""
+    pool = DownstreamPool.for_config(config, keep_idle=False)
+    try:
+        conn = await pool.connect()
+    except DownstreamError as error:
+        log.warning("cannot reach %s (%s): deferring", config.forward, error)
+        return Outcome.from_reply(replies.downstream_failure(error.stage))
+    try:
+        params = []
+        if conn.supports("SIZE"):
+            params.append(f"SIZE={size}")
+        if conn.supports("8BITMIME") and not all(bytes(part).isascii() for part in parts):
+            params.append("BODY=8BITMIME")
+        if not (sender + "".join(recipients)).isascii():
+            if not conn.supports("SMTPUTF8"):
+                log.error("SMTPUTF8 address but %s does not announce SMTPUTF8", config.forward)
+                return Outcome.from_reply(replies.R451_SMTPUTF8_UNSUPPORTED)
+            params.append("SMTPUTF8")
+        await conn.xforward(_xforward(client))
+        reply = await conn.mail(sender, params)
+        if not reply.positive:
+            return _refused("MAIL FROM", reply)
+        refused: list[tuple[str, Reply]] = []
+        for rcpt in recipients:
+            answer = await conn.rcpt(rcpt, [])
+            if not answer.positive:
+                refused.append((rcpt, answer))
+        if refused:
+            # pipe(8) has one status for all recipients: deliver to none rather than lose some.
+            # Any temporary refusal makes it all temporary (and the text must then carry a
+            # 4.X.X code: pipe(8) lets the text's code override the exit status).
+            await conn.rset()
+            temporary = [(r, a) for r, a in refused if a.code < 500]
+            rcpt, answer = (temporary or refused)[0]
+            return _refused(f"RCPT TO:<{rcpt}>", answer)
+        result = await conn.data(parts)
+        if not result.positive:
+            return _refused("end of DATA", result)
+        return Outcome.from_reply(replies.relay(result))
+    except DownstreamError as error:
+        if error.sent_data:
+            log.error(
+                "%s failed after the final '.' (%s): it may have queued the message; Postfix will "
+                "retry, so it may be delivered twice",
+                config.forward,
+                error,
+            )
+        else:
+            log.warning("%s failed at %s", config.forward, error)
+        return Outcome.from_reply(replies.downstream_failure(error.stage))
+    finally:
+        await conn.quit()
+
+
+def _refused(stage: str, reply: Reply) -> Outcome:
+    outcome = Outcome.from_reply(replies.relay(reply))
+    log.warning("after-filter server refused %s: %s", stage, reply)
+    return outcome
+
+
+def _summary(
+    args: argparse.Namespace,
+    client: Client,
+    size: int,
+    decision: Decision | None,
+    outcome: Outcome,
+    started: float,
+) -> str:
+    """The daemon's one line per message (smtpfilter.handler), for pipe mode."""
+    return summary_line(
+        client,
+        args.sender,
+        list(args.recipients),
+        size,
+        decision,
+        outcome.text,
+        time.monotonic() - started,
+        f"status={outcome.status}",
+    )
+
+
+def _load(path: str | None) -> tuple[Config, RuleSet]:
+    config = load_config(Path(path) if path else None)
+    return config, rules_for(config)
+
+
+def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
+    """The whole command; returns 0, 69 or 75 whatever happens."""
+    started = time.monotonic()
+    buffered = io.StringIO()
+    outcome: Outcome | None = Outcome.from_reply(replies.R451_LOCAL_ERROR)
+    try:
+        args = build_parser().parse_args(list(argv))
+        try:
+            config, ruleset = _load(args.config)
+        except ConfigError as error:
+            for problem in error.problems[1:]:
+                print(f"smtpfilter: {problem}", file=buffered)
+            first = error.problems[0] if error.problems else "unknown problem"
+            text = f"4.3.5 smtpfilter configuration error: {first}"
+            outcome = Outcome(EX_TEMPFAIL, replies.sanitise(text))
+            return outcome.status
+        if config.log.target == "syslog":
+            setup_logging(config.log)
+        else:
+            # stderr is pipe(8)'s, not a log: keep warnings and errors, after the reply line.
+            setup_logging(config.log, stream=buffered)
+            logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        for warning in ruleset.warnings:  # a table line skipped, a table with nothing usable
+            log.warning("%s", warning)
+        raw = stdin.read(config.limits.message_size + 1)
+        if len(raw) > config.limits.message_size:
+            outcome = Outcome.from_reply(replies.R552_TOO_BIG)
+            return outcome.status
+        data = message_bytes(raw)
+        client = client_from(args)  # after logging is set up: it may warn
+
+        async def judge() -> tuple[Outcome, Decision | None]:
+            try:
+                return await filter_message(
+                    config, ruleset, data, args.sender, args.recipients, client
+                )
+            finally:
+                await ruleset.env.dns.aclose()
+
+        outcome, decision = asyncio.run(judge())
+        log.info("%s", _summary(args, client, len(data), decision, outcome, started))
+        return outcome.status
+    except SystemExit as exit:  # --help, when run by hand
+        if exit.code in (0, None):
+            outcome = None
+            return EX_OK
+        return EX_TEMPFAIL
+    except _UsageError as error:
+        print(f"smtpfilter pipe: {error}", file=buffered)
+        outcome = Outcome(EX_TEMPFAIL, replies.sanitise(f"4.3.5 smtpfilter pipe: {error}"))
+        return outcome.status
+    except BaseException as error:  # anything at all: Postfix must keep the mail
+        print(f"smtpfilter pipe: {type(error).__name__}: {error}", file=buffered)
+        import traceback
+
+        traceback.print_exc(file=buffered)
+        outcome = Outcome.from_reply(replies.R451_LOCAL_ERROR)
+        return outcome.status
+    finally:
+        try:
+            if outcome is not None:
+                print(outcome.text, file=stdout, flush=True)
+            stderr.write(buffered.getvalue())
+            stderr.flush()
+        except BaseException:
+            pass
+
+
+def main(argv: Sequence[str]) -> int:
+    return run(argv, sys.stdin.buffer, sys.stdout, sys.stderr)

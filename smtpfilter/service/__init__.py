@@ -1,0 +1,2 @@
+"""What every daemon shares: runtime, lifecycle (bind, serve, reload, drain), listener,
+workers, logs, metrics, sd_notify."""

@@ -1,0 +1,1 @@
+"""Operator commands on stored mail: scan and test, and the text reports they print."""

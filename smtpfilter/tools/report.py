@@ -1,0 +1,288 @@
+"""Text for humans: the tables and summaries the operator commands print.
+
+Functions here return strings; only :mod:`smtpfilter.cli` prints them. Values that come from a
+message (Subject, From...) are shown decoded (RFC 2047) and with control characters escaped, so
+a hostile header cannot move the cursor or forge lines in an admin's terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Iterable
+
+from smtpfilter.core.message import HeaderBlock
+from smtpfilter.core.text import escape
+
+if TYPE_CHECKING:  # pragma: no cover
+    from smtpfilter.delivery.quarantine import Entry, Quarantine
+    from smtpfilter.tools.scan import Judged, Source, Summary
+
+__all__ = [
+    "CSV_FIELDS",
+    "clean",
+    "header_value",
+    "judged_json",
+    "judged_report",
+    "quarantine_list",
+    "quarantine_show",
+    "scan_csv_row",
+    "scan_json",
+    "scan_summary",
+    "table",
+]
+
+
+def clean(text: str, limit: int = 200) -> str:
+    """One printable line: controls and bytes that are not UTF-8 (an 8-bit envelope address)
+    shown escaped, ``\\x1b``, ``\\xff`` (smtpfilter.text); long values end in "..."."""
+    text = escape(text.replace("\t", " "))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def header_value(headers: HeaderBlock, name: str, limit: int = 200) -> str:
+    found = headers.get_all(name)
+    return clean(found[0].decoded, limit) if found else ""
+
+
+def table(rows: Iterable[Iterable[str]], header: Iterable[str]) -> str:
+    """Left-aligned columns; the last column is not padded."""
+    rows = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+# --- quarantine ------------------------------------------------------------------------------
+def _recipients(entry: "Entry") -> str:
+    rcpts = [r.get("address", "") for r in entry.envelope.get("recipients", [])]
+    if not rcpts:
+        return "-"
+    return clean(rcpts[0], 40) + (f" (+{len(rcpts) - 1})" if len(rcpts) > 1 else "")
+
+
+def quarantine_list(store: "Quarantine", entries: list["Entry"]) -> str:
+    if not entries:
+        return f"{store.directory}: empty\n"
+    rows = []
+    for entry in entries:
+        headers = store.header_block(entry)
+        received = entry.meta.get("received_at", "")[:19].replace("T", " ")
+        sender = entry.envelope.get("mail_from")
+        rows.append([
+            entry.id,
+            received or "-",
+            entry.verdict.get("rule") or "-",
+            f"<{clean(sender, 40)}>" if sender is not None else "-",
+            _recipients(entry),
+            header_value(headers, "subject", 60),
+        ])
+    count = f"{len(entries)} message{'s' if len(entries) != 1 else ''} in {store.directory}\n"
+    return table(rows, ["ID", "RECEIVED (UTC)", "RULE", "FROM", "TO", "SUBJECT"]) + count
+
+
+def quarantine_show(store: "Quarantine", entry: "Entry") -> str:
+    headers = store.header_block(entry)
+    env = entry.envelope
+    verdict = entry.verdict
+    lines = [
+        f"id:        {entry.id}",
+        f"file:      {entry.path}",
+        f"received:  {entry.meta.get('received_at', '-')}",
+        f"queue id:  {clean(entry.meta.get('queue_id') or '-')}",
+        f"client:    {clean(entry.meta.get('client') or '-')}",
+        f"from:      <{clean(env.get('mail_from', ''))}>"
+        + "".join(f" {clean(t)}" for t in env.get("mail_params", {}).values()),
+    ]
+    for rcpt in env.get("recipients", []):
+        params = "".join(f" {clean(p)}" for p in rcpt.get("params", []))
+        lines.append(f"to:        <{clean(rcpt.get('path', ''))}>{params}")
+    for address in entry.meta.get("released_to", []):
+        lines.append(f"released:  {clean(address)} (already delivered)")
+    if verdict:
+        lines.append(
+            f"verdict:   {verdict.get('action')} by {verdict.get('rule') or 'score'}, "
+            f"score {verdict.get('score', 0):g}"
+        )
+        lines.append(f"reason:    {clean(verdict.get('reason') or '-', 500)}")
+        lines.append(f"rules:     {', '.join(verdict.get('rules', [])) or '-'}")
+    lines.append(f"size:      {entry.meta.get('size', entry.path.stat().st_size)} bytes")
+    lines.append("headers:")
+    for header in headers:
+        lines.append(f"  {header.name}: {clean(header.decoded, 300)}")
+    return "\n".join(lines) + "\n\n"
+
+
+def as_json(value: object) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# --- test ------------------------------------------------------------------------------------
+def _received_line(judged: "Judged") -> str:
+    view = judged.view
+    assert view is not None
+    msg = view.msg
+    text = f"  received: {msg.received_at:%Y-%m-%d %H:%M:%S} UTC ({view.received_by}"
+    if msg.client.addr:
+        text += f", client {msg.client.addr}"
+    if view.cut:
+        text += f"; the {view.cut} header field{'s' if view.cut > 1 else ''} above it left out"
+    return text + ")"
+
+
+def judged_report(judged: "Judged") -> str:
+    """What ``smtpfilter test`` prints for one message: every rule, the decision, the reply."""
+    view, decision = judged.view, judged.decision
+    assert view is not None and decision is not None
+    msg = view.msg
+    lines = [
+        f"{judged.label}: {msg.size} bytes, {len(msg.headers)} headers"
+        + (", header section ends at a malformed line"
+           if msg.headers.malformed_at is not None else "")
+        + "".join(f", {e.setting} exceeded (the rest not read)" for e in msg.exceeded()),
+        _received_line(judged),
+    ]
+    width = max([len(rule.name) for rule, _ in judged.results] + [4])
+    for rule, finding in judged.results:
+        if finding is None:
+            lines.append(f"  {rule.name:<{width}}  -")
+            continue
+        action = rule.action.value if rule.action else "-"
+        mode = " (warn mode)" if rule.mode.value == "warn" else ""
+        lines.append(f"  {rule.name:<{width}}  {finding.code}  score={rule.score:g}  "
+                     f"action={action}{mode}")
+        lines.append(f"  {'':<{width}}  {clean(finding.reason, 300)}")
+    would = ""
+    if decision.intended is not None and decision.intended is not decision.action:
+        would = f" (would {decision.intended.value}" + (
+            f" by {decision.intended_rule})" if decision.intended_rule else ")")
+    by = f" by {decision.rule}" if decision.rule else ""
+    lines.append(f"  decision: {decision.action.value}{would}{by}, score {decision.score:g}")
+    for name, value in decision.headers:
+        lines.append(f"  header:   {name}: {value}")
+    lines.append(f"  reply:    {judged.reply}")
+    return "\n".join(lines) + "\n"
+
+
+def judged_json(judged: "Judged") -> dict:
+    view, decision = judged.view, judged.decision
+    assert view is not None and decision is not None
+    msg = view.msg
+    return {
+        "file": judged.label,
+        "size": msg.size,
+        "received_at": msg.received_at.isoformat(),
+        "received_by": view.received_by,
+        "received_hop": view.hop,
+        "client": msg.client.addr,
+        "rules": [
+            {
+                "rule": rule.name,
+                "check": rule.kind,
+                "finding": finding.code if finding else None,
+                "reason": finding.reason if finding else None,
+                "score": rule.score if finding else 0,
+                "action": rule.action.value if rule.action else None,
+                "mode": rule.mode.value,
+            }
+            for rule, finding in judged.results
+        ],
+        "decision": {
+            "action": decision.action.value,
+            "intended": decision.intended.value if decision.intended else None,
+            "intended_rule": decision.intended_rule,
+            "rule": decision.rule,
+            "score": decision.score,
+            "reason": decision.reason,
+            "headers": [f"{n}: {v}" for n, v in decision.headers],
+        },
+        "reply": judged.reply,
+    }
+
+
+# --- scan ------------------------------------------------------------------------------------
+CSV_FIELDS = ["file", "received_at", "received_by", "client", "date", "from", "subject",
+              "action", "would", "rule", "score", "rules", "reply"]
+
+
+def scan_csv_row(judged: "Judged") -> dict:
+    view, decision = judged.view, judged.decision
+    assert view is not None and decision is not None
+    headers = view.msg.headers
+    intended = decision.intended if decision.intended is not decision.action else None
+    return {
+        "file": judged.label,
+        "received_at": view.msg.received_at.isoformat(),
+        "received_by": view.received_by,
+        "client": view.msg.client.addr or "",
+        "date": header_value(headers, "date"),
+        "from": header_value(headers, "from"),
+        "subject": header_value(headers, "subject"),
+        "action": decision.action.value,
+        "would": intended.value if intended else "",
+        "rule": decision.rule or "",
+        "score": f"{decision.score:g}",
+        "rules": decision.rules_hit,
+        "reply": "" if decision.delivers else judged.reply,  # delivered: 10026 would answer
+    }
+
+
+def scan_json(source: "Source", summary: "Summary") -> dict:
+    return {
+        "source": {"kind": source.kind, "path": str(source.path), "messages": source.count},
+        "scanned": summary.messages,
+        "errors": [{"file": f, "error": e} for f, e in summary.errors],
+        "decisions": dict(summary.decisions),
+        "would": dict(summary.would),
+        "rules": {
+            name: {"findings": summary.hits[name], "decided": summary.decided[name]}
+            for name in sorted(set(summary.hits) | set(summary.decided))
+        },
+        "received_at_from": dict(summary.received_by),
+        "not_delivered": [
+            {"file": f.label, "date": f.date, "from": f.sender, "subject": f.subject,
+             "action": f.action, "would": f.intended if f.intended != f.action else None,
+             "rule": f.rule, "rules": f.rules, "reply": f.reply}
+            for f in summary.flagged
+        ],
+    }
+
+
+def scan_summary(source: "Source", summary: "Summary") -> str:
+    out = [f"{source.kind} {source.path}: {summary.messages} message"
+           f"{'s' if summary.messages != 1 else ''} scanned"
+           + (f", {len(summary.errors)} unreadable" if summary.errors else "")]
+    if summary.received_by:
+        out.append("receipt time from: " + ", ".join(
+            f"{what} {count}" for what, count in summary.received_by.most_common()))
+    out.append("")
+    total = max(summary.messages, 1)
+    rows = [[action, str(count), f"{100 * count / total:.1f}%"]
+            for action, count in summary.decisions.most_common()]
+    out.append(table(rows, ["DECISION", "MESSAGES", "SHARE"]).rstrip("\n"))
+    if summary.would:
+        out.append("observe-only (mode: warn or dry_run), would have been: " + ", ".join(
+            f"{action} {count}" for action, count in summary.would.most_common()))
+    out.append("")
+    names = sorted(set(summary.hits) | set(summary.decided),
+                   key=lambda n: (-summary.hits[n], n))
+    if names:
+        rows = [[name, str(summary.hits[name]), str(summary.decided[name])] for name in names]
+        out.append(table(rows, ["RULE", "FINDINGS", "DECIDED"]).rstrip("\n"))
+    else:
+        out.append("no rule found anything")
+    out.append("")
+    if summary.flagged:
+        out.append(f"Not delivered ({len(summary.flagged)}):")
+        rows = []
+        for f in summary.flagged:
+            action = f.intended if f.intended == f.action else f"{f.action} (would {f.intended})"
+            rows.append([f.label, clean(f.date, 31), clean(f.sender, 40), action, f.rules,
+                         clean(f.subject, 60)])
+        out.append(table(rows, ["FILE", "DATE", "FROM", "ACTION", "RULES", "SUBJECT"])
+                   .rstrip("\n"))
+    else:
+        out.append("Every message would be delivered.")
+    return "\n".join(out) + "\n"
