@@ -44,7 +44,7 @@ from smtpfilter.core.message import MessageContext  # noqa: E402
 from smtpfilter.engine.checks.dnsbl import DnsblCheck  # noqa: E402
 from smtpfilter.engine.resolver import DnsService  # noqa: E402
 from smtpfilter.engine.rules import RuleEnv, rules_for  # noqa: E402
-from smtpfilter.service.lifecycle import Server  # noqa: E402
+from smtpfilter.frontdoors.smtp.server import Server  # noqa: E402
 from tests.support.client import Client  # noqa: E402
 from tests.support.dnsserver import DnsServer  # noqa: E402
 from tests.support.messages import message  # noqa: E402

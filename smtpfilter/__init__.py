@@ -1,9 +1,12 @@
 """smtpfilter: a small, safe SMTP content filter for Postfix (FILTER_README's advanced mode).
 
 The path of one message, one module each:
-``smtp`` (the listener's SMTP dialect) → ``handler`` (one transaction, in lockstep with 10026)
-→ ``pipeline`` (run the rules) → ``checks`` (one module per rule kind) → ``policy`` (one
-decision) → ``reinject`` (the 10026 side) → ``replies`` (every reply we send).
+``frontdoors/smtp/session`` (the SMTP dialect) → ``frontdoors/smtp/transaction`` (one
+transaction, MAIL and RCPT in lockstep with 10026) → ``engine/judge`` (the one call every front
+door makes) → ``engine/pipeline`` (run the rules) → ``engine/checks/`` (one module per rule kind)
+→ ``engine/policy`` (one Decision) → ``delivery/downstream`` (the 10026 side) → ``core/replies``
+(every reply we send). Layers, lowest first: core → config → postfix → engine → delivery →
+service → frontdoors → tools → cli (tests/unit/test_architecture.py keeps it so).
 """
 
 __version__ = "0.1.0"

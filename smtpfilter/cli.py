@@ -11,7 +11,7 @@
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
 RestartPreventExitStatus=78 keeps a broken config from restart-looping). ``pipe`` is different:
 pipe(8) bounces mail on any status but 0 and a few sysexits, so it only ever exits 0, 69
-(reject) or 75 (try again), usage errors included (smtpfilter.pipe).
+(reject) or 75 (try again), usage errors included (smtpfilter.frontdoors.pipe).
 """
 
 from __future__ import annotations
@@ -64,10 +64,7 @@ def _report_config_error(error: ConfigError, consequence: str) -> None:
 
 # --- serve ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from smtpfilter.service.lifecycle import (  # the listener's imports are not needed by the others
-        Server,
-        run,
-    )
+    from smtpfilter.frontdoors.smtp.server import Server, run  # not needed by other commands
 
     try:
         config, ruleset = _load(args)
@@ -94,8 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from smtpfilter.service.workers import run_workers
 
             return run_workers(
-                config, ruleset, args.workers, config_path=args.config, overrides=overrides,
-                sock=sock,
+                config, ruleset, args.workers, daemon=_smtp_daemon, config_path=args.config,
+                overrides=overrides, sock=sock,
             )
         server = Server(
             config, ruleset, config_path=args.config, overrides=overrides, sock=sock,
@@ -106,6 +103,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
         return 71  # EX_OSERR
     return EX_OK
+
+
+def _smtp_daemon() -> type:
+    """The daemon each worker runs, imported in the worker (service/workers.py)."""
+    from smtpfilter.frontdoors.smtp.server import Server
+
+    return Server
 
 
 # --- check-config --------------------------------------------------------------------------
@@ -187,7 +191,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     _print_warnings(ruleset)
     if not _check_client_ip(args):
         return EX_USAGE
-    policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
+    policy = Policy.for_config(config)
     options = dict(hop=args.received_hop, client_ip=args.client_ip,
                    header_limit=config.limits.header_size)
     status = EX_OK
@@ -244,7 +248,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"smtpfilter: {args.path}: {getattr(error, 'strerror', None) or error}",
               file=sys.stderr)
         return EX_NOINPUT
-    policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
+    policy = Policy.for_config(config)
     summary = Summary()
     writer = csv.DictWriter(sys.stdout, CSV_FIELDS) if args.csv else None
     if writer:
@@ -473,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         op.add_argument("ids", nargs="+", metavar="ID")
         op.set_defaults(func=cmd_quarantine)
 
-    # Listed for --help only: main() hands "pipe" to smtpfilter.pipe before parsing, whose
+    # Listed for --help only: main() hands "pipe" to smtpfilter.frontdoors.pipe before parsing, whose
     # parser never exits with argparse's status 2 (see the module docstring).
     sub.add_parser(
         "pipe",

@@ -11,7 +11,7 @@ import pytest
 
 from smtpfilter.config.settings import load_config, shipped_rules_dir
 from smtpfilter.engine.rules import load_rules
-from smtpfilter.service.lifecycle import Server
+from smtpfilter.frontdoors.smtp.server import Server
 from tests.support.dnsserver import DnsServer, serve_test_lists
 from tests.support.sink import Sink
 

@@ -13,35 +13,14 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from smtpfilter.config.yamlfile import Mapping
+from smtpfilter.core.errors import ConfigError, Problem
 
 __all__ = ["ConfigError", "Options", "Problem", "parse_duration", "parse_size"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong, and where: ``file:line``, optionally the rule it belongs to."""
-
-    where: str
-    message: str
-    rule: str | None = None
-
-    def __str__(self) -> str:
-        subject = f"rule {self.rule}: " if self.rule else ""
-        return f"{self.where}: {subject}{self.message}"
-
-
-class ConfigError(Exception):
-    """Configuration or rules that cannot be used; carries every problem found."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)?\s*$")

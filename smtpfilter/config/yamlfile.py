@@ -28,16 +28,9 @@ from typing import Any
 
 import yaml
 
+from smtpfilter.core.errors import YamlError
+
 __all__ = ["Mapping", "YamlError", "load_file", "load_text"]
-
-
-class YamlError(Exception):
-    """A file that is not the YAML we accept; ``where`` is ``file:line``."""
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"{where}: {problem}")
-        self.where = where
-        self.problem = problem
 
 
 class Mapping(dict):

@@ -2,9 +2,9 @@
 
 Observation and decision are kept apart, as in rspamd and Haraka: a check only reports a
 :class:`Finding` ("the Date is 45 days before receipt"); the rule wraps it into a :class:`Verdict`
-with its score and optional forcing action; :mod:`smtpfilter.policy` turns the verdicts of one
+with its score and optional forcing action; :mod:`smtpfilter.engine.policy` turns the verdicts of one
 message into exactly one :class:`Decision`. Nothing here knows SMTP reply codes: those are chosen
-in :mod:`smtpfilter.replies`.
+in :mod:`smtpfilter.core.replies`.
 """
 
 from __future__ import annotations

@@ -34,33 +34,21 @@ from typing import Iterable, Mapping, Sequence
 import aiosmtplib
 
 from smtpfilter.config.settings import Config
+from smtpfilter.core.envelope import XFORWARD_GROUPS
+from smtpfilter.core.errors import DownstreamError
 from smtpfilter.core.replies import Reply
 from smtpfilter.core.text import neuter, xtext_encode
 
-__all__ = ["Downstream", "DownstreamError", "DownstreamPool", "Reply", "XFORWARD_GROUPS"]
+__all__ = ["Downstream", "DownstreamError", "DownstreamPool", "xforward_commands"]
 
 log = logging.getLogger(__name__)
 
-# XFORWARD_README: Postfix sends NAME/ADDR/PORT first, then PROTO/HELO/IDENT/SOURCE.
-XFORWARD_GROUPS = (("NAME", "ADDR", "PORT"), ("PROTO", "HELO", "IDENT", "SOURCE"))
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
 _COMMAND_LIMIT = 512
 # Write DATA in slices so the transport never buffers a second copy of a large message.
 _WRITE_SLICE = 256 * 1024
 # RFC 3463 §3.2: X.1.Y are address statuses, what MAIL and RCPT get.
 _ADDRESS_STATUS = re.compile(r"[245]\.1\.\d{1,3}(?:\s|$)")
-
-
-class DownstreamError(Exception):
-    """The 10026 server could not be used. ``stage`` says where: connect, XFORWARD, MAIL..."""
-
-    def __init__(self, stage: str, detail: str, *, sent_data: bool = False) -> None:
-        super().__init__(f"{stage}: {detail}")
-        self.stage = stage
-        self.detail = detail
-        # True once the final "." may have reached 10026: the message may have been queued
-        # there, so a retry by Postfix can produce a duplicate. Logged, never hidden.
-        self.sent_data = sent_data
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
@@ -112,6 +100,35 @@ class Downstream:
 
     def supports(self, keyword: str) -> bool:
         return keyword.lower() in self.extensions
+
+    def mail_params(self, tokens: Mapping[str, str]) -> list[str] | None:
+        """The MAIL parameters for this 10026 connection, from those received (KEYWORD → the
+        token as received), in that order: each one whose extension 10026 announced. None when
+        the message needs SMTPUTF8 and 10026 did not announce it (the caller defers it).
+
+        The one selection for every way a message goes out: the lockstep MAIL, pipe mode and a
+        quarantine release."""
+        params = []
+        for keyword, token in tokens.items():
+            if keyword == "SIZE" and self.supports("SIZE"):
+                params.append(token)
+            elif keyword == "BODY" and self.supports("8BITMIME"):
+                params.append(token)
+            elif keyword == "SMTPUTF8":
+                if not self.supports("SMTPUTF8"):
+                    return None
+                params.append(token)
+            elif keyword in ("RET", "ENVID") and self.supports("DSN"):
+                params.append(token)
+            elif keyword in ("AUTH", "XVERP") and self.supports(keyword):
+                params.append(token)
+            # Otherwise 10026 does not do that extension: Postfix's own smtp client drops such
+            # parameters for a next hop without the extension too.
+        return params
+
+    def rcpt_params(self, params: list[str]) -> list[str]:
+        """RCPT parameters (NOTIFY, ORCPT: DSN's, RFC 3461) as received, if 10026 does DSN."""
+        return params if self.supports("DSN") else []
 
     @property
     def connected(self) -> bool:

@@ -40,30 +40,27 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator
 
 from smtpfilter.config.settings import Config
 from smtpfilter.core import replies, wire
-from smtpfilter.core.envelope import Client
+from smtpfilter.core.envelope import Envelope, Recipient
+from smtpfilter.core.errors import QuarantineError
 from smtpfilter.core.message import MessageContext, parse_header_block
-from smtpfilter.core.replies import Reply
 from smtpfilter.core.verdict import Decision
 from smtpfilter.core.wire import outgoing
-from smtpfilter.delivery.downstream import DownstreamError, DownstreamPool
-
-if TYPE_CHECKING:  # pragma: no cover
-    from smtpfilter.frontdoors.smtp.session import Transaction
+from smtpfilter.delivery.deliver import deliver
+from smtpfilter.delivery.downstream import DownstreamPool
 
 __all__ = [
     "Entry",
     "Quarantine",
     "QuarantineError",
     "ReleaseResult",
-    "envelope_of_pipe",
+    "envelope_meta",
     "json_text",
     "release",
     "store_message",
-    "store_with_envelope",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,10 +69,6 @@ META_VERSION = 1
 _SUBDIRS = ("tmp", "new", "cur", "meta")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _counter = itertools.count(1)
-
-
-class QuarantineError(Exception):
-    """The quarantine could not do what was asked; the text says what and where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,17 +279,30 @@ def check_directory(directory: Path) -> str | None:
 
 
 # --- the filter's side -----------------------------------------------------------------------
-def envelope_of(txn: "Transaction") -> dict[str, Any]:
-    """What release needs to re-inject the message as Postfix handed it to us."""
+def envelope_meta(envelope: Envelope) -> dict[str, Any]:
+    """What release needs to re-inject the message as it was handed to us (JSON)."""
     return {
-        "mail_from": txn.mail_path,
-        "mail_params": dict(txn.param_tokens),  # keyword → token as received (SIZE=, BODY=...)
+        "mail_from": envelope.mail_path,
+        "mail_params": dict(envelope.mail_params),  # keyword → token as received (SIZE=...)
         "recipients": [
             {"address": r.address, "path": r.path, "params": list(r.params)}
-            for r in txn.recipients
+            for r in envelope.recipients
         ],
-        "xforward": dict(txn.xforward),
+        "xforward": dict(envelope.xforward),
     }
+
+
+def _envelope_from_meta(meta: dict[str, Any]) -> Envelope:
+    """The stored envelope (envelope_meta) back as an Envelope; ``mail_from`` is the path."""
+    return Envelope(
+        mail_from=meta["mail_from"],
+        mail_path=meta["mail_from"],
+        mail_params=dict(meta["mail_params"]),
+        recipients=[
+            Recipient(r["address"], r["path"], list(r["params"])) for r in meta["recipients"]
+        ],
+        xforward=dict(meta.get("xforward", {})),
+    )
 
 
 def verdict_of(decision: Decision) -> dict[str, Any]:
@@ -309,37 +315,15 @@ def verdict_of(decision: Decision) -> dict[str, Any]:
     }
 
 
-def envelope_of_pipe(sender: str, recipients: Sequence[str], client: Client) -> dict[str, Any]:
-    """The envelope of a message pipe(8) handed us: no SMTP parameters, the client as XFORWARD
-    attributes (IPv6 with its "IPv6:" prefix, as XFORWARD_README writes it)."""
-    attributes = {
-        "NAME": client.name, "PORT": client.port, "PROTO": client.proto, "HELO": client.helo,
-        "IDENT": client.ident, "SOURCE": client.source,
-        "ADDR": (f"IPv6:{client.addr}" if client.addr and ":" in client.addr else client.addr),
-    }
-    return {
-        "mail_from": sender,
-        "mail_params": {},
-        "recipients": [{"address": r, "path": r, "params": []} for r in recipients],
-        "xforward": {k: v for k, v in attributes.items() if v},
-    }
-
-
 async def store_message(
-    config: Config, msg: MessageContext, txn: "Transaction", decision: Decision
+    config: Config, msg: MessageContext, envelope: Envelope, decision: Decision
 ) -> str:
     """Store the message for a QUARANTINE decision; the reply for Postfix (250 or 451)."""
-    return await store_with_envelope(config, msg, envelope_of(txn), decision)
-
-
-async def store_with_envelope(
-    config: Config, msg: MessageContext, envelope: dict[str, Any], decision: Decision
-) -> str:
     meta = {
         "received_at": msg.received_at.isoformat(),
         "queue_id": msg.client.ident,
         "client": msg.client.describe(),
-        "envelope": envelope,
+        "envelope": envelope_meta(envelope),
         "verdict": verdict_of(decision),
     }
     store = Quarantine(config.quarantine.directory)
@@ -360,27 +344,6 @@ class ReleaseResult:
     reply: str = ""  # 10026's reply to "." (or the failure)
     removed: bool = False
 
-    @property
-    def ok(self) -> bool:
-        return self.removed
-
-
-def _mail_params(conn, params: dict[str, str]) -> list[str]:
-    """The MAIL parameters 10026 can take now, as the handler chooses them at delivery."""
-    chosen = []
-    for keyword, token in params.items():
-        if keyword == "SIZE" and conn.supports("SIZE"):
-            chosen.append(token)
-        elif keyword == "BODY" and conn.supports("8BITMIME"):
-            chosen.append(token)
-        elif keyword == "SMTPUTF8":
-            if not conn.supports("SMTPUTF8"):
-                raise DownstreamError("MAIL", "SMTPUTF8 mail but 10026 does not announce SMTPUTF8")
-            chosen.append(token)
-        elif keyword in ("RET", "ENVID") and conn.supports("DSN"):
-            chosen.append(token)
-    return chosen
-
 
 async def release(config: Config, entry_id: str) -> ReleaseResult:
     """Re-inject one quarantined message into 10026 with its original envelope and bytes.
@@ -392,53 +355,42 @@ async def release(config: Config, entry_id: str) -> ReleaseResult:
     store = Quarantine(config.quarantine.directory)
     entry = await asyncio.to_thread(store.get, entry_id)
     data = await asyncio.to_thread(store.wire_bytes, entry)
-    envelope = entry.envelope
+    stored = entry.envelope
+    envelope = _envelope_from_meta(stored)
     result = ReleaseResult(entry)
     msg = MessageContext.build(data, received_at=datetime.now(timezone.utc))
     parts = outgoing(msg, (), config.headers.own)
-    pool = DownstreamPool.for_config(config, keep_idle=False)
-    try:
-        conn = await pool.connect()
-    except DownstreamError as error:
-        result.reply = f"10026 failed at {error}"
-        return result
-    try:
-        await conn.xforward(envelope.get("xforward", {}))
-        reply = await conn.mail(envelope["mail_from"], _mail_params(conn, envelope["mail_params"]))
-        if not reply.positive:
-            result.reply = f"MAIL refused: {reply}"
-            return result
-        accepted = []
-        for rcpt in envelope["recipients"]:
-            params = rcpt["params"] if conn.supports("DSN") else []
-            answer = await conn.rcpt(rcpt["path"], params)
-            if answer.positive:
-                accepted.append(rcpt)
-            else:
-                result.refused.append((rcpt["address"], str(answer)))
-        if not accepted:
-            await conn.rset()
-            result.reply = "every recipient refused"
-            return result
-        final: Reply = await conn.data(parts)
-        result.reply = str(final)
-        if not final.positive:
-            if conn.in_transaction:
-                await conn.rset()
-            result.refused = [(r["address"], str(final)) for r in envelope["recipients"]]
-            return result
-        result.delivered = [r["address"] for r in accepted]
-    except DownstreamError as error:
-        result.reply = f"10026 failed at {error}"
-        if error.sent_data:
+    sent = await deliver(DownstreamPool.for_config(config, keep_idle=False), envelope, parts)
+    result.refused = [(rcpt.address, str(answer)) for rcpt, answer in sent.refused]
+    if sent.error is not None:
+        result.reply = f"10026 failed at {sent.error}"
+        if sent.error.sent_data:
             result.reply += " after the final '.': it may have queued the message"
         return result
-    finally:
-        await conn.quit()
+    if sent.smtputf8_unsupported:
+        result.reply = "10026 failed at MAIL: SMTPUTF8 mail but 10026 does not announce SMTPUTF8"
+        return result
+    assert sent.reply is not None  # every stage but a failure leaves 10026's reply
+    if sent.stage == "MAIL":
+        result.reply = f"MAIL refused: {sent.reply}"
+        return result
+    if sent.stage == "RCPT":
+        result.reply = "every recipient refused"
+        return result
+    result.reply = str(sent.reply)
+    if not sent.delivered:
+        result.refused = [(rcpt.address, str(sent.reply)) for rcpt in envelope.recipients]
+        return result
+    result.delivered = [rcpt.address for rcpt in sent.accepted]
     if result.refused:
-        left = [r for r in envelope["recipients"] if r not in accepted]
+        accepted = {id(rcpt) for rcpt in sent.accepted}
+        left = [
+            meta
+            for meta, rcpt in zip(stored["recipients"], envelope.recipients)
+            if id(rcpt) not in accepted
+        ]
         meta = dict(entry.meta)
-        meta["envelope"] = dict(envelope, recipients=left)
+        meta["envelope"] = dict(stored, recipients=left)
         meta.setdefault("released_to", []).extend(result.delivered)
         await asyncio.to_thread(store.update_meta, entry, meta)
     else:

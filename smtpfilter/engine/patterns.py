@@ -15,11 +15,9 @@ from dataclasses import dataclass
 
 import re2
 
+from smtpfilter.core.errors import PatternError
+
 __all__ = ["PatternError", "PatternSet"]
-
-
-class PatternError(ValueError):
-    pass
 
 
 def _options(case_sensitive: bool) -> "re2.Options":

@@ -11,20 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable
 
+from smtpfilter.core.errors import RuleFailure
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Decision, Finding, Verdict
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
 
 __all__ = ["RuleFailure", "evaluate", "observe"]
-
-
-class RuleFailure(Exception):
-    """A check raised: our bug or a resource problem, answered 451 so Postfix keeps the mail."""
-
-    def __init__(self, rule: Rule) -> None:
-        super().__init__(f"rule {rule.name} ({rule.where}) failed")
-        self.rule = rule
 
 
 async def observe(

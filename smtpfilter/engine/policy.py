@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from smtpfilter.config.settings import HeadersConfig, PolicyConfig
+from smtpfilter.config.settings import Config, HeadersConfig, PolicyConfig
 from smtpfilter.core.replies import render_text
 from smtpfilter.core.verdict import Action, Decision, Mode, Verdict
 
@@ -37,6 +37,11 @@ class Policy:
         self.thresholds = config.thresholds  # ascending by score
         self.headers = headers
         self.dry_run = dry_run
+
+    @classmethod
+    def for_config(cls, config: Config) -> "Policy":
+        """The policy a configuration describes: the one place its three settings meet."""
+        return cls(config.policy, config.headers, dry_run=config.dry_run)
 
     def by_score(self, score: float) -> tuple[Action, float] | None:
         reached = None

@@ -3,7 +3,7 @@
 ```yaml
 rules:
   - name: OLD_DATE        # UPPER_SNAKE: it appears in logs, headers and reply texts
-    check: date           # the rule kind: see smtpfilter.checks.CHECK_KINDS
+    check: date           # the rule kind: see smtpfilter.engine.checks.CHECK_KINDS
     older_than: 30d       # ...and that kind's own options
     action: reject        # reject | tempfail | discard | accept | tag | warn
     score: 3              # and/or a score for the policy thresholds
@@ -31,7 +31,7 @@ from typing import Iterable
 from smtpfilter.config.options import ConfigError, Options, Problem
 from smtpfilter.config.settings import Config
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
-from smtpfilter.core.verdict import Action, Finding, Mode, Verdict
+from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
 from smtpfilter.engine.checks import CHECK_KINDS, Check
 from smtpfilter.engine.resolver import DnsService
 
@@ -69,6 +69,12 @@ class RuleEnv:
 
     A kind that needs it says so with ``needs_env = True`` and gets it as
     ``from_options(opts, env)``; the other kinds keep ``from_options(opts)``.
+
+    This is where shared services go: today the DNS resolver, cache and zone health; next the
+    sender-authentication verifier (SPF/DKIM/DMARC, engine/auth/) and the counter store of rate
+    limits (in memory or Redis, engine/state.py). Each is a field with a default that costs
+    nothing until a rule uses it, built from the config by :func:`rules_for`, and closed by the
+    daemon that owns the env (service/lifecycle.py closes ``dns``).
     """
 
     dns: DnsService = field(default_factory=DnsService)
@@ -81,9 +87,22 @@ class RuleSet:
     # The environment the checks were built with; a reload builds the next set with the same.
     env: RuleEnv = field(default_factory=RuleEnv)
     warnings: tuple[Problem, ...] = ()  # usable, but worth telling the admin (file:line)
+    # True when a rule kind declares ``needs_body = True`` (MIME, attachments, body patterns):
+    # a front door that can skip collecting the body (a policy endpoint, a milter told to skip
+    # it) may do so only when this is False. Today's kinds read the header block only.
+    needs_body: bool = False
+    # The checks with a post-decision hook, ``settle(decision, delivered)``: called once per
+    # message after the front door answered (engine/judge.py), so a rate limit counts only
+    # mail that was otherwise accepted. Empty for today's kinds: nothing is called.
+    settlers: tuple[Check, ...] = ()
 
     def __len__(self) -> int:
         return len(self.rules)
+
+    def settle(self, decision: Decision, delivered: bool) -> None:
+        """Tell the checks that asked what finally became of one message."""
+        for check in self.settlers:
+            check.settle(decision, delivered)  # type: ignore[attr-defined]
 
 
 def rule_files(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
@@ -210,7 +229,14 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
             rules.append(rule)
     if problems:
         raise ConfigError(problems)
-    return RuleSet(tuple(rules), tuple(str(p) for p in files), env, tuple(warnings))
+    return RuleSet(
+        tuple(rules),
+        tuple(str(p) for p in files),
+        env,
+        tuple(warnings),
+        needs_body=any(getattr(rule.check, "needs_body", False) for rule in rules),
+        settlers=tuple(rule.check for rule in rules if hasattr(rule.check, "settle")),
+    )
 
 
 def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:

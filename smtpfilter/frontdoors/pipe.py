@@ -3,10 +3,11 @@
     smtpfilter pipe [--config=PATH] [--client-address=IP] [--client-name=NAME]
                     [--client-helo=HELO] [--queue-id=ID] --sender=SENDER -- RECIPIENT...
 
-(``-f SENDER`` works too, as in FILTER_README's shell example.) The same rules and policy as
-``smtpfilter serve`` (:func:`smtpfilter.pipeline.evaluate`, :class:`smtpfilter.policy.Policy`);
-accepted mail is re-injected over SMTP into the after-filter smtpd (``forward``, 127.0.0.1:10026)
-with :mod:`smtpfilter.reinject`, XFORWARD included, so the second pass logs ``orig_client=`` and
+(``-f SENDER`` works too, as in FILTER_README's shell example.) The same engine as
+``smtpfilter serve`` (:meth:`smtpfilter.engine.judge.Engine.judge`: rules, policy, scan timeout,
+the one summary line); accepted mail is re-injected over SMTP into the after-filter smtpd
+(``forward``, 127.0.0.1:10026) with :func:`smtpfilter.delivery.deliver.deliver`, XFORWARD
+included, so the second pass logs ``orig_client=`` and
 ``orig_queue_id=`` and mail is not filtered twice (the 10026 smtpd has ``content_filter=``).
 
 The exit status is all pipe(8) acts on (sysexits(3)):
@@ -38,24 +39,22 @@ import ipaddress
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 from smtpfilter.config.settings import Config, ConfigError, load_config
 from smtpfilter.core import replies, wire
-from smtpfilter.core.envelope import Client
-from smtpfilter.core.message import MessageContext
+from smtpfilter.core.envelope import Client, Envelope, Recipient
 from smtpfilter.core.replies import Reply
 from smtpfilter.core.verdict import Action, Decision
 from smtpfilter.core.wire import outgoing
 from smtpfilter.delivery import quarantine
-from smtpfilter.delivery.downstream import DownstreamError, DownstreamPool
-from smtpfilter.engine.pipeline import RuleFailure, evaluate
-from smtpfilter.engine.policy import Policy
+from smtpfilter.delivery.deliver import deliver
+from smtpfilter.delivery.downstream import DownstreamPool
+from smtpfilter.engine.judge import Engine
 from smtpfilter.engine.rules import RuleSet, rules_for
-from smtpfilter.frontdoors.smtp.transaction import log_exceeded, summary_line
 from smtpfilter.service.logs import setup_logging
 
 __all__ = ["EX_OK", "EX_TEMPFAIL", "EX_UNAVAILABLE", "Outcome", "filter_message", "main"]
@@ -135,20 +134,6 @@ def client_from(args: argparse.Namespace) -> Client:
     )
 
 
-def _xforward(client: Client) -> dict[str, str]:
-    attrs = {}
-    if client.name:
-        attrs["NAME"] = client.name
-    if client.addr:
-        # XFORWARD_README: an IPv6 address is sent with the "IPv6:" prefix.
-        attrs["ADDR"] = f"IPv6:{client.addr}" if ":" in client.addr else client.addr
-    if client.helo:
-        attrs["HELO"] = client.helo
-    if client.ident:
-        attrs["IDENT"] = client.ident
-    return attrs
-
-
 def message_bytes(raw: bytes) -> bytes:
     """pipe(8)'s output (LF lines; a "From " line with flags=F) → SMTP wire form."""
     if raw.startswith(b"From "):
@@ -156,97 +141,53 @@ def message_bytes(raw: bytes) -> bytes:
     return wire.to_wire(raw)
 
 
+def envelope_of(sender: str, recipients: Sequence[str], client: Client) -> Envelope:
+    """The envelope pipe(8) hands us: no SMTP parameters (pipe(8) passes none on), the client
+    as XFORWARD attributes."""
+    return Envelope(
+        mail_from=sender,
+        mail_path=sender,
+        recipients=[Recipient(rcpt, rcpt) for rcpt in recipients],
+        xforward=client.xforward(),
+    )
+
+
 async def filter_message(
-    config: Config,
-    ruleset: RuleSet,
-    data: bytes,
-    sender: str,
-    recipients: Sequence[str],
-    client: Client,
+    engine: Engine, data: bytes, envelope: Envelope, client: Client
 ) -> tuple[Outcome, Decision | None]:
     """Judge one message (wire form) and deliver it to 10026 if the decision says so."""
-    msg = MessageContext.build(
-        data,
-        received_at=datetime.now(timezone.utc),
-        mail_from=sender,
-        rcpt_to=tuple(recipients),
-        client=client,
-        header_limit=config.limits.header_size,
+    config = engine.config
+    msg, decision, failure = await engine.judge(
+        envelope, client, data, received_at=datetime.now(timezone.utc)
     )
-    log_exceeded(msg)
-    policy = Policy(config.policy, config.headers, dry_run=config.dry_run)
-    try:
-        decision = await asyncio.wait_for(
-            evaluate(ruleset, msg, policy), config.limits.scan_timeout
-        )
-    except TimeoutError:
-        log.warning("rules took longer than %gs (limits.scan_timeout)", config.limits.scan_timeout)
-        return Outcome.from_reply(replies.R451_SCAN_TIMEOUT), None
-    except RuleFailure as failure:
-        log.error("%s; deferring", failure, exc_info=failure.__cause__)
-        return Outcome.from_reply(replies.R451_LOCAL_ERROR), None
+    if decision is None:
+        return Outcome.from_reply(failure or replies.R451_LOCAL_ERROR), None
     if decision.action is Action.QUARANTINE:
         # Exit 0 only once the copy is on disk: pipe(8) forgets the message at 0.
-        envelope = quarantine.envelope_of_pipe(sender, recipients, client)
-        reply = await quarantine.store_with_envelope(config, msg, envelope, decision)
+        reply = await quarantine.store_message(config, msg, envelope, decision)
         return Outcome.from_reply(reply), decision
     if not decision.delivers:
         reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
         return Outcome.from_reply(reply), decision
     parts = outgoing(msg, decision.headers, config.headers.own)
-    return await reinject(config, parts, sender, recipients, client, size=msg.size), decision
+    return await reinject(config, parts, envelope, size=msg.size), decision
 
 
-async def reinject(
-    config: Config,
-    parts: list,
-    sender: str,
-    recipients: Sequence[str],
-    client: Client,
-    *,
-    size: int,
-) -> Outcome:
-    """One SMTP transaction with the 10026 smtpd; its reply decides the outcome."""
+async def reinject(config: Config, parts: list, envelope: Envelope, *, size: int) -> Outcome:
+    """One SMTP transaction with the 10026 smtpd (delivery.deliver); its reply decides."""
+    params = {"SIZE": f"SIZE={size}"}
+    if not all(bytes(part).isascii() for part in parts):
+        params["BODY"] = "BODY=8BITMIME"
+    if not (envelope.mail_from + "".join(envelope.rcpt_to)).isascii():
+        params["SMTPUTF8"] = "SMTPUTF8"
+    sending = replace(envelope, mail_params=params)
     pool = DownstreamPool.for_config(config, keep_idle=False)
-    try:
-        conn = await pool.connect()
-    except DownstreamError as error:
-        log.warning("cannot reach %s (%s): deferring", config.forward, error)
-        return Outcome.from_reply(replies.downstream_failure(error.stage))
-    try:
-        params = []
-        if conn.supports("SIZE"):
-            params.append(f"SIZE={size}")
-        if conn.supports("8BITMIME") and not all(bytes(part).isascii() for part in parts):
-            params.append("BODY=8BITMIME")
-        if not (sender + "".join(recipients)).isascii():
-            if not conn.supports("SMTPUTF8"):
-                log.error("SMTPUTF8 address but %s does not announce SMTPUTF8", config.forward)
-                return Outcome.from_reply(replies.R451_SMTPUTF8_UNSUPPORTED)
-            params.append("SMTPUTF8")
-        await conn.xforward(_xforward(client))
-        reply = await conn.mail(sender, params)
-        if not reply.positive:
-            return _refused("MAIL FROM", reply)
-        refused: list[tuple[str, Reply]] = []
-        for rcpt in recipients:
-            answer = await conn.rcpt(rcpt, [])
-            if not answer.positive:
-                refused.append((rcpt, answer))
-        if refused:
-            # pipe(8) has one status for all recipients: deliver to none rather than lose some.
-            # Any temporary refusal makes it all temporary (and the text must then carry a
-            # 4.X.X code: pipe(8) lets the text's code override the exit status).
-            await conn.rset()
-            temporary = [(r, a) for r, a in refused if a.code < 500]
-            rcpt, answer = (temporary or refused)[0]
-            return _refused(f"RCPT TO:<{rcpt}>", answer)
-        result = await conn.data(parts)
-        if not result.positive:
-            return _refused("end of DATA", result)
-        return Outcome.from_reply(replies.relay(result))
-    except DownstreamError as error:
-        if error.sent_data:
+    sent = await deliver(pool, sending, parts, all_or_nothing=True)
+    error = sent.error
+    if error is not None:
+        if not sent.connected:
+            log.warning("cannot reach %s (%s): deferring", config.forward, error)
+        elif error.sent_data:
             log.error(
                 "%s failed after the final '.' (%s): it may have queued the message; Postfix will "
                 "retry, so it may be delivered twice",
@@ -256,35 +197,27 @@ async def reinject(
         else:
             log.warning("%s failed at %s", config.forward, error)
         return Outcome.from_reply(replies.downstream_failure(error.stage))
-    finally:
-        await conn.quit()
+    if sent.smtputf8_unsupported:
+        log.error("SMTPUTF8 address but %s does not announce SMTPUTF8", config.forward)
+        return Outcome.from_reply(replies.R451_SMTPUTF8_UNSUPPORTED)
+    assert sent.reply is not None or sent.refused  # every other stage leaves 10026's reply
+    if sent.stage == "MAIL":
+        return _refused("MAIL FROM", sent.reply)
+    if sent.stage == "RCPT":
+        # Any temporary refusal makes it all temporary (and the text must then carry a 4.X.X
+        # code: pipe(8) lets the text's code override the exit status).
+        temporary = [(r, a) for r, a in sent.refused if a.code < 500]
+        rcpt, answer = (temporary or sent.refused)[0]
+        return _refused(f"RCPT TO:<{rcpt.path}>", answer)
+    if not sent.delivered:
+        return _refused("end of DATA", sent.reply)
+    return Outcome.from_reply(replies.relay(sent.reply))
 
 
 def _refused(stage: str, reply: Reply) -> Outcome:
     outcome = Outcome.from_reply(replies.relay(reply))
     log.warning("after-filter server refused %s: %s", stage, reply)
     return outcome
-
-
-def _summary(
-    args: argparse.Namespace,
-    client: Client,
-    size: int,
-    decision: Decision | None,
-    outcome: Outcome,
-    started: float,
-) -> str:
-    """The daemon's one line per message (smtpfilter.handler), for pipe mode."""
-    return summary_line(
-        client,
-        args.sender,
-        list(args.recipients),
-        size,
-        decision,
-        outcome.text,
-        time.monotonic() - started,
-        f"status={outcome.status}",
-    )
 
 
 def _load(path: str | None) -> tuple[Config, RuleSet]:
@@ -322,17 +255,20 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             return outcome.status
         data = message_bytes(raw)
         client = client_from(args)  # after logging is set up: it may warn
+        envelope = envelope_of(args.sender, args.recipients, client)
+        engine = Engine(config, ruleset)
 
         async def judge() -> tuple[Outcome, Decision | None]:
             try:
-                return await filter_message(
-                    config, ruleset, data, args.sender, args.recipients, client
-                )
+                return await filter_message(engine, data, envelope, client)
             finally:
                 await ruleset.env.dns.aclose()
 
         outcome, decision = asyncio.run(judge())
-        log.info("%s", _summary(args, client, len(data), decision, outcome, started))
+        engine.settle(
+            envelope, client, len(data), decision, outcome.text, started,
+            f"status={outcome.status}",
+        )
         return outcome.status
     except SystemExit as exit:  # --help, when run by hand
         if exit.code in (0, None):

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import re2
 
+from smtpfilter.core.errors import TranslationError
+
 __all__ = [
     "FORMATS",
     "reject_reply",
@@ -60,10 +62,6 @@ __all__ = [
 
 FORMATS = ("regexp", "pcre")
 NEVER = r"[^\x00-\x{10FFFF}]"  # an RE2 atom that matches nothing, for glibc's dead escapes
-
-
-class TranslationError(ValueError):
-    """A pattern RE2 cannot run, or one Postfix itself rejects; the text says which."""
 
 
 @dataclass(frozen=True, slots=True)

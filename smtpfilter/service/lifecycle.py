@@ -1,16 +1,22 @@
-"""The service: bind, serve, reload on SIGHUP, drain on SIGTERM, tell systemd.
+"""The life of a daemon: bind, serve, reload on SIGHUP, drain on SIGTERM, tell systemd.
+
+Every daemon of smtpfilter is a :class:`Daemon` with a front door plugged in: the content filter
+(frontdoors/smtp/server.py) plugs in its SMTP protocol; a milter server plugs in its own. The
+front door knows its protocol and its sessions (:class:`FrontDoor`); everything else is here,
+written once:
 
 - ``start()`` binds the listener and loads nothing lazily: when it returns, rules are loaded and
   the port is open, which is when systemd gets READY=1.
 - SIGHUP re-reads config and rules, builds the new RuleSet beside the old one and swaps a single
   reference; a broken file keeps the old rules serving and logs every problem. Sessions in flight
   are not disturbed; each message finishes with the rules it started with.
-- SIGTERM stops accepting mail: idle sessions and connections that arrive during the drain get
-  ``421 4.3.2`` (Postfix defers and retries; a closed port would leave connections already in
-  the kernel's queue with an end of file instead of an answer); messages in flight finish within
-  a deadline; then the port closes, the 10026 pool closes and it returns (exit 0). A socket that
-  systemd holds (smtpfilter.socket) is let go at once instead: connections then wait in its
-  queue for the next instance, which is the point of socket activation.
+- SIGTERM stops accepting mail: idle sessions and connections that arrive during the drain are
+  told so by the front door (SMTP: ``421 4.3.2``; Postfix defers and retries; a closed port would
+  leave connections already in the kernel's queue with an end of file instead of an answer);
+  messages in flight finish within a deadline; then the port closes, the 10026 pool closes and
+  it returns (exit 0). A socket that systemd holds (smtpfilter.socket) is let go at once
+  instead: connections then wait in its queue for the next instance, which is the point of
+  socket activation.
 """
 
 from __future__ import annotations
@@ -19,36 +25,27 @@ import asyncio
 import logging
 import signal
 import socket
-import ssl
 import time
-import weakref
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from smtpfilter.config.settings import Config, ConfigError, load_config
-from smtpfilter.core import replies
 from smtpfilter.delivery.downstream import DownstreamPool
 from smtpfilter.engine.rules import RuleSet, rules_for
-from smtpfilter.frontdoors.smtp.session import FilterSMTP
-from smtpfilter.frontdoors.smtp.transaction import FilterHandler
 from smtpfilter.service import sdnotify
 from smtpfilter.service.listener import Listener
-from smtpfilter.service.metrics import MetricsServer
-from smtpfilter.service.runtime import Runtime, make_policy
+from smtpfilter.service.runtime import Runtime
 
-__all__ = ["Server", "run"]
+__all__ = ["Daemon", "FrontDoor", "run"]
 
 log = logging.getLogger(__name__)
 
 _PRUNE_INTERVAL = 5.0
-
-
-def make_tls_context(config: Config) -> ssl.SSLContext | None:
-    if config.tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls.cert, config.tls.key)
-    return context
+# Settings a reload cannot apply to a running process: they say where it listens, who it is,
+# and how it logs. The others (rules, policy, limits, DNS, the 10026 pool's timeouts and size,
+# quarantine) apply to what starts after the reload.
+RESTART_ONLY = ("listen", "forward", "hostname", "tls", "log", "metrics")
 
 
 def run(main, event_loop: str = "auto"):
@@ -68,7 +65,28 @@ def run(main, event_loop: str = "auto"):
     return asyncio.run(main)
 
 
-class Server:
+class FrontDoor(Protocol):
+    """What a daemon serves: the protocol of each accepted connection, and its sessions."""
+
+    def protocol(self) -> asyncio.Protocol:
+        """A new protocol object for one accepted connection."""
+
+    def make_room(self) -> bool:
+        """At limits.sessions: close a session that waits for nothing; True if one was."""
+
+    def close_idle(self) -> None:
+        """During the drain: tell sessions with no message under way we are going, and close."""
+
+    def open_sessions(self) -> int:
+        """Sessions whose connection is still open."""
+
+    def abort(self) -> None:
+        """The drain deadline passed: close every session that is left."""
+
+
+class Daemon:
+    """A daemon's lifecycle around one front door (:meth:`make_front_door`)."""
+
     def __init__(
         self,
         config: Config,
@@ -84,53 +102,38 @@ class Server:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.runtime = Runtime(config, ruleset, DownstreamPool.for_config(config))
-        self.runtime.make_room = self._make_room
-        # Shared by every rule set this server will load: the DNS cache and zone health
+        # Shared by every rule set this daemon will load: the DNS cache and zone health
         # survive reloads.
         self.env = ruleset.env
         self.env.dns.configure(config.dns)
-        self.handler = FilterHandler(self.runtime)
-        self.tls_context = make_tls_context(config)
         self._sock = sock
         self._handed_over = handed_over
         self._server: Listener | None = None
-        self._protocols: weakref.WeakSet[FilterSMTP] = weakref.WeakSet()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
-        self.name = "smtpfilter"
         self.worker = 0  # with serve --workers N: this worker's number, 0..N-1
-        self.metrics: MetricsServer | None = None
+        self.metrics = None  # the metrics responder, when metrics.listen is set and bound
+        self.door = self.make_front_door()
+        self.runtime.make_room = self.door.make_room
+
+    def make_front_door(self) -> FrontDoor:  # pragma: no cover - every daemon has its own
+        raise NotImplementedError
 
     @property
     def config(self) -> Config:
         return self.runtime.config
 
     # --- lifecycle -----------------------------------------------------------------------
-    def _protocol(self) -> FilterSMTP:
-        config = self.runtime.config
-        protocol = FilterSMTP(
-            self.handler,
-            hostname=config.hostname,  # else aiosmtpd calls getfqdn() per connection
-            ident="ESMTP smtpfilter",
-            timeout=config.limits.idle_timeout,
-            data_size_limit=config.limits.message_size,
-            enable_SMTPUTF8=True,  # decode arguments as UTF-8 (RFC 6531); announced by us
-            tls_context=self.tls_context,
-            loop=asyncio.get_running_loop(),
-        )
-        self._protocols.add(protocol)
-        return protocol
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
         # Our own accept loop, not loop.create_server's: out of file descriptors, new
         # connections wait in the listen queue and one warning a minute says so (listener.py).
         if self._sock is not None:
-            self._server = Listener(self._sock, self._protocol)
+            self._server = Listener(self._sock, self.door.protocol)
         else:
-            self._server = Listener.bind(listen.host, listen.port, self._protocol)
+            self._server = Listener.bind(listen.host, listen.port, self.door.protocol)
         self._server.start()
         if not listen.is_loopback:
             log.warning(
@@ -157,6 +160,12 @@ class Server:
         listen = self.config.metrics.listen
         if listen is None:
             return
+        from smtpfilter.service.metrics import (
+            Metrics,
+            MetricsServer,  # prometheus_client: only if used
+        )
+
+        self.runtime.metrics = Metrics()
         port = listen.port + self.worker if listen.port else 0
         server = MetricsServer(self.runtime, listen.host, port)
         try:
@@ -254,20 +263,14 @@ class Server:
             sdnotify.notify(f"READY=1\nSTATUS=reload failed; {self.status()}")
             return False
         old = self.runtime.config
-        restart_only = [
-            key
-            for key in ("listen", "forward", "hostname", "tls", "log", "metrics")
-            if getattr(old, key) != getattr(config, key)
-        ]
+        restart_only = [key for key in RESTART_ONLY if getattr(old, key) != getattr(config, key)]
         if restart_only:
             log.warning("reload: %s changed; that takes a restart", ", ".join(restart_only))
             config = replace(
                 config, **{key: getattr(old, key) for key in restart_only}
             )
-        # One assignment each: a message in flight already holds the old rules and policy.
-        self.runtime.config = config
-        self.runtime.policy = make_policy(config)
-        self.runtime.ruleset = ruleset
+        # One assignment: a message in flight already holds the old engine (rules, policy).
+        self.runtime.swap(config, ruleset)
         self.env.dns.configure(config.dns)
         for warning in ruleset.warnings:  # usable rules, but the admin should know
             log.warning("reload: %s", warning)
@@ -277,54 +280,20 @@ class Server:
         sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
         return True
 
-    # --- session limit -------------------------------------------------------------------
-    def _make_room(self) -> bool:
-        """At limits.sessions, close the session idle longest, if any, so a newcomer is served.
-
-        Idle sessions (greeted or between transactions, waiting for a command) cost a waiting
-        client everything and their own client nothing: Postfix's smtp client keeps an unused
-        connection for 2 s at most (smtp_connection_cache_time_limit) and tests a cached one
-        with RSET before reusing it (CONNECTION_CACHE_README), so it simply opens a new one.
-        Sessions in a transaction are never closed here: only when every session is busy does
-        the newcomer get 421."""
-        oldest: FilterSMTP | None = None
-        oldest_since = 0.0
-        for protocol in self._protocols:
-            since = protocol.idle_since()
-            if since is not None and (oldest is None or since < oldest_since):
-                oldest, oldest_since = protocol, since
-        if oldest is None:
-            return False
-        log.info(
-            "closing idle session from %s (idle %.1fs) for a new one: %d sessions open "
-            "(limits.sessions)",
-            oldest.session.peer,
-            time.monotonic() - oldest_since,
-            self.runtime.sessions,
-        )
-        self.runtime.count("idle_closed")
-        oldest.close_idle(replies.R421_IDLE_CLOSED)
-        return True
-
     # --- shutdown ------------------------------------------------------------------------
     async def shutdown(self, deadline: float = 30.0) -> None:
-        self.runtime.accepting = False  # from now on FilterHandler.connect answers 421 4.3.2
+        self.runtime.accepting = False  # from now on the front door turns newcomers away
         if self._server is not None and self._handed_over:
             self._server.close()
         end = time.monotonic() + deadline
         while True:
-            for protocol in list(self._protocols):
-                self._close_if_idle(protocol)
-            busy = [p for p in self._protocols if p.transport is not None]
-            if not busy or time.monotonic() >= end:
+            self.door.close_idle()
+            if not self.door.open_sessions() or time.monotonic() >= end:
                 break
             await asyncio.sleep(0.05)
         if self._server is not None:
             self._server.close()
-        for protocol in list(self._protocols):
-            if protocol.transport is not None:
-                log.warning("shutdown deadline: closing a session still in a transaction")
-                protocol.transport.close()
+        self.door.abort()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -335,15 +304,3 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
         log.info("smtpfilter stopped")
-
-    def _close_if_idle(self, protocol: FilterSMTP) -> None:
-        """421 to a session with no transaction under way (RFC 5321 §3.8)."""
-        transport = protocol.transport
-        session = protocol.session
-        if transport is None or transport.is_closing() or session is None:
-            return
-        txn = protocol.envelope
-        if session.busy or (txn is not None and getattr(txn, "started", False)):
-            return
-        transport.write(replies.R421_SHUTTING_DOWN.encode() + b"\r\n")
-        transport.close()

@@ -17,7 +17,7 @@ to 1 s (Go's net/http ``Server.Serve`` backs off the same way, from 5 ms), leavi
 connections in the kernel's listen queue, where Postfix's smtp client waits for our greeting (smtp_helo_timeout, 300 s) instead of
 being cut off; and one WARNING a minute says so, with how often it happened meanwhile.
 
-:class:`Listener` offers what server.py used of ``asyncio.Server``: ``sockets``, ``close()``,
+:class:`Listener` offers what the lifecycle uses of ``asyncio.Server``: ``sockets``, ``close()``,
 ``wait_closed()``.
 """
 
@@ -95,7 +95,7 @@ class Listener:
         self._loop = asyncio.get_running_loop()
         self._resume()
 
-    # --- what server.py uses of asyncio.Server ----------------------------------------------
+    # --- what the lifecycle uses of asyncio.Server ----------------------------------------------
     @property
     def sockets(self) -> list[socket.socket]:
         return [] if self._closed else [self._sock]

@@ -5,7 +5,7 @@ Syslog lines look like Postfix's: ``smtpfilter[PID]: text`` for information and
 ``smtpfilter[PID]: warning: text`` for problems (Postfix's msg(3) prefixes), so the tools that
 read mail.log (pflogsumm, grep "warning:") treat them alike.
 
-Every line, whatever the target, is escaped (smtpfilter.text): log lines quote client data (MAIL
+Every line, whatever the target, is escaped (smtpfilter.core.text): log lines quote client data (MAIL
 FROM, XFORWARD values, header values, aiosmtpd's own "unrecognised: COMMAND" warning). A raw CR,
 LF or ESC there would forge lines or drive the terminal of whoever reads the log, and a byte that
 is not UTF-8 (decoded with surrogateescape) makes SysLogHandler's UTF-8 encoding raise, which

@@ -21,12 +21,11 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Iterable
 
 from smtpfilter.core.verdict import Decision
 
-if TYPE_CHECKING:  # pragma: no cover
-    from smtpfilter.service.runtime import Runtime
+Runtime = Any  # service.runtime.Runtime, which imports this module
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "MetricsServer", "render"]
 
@@ -50,6 +49,9 @@ class Metrics:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     latency_count: int = 0
     latency_sum: float = 0.0
+
+    def count(self, key: str) -> None:
+        """Counters are read from Runtime.counters at scrape time."""
 
     def message(self, decision: Decision | None, reply: str, elapsed: float) -> None:
         code = reply[:3] if reply[:3].isdigit() else "none"
@@ -100,7 +102,8 @@ def _number(value: float) -> str:
 
 def render(runtime: "Runtime", *, started_at: float) -> str:
     """The whole exposition, read from live state at the moment of the scrape."""
-    m: Metrics = runtime.metrics
+    m = runtime.metrics
+    assert m is not None
     counters = runtime.counters
     w = _Writer()
     w.family("smtpfilter_messages_total", "counter",

@@ -27,10 +27,14 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from smtpfilter.config.settings import Config, ConfigError, load_config
 from smtpfilter.engine.rules import RuleSet, rules_for
 from smtpfilter.service import sdnotify
+
+if TYPE_CHECKING:  # pragma: no cover
+    from smtpfilter.service.lifecycle import Daemon
 
 __all__ = ["bind", "run_workers"]
 
@@ -53,23 +57,27 @@ def bind(config: Config, *, reuse_port: bool = False, backlog: int = 128) -> soc
     return sock
 
 
+# Returns the Daemon class to run in each worker; called in the child, so that the supervisor
+# never imports the front door (nor creates an event loop): it stays small and thread-free.
+DaemonLoader = Callable[[], "type[Daemon]"]
+
+
 def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
-            overrides: dict[str, str], number: int, inherited: socket.socket | None) -> int:
-    from smtpfilter.service.lifecycle import (  # imported in the child: no event loop in the parent
-        Server,
-        run,
-    )
+            overrides: dict[str, str], number: int, inherited: socket.socket | None,
+            daemon: DaemonLoader) -> int:
+    from smtpfilter.service.lifecycle import run  # in the child: no event loop in the parent
+
+    server_class = daemon()
 
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor speaks to systemd
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     sock = inherited if inherited is not None else bind(config, reuse_port=True)
-    server = Server(
+    server = server_class(
         config, ruleset, config_path=config_path, overrides=overrides, sock=sock,
         handed_over=inherited is not None,
     )
-    server.name = f"worker {number}"
     server.worker = number  # metrics: worker k serves on metrics port + k
     try:
         run(server.serve(notify=False), config.event_loop)
@@ -84,6 +92,7 @@ def run_workers(
     ruleset: RuleSet,
     count: int,
     *,
+    daemon: DaemonLoader,
     config_path: Path | None = None,
     overrides: dict[str, str] | None = None,
     sock: socket.socket | None = None,
@@ -104,7 +113,7 @@ def run_workers(
         if pid == 0:  # the child
             code = 1
             try:
-                code = _worker(config, ruleset, config_path, overrides, number, sock)
+                code = _worker(config, ruleset, config_path, overrides, number, sock, daemon)
             finally:
                 logging.shutdown()
                 os._exit(code)

@@ -34,7 +34,7 @@ __all__ = [
 
 def clean(text: str, limit: int = 200) -> str:
     """One printable line: controls and bytes that are not UTF-8 (an 8-bit envelope address)
-    shown escaped, ``\\x1b``, ``\\xff`` (smtpfilter.text); long values end in "..."."""
+    shown escaped, ``\\x1b``, ``\\xff`` (smtpfilter.core.text); long values end in "..."."""
     text = escape(text.replace("\t", " "))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -55,5 +55,5 @@ async def test_the_log_says_so_even_when_no_rule_watches_the_limit(start_filter,
         assert (await send_message(server.port, HIDDEN_MAILER)).code == 250
         assert (await send_message(server.port, message("Subject: small"))).code == 250
     [warning] = [r for r in caplog.records if "limits.header_size" in r.getMessage()]
-    assert warning.levelno == logging.WARNING and warning.name == "smtpfilter.frontdoors.smtp.transaction"
+    assert warning.levelno == logging.WARNING and warning.name == "smtpfilter.engine.judge"
     assert [m.data for m in sink.messages] == [HIDDEN_MAILER, message("Subject: small")]

@@ -43,7 +43,7 @@ def rules(mailer: str = "enforce", subject: str = "enforce") -> str:
 
 
 def message_line(caplog) -> str:
-    [line] = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.frontdoors.smtp.transaction"
+    [line] = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.engine.judge"
               and r.getMessage().startswith("queue_id=")]
     caplog.clear()
     return line

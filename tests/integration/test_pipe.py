@@ -220,7 +220,7 @@ async def test_a_header_section_past_header_size_is_logged_and_tagged(write_conf
     )
     assert (status, out) == (0, ["2.0.0 Ok: queued as Q1"])
     assert (
-        "WARNING smtpfilter.frontdoors.smtp.transaction: queue_id=4F2B1 from=<a@example.org>: header section longer "
+        "WARNING smtpfilter.engine.judge: queue_id=4F2B1 from=<a@example.org>: header section longer "
         "than limits.header_size (4096 bytes): the rules did not read the rest"
     ) in err
     [txn] = sink.messages

@@ -552,7 +552,7 @@ async def test_bare_lf_is_never_passed_on(start_filter, sink):
 
 # --- the one log line per message ---------------------------------------------------------------
 async def test_one_log_line_per_message_with_every_field(start_filter, sink, caplog):
-    caplog.set_level("INFO", logger="smtpfilter.frontdoors.smtp.transaction")
+    caplog.set_level("INFO", logger="smtpfilter.engine.judge")
     server = await start_filter()
     client = await Client.connect(server.port)
     await client.ehlo()
@@ -567,7 +567,7 @@ async def test_one_log_line_per_message_with_every_field(start_filter, sink, cap
     await client.cmd("RCPT TO:<b@example.com>")
     assert (await client.data(message())).code == 250
     await client.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.frontdoors.smtp.transaction"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.engine.judge"]
     assert len(lines) == 2
     first = lines[0]
     for field in (

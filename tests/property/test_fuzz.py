@@ -23,7 +23,7 @@ from smtpfilter.engine.checks.date import parse_date
 from smtpfilter.engine.pipeline import evaluate
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import load_rules
-from smtpfilter.service.lifecycle import Server
+from smtpfilter.frontdoors.smtp.server import Server
 from tests.conftest import ISSUE_RULES
 from tests.property.strategies import date_text, message_bytes
 from tests.support.sink import Sink

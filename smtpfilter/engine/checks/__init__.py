@@ -1,5 +1,7 @@
 """Rule kinds. One module per kind; the table below is the whole registry.
 
+A new rule kind is a module here and one line in CHECK_KINDS.
+
 A check is built from its rule's options (``from_options`` validates its own keys and reports
 problems with the rule's name) and then only observes: ``observe(msg)`` returns a Finding or None.
 It never decides what happens to the message and never writes an SMTP reply.
@@ -27,8 +29,14 @@ __all__ = ["CHECK_KINDS", "Check"]
 class Check(Protocol):
     kind: ClassVar[str]
 
-    # Kinds that need shared resources (the DNS service) set ``needs_env = True`` and take
-    # ``from_options(opts, env)`` with the loader's rules.RuleEnv.
+    # What a kind may declare (class attributes, read once when the rules load):
+    # - ``needs_env = True``: it takes ``from_options(opts, env)`` with the loader's RuleEnv
+    #   (shared services: the DNS resolver today; an auth verifier, a counter store next);
+    # - ``needs_body = True``: it reads the body or the MIME structure, not only the header
+    #   block (RuleSet.needs_body: a rule set without such kinds costs nothing more);
+    # - ``table_actions = True``: its table's lines decide, the rule needs no action or score;
+    # - a method ``settle(decision, delivered)``: called after the front door answered, with
+    #   whether the message was finally delivered (RuleSet.settlers; rate limits).
     @classmethod
     def from_options(cls, opts: Options) -> "Check": ...
 

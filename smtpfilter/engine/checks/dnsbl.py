@@ -29,7 +29,7 @@ What is looked up:
   verified host name, reject_rhsbl_client), ``from`` (the From: header's domain). Each domain is
   scored on its own; the highest score counts.
 
-Answers that are error codes (:func:`smtpfilter.dns.error_answer`: 127.255.255.0/24, dnswl's
+Answers that are error codes (:func:`smtpfilter.engine.resolver.error_answer`: 127.255.255.0/24, dnswl's
 127.0.0.255, anything outside 127.0.0.0/8) are errors, never listings; the zone is disabled until
 its health probe passes. A timeout or DNS failure counts as "not listed" and is logged; with
 ``dns.on_error: tempfail`` the message gets 451 instead when the error could change the outcome.

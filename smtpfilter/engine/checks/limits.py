@@ -19,7 +19,8 @@ Findings: ``HEADER_LIMIT`` (the header section goes on past ``limits.header_size
 parser will add ``MIME_LIMIT`` (parts, nesting depth, archive entries) under the name ``mime``:
 the option names kinds of limit, and a rule that leaves it out watches them all, new ones
 included. The limits themselves, and which ones a message exceeded, are
-:data:`smtpfilter.message.PARSE_LIMITS` and :meth:`smtpfilter.message.MessageContext.exceeded`;
+:data:`smtpfilter.core.message.PARSE_LIMITS` and
+:meth:`smtpfilter.core.message.MessageContext.exceeded`;
 the filter logs an exceeded limit whether or not a rule watches it.
 """
 

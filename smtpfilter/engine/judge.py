@@ -1,0 +1,178 @@
+"""The engine as every front door calls it: one message in, ONE Decision out, one log line.
+
+The path of one message: a front door (``frontdoors/smtp``, ``frontdoors/pipe``, later the milter)
+hands :meth:`Engine.judge` the envelope, the client, the wire bytes and the receipt time; the
+engine parses the header block (``core/message``), runs the rules (``engine/pipeline`` → one
+module per kind in ``engine/checks``) under ``limits.scan_timeout``, and the policy
+(``engine/policy``) makes the Decision. The front door then acts on it (delivers through
+``delivery``, quarantines, or answers with ``core/replies``) and calls :meth:`Engine.settle` with
+the reply it gave: that logs the one summary line per message, feeds the metrics (``observer``)
+and tells the rules that want to know what finally became of the message (``RuleSet.settle``:
+rate limits count only messages that were delivered).
+
+An Engine is one generation of config, rules and policy, immutable; a reload builds a new one and
+swaps one reference (service/runtime.py), and a message keeps the engine it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+from typing import Callable
+
+from smtpfilter.config.settings import Config
+from smtpfilter.core import replies
+from smtpfilter.core.envelope import Client, Envelope
+from smtpfilter.core.errors import RuleFailure
+from smtpfilter.core.message import MessageContext
+from smtpfilter.core.verdict import Action, Decision
+from smtpfilter.engine.pipeline import evaluate
+from smtpfilter.engine.policy import Policy
+from smtpfilter.engine.rules import RuleSet
+
+__all__ = ["Engine", "Observer", "log_exceeded", "outcome_of", "summary_line"]
+
+log = logging.getLogger(__name__)
+
+# Called once per message after the front door answered: (decision or None, reply, seconds).
+Observer = Callable[[Decision | None, str, float], None]
+
+
+class Engine:
+    """Config, rules and policy of one generation, and the one way to have a message judged."""
+
+    __slots__ = ("config", "ruleset", "policy", "observer")
+
+    def __init__(
+        self, config: Config, ruleset: RuleSet, *, observer: Observer | None = None
+    ) -> None:
+        self.config = config
+        self.ruleset = ruleset
+        self.policy = Policy.for_config(config)
+        self.observer = observer
+
+    async def judge(
+        self,
+        envelope: Envelope,
+        client: Client,
+        data: bytes | bytearray,
+        *,
+        received_at: datetime,
+    ) -> tuple[MessageContext, Decision | None, str | None]:
+        """(the message as the rules saw it, the Decision, None), or, when no decision could be
+        made (the rules overran ``limits.scan_timeout``, a check raised), (message, None, the
+        451 reply): Postfix keeps the message and tries again."""
+        limits = self.config.limits
+        msg = MessageContext.build(
+            data,
+            received_at=received_at,
+            mail_from=envelope.mail_from or "",
+            rcpt_to=envelope.rcpt_to,
+            client=client,
+            header_limit=limits.header_size,
+        )
+        log_exceeded(msg)
+        try:
+            decision = await asyncio.wait_for(
+                evaluate(self.ruleset, msg, self.policy), limits.scan_timeout
+            )
+        except TimeoutError:
+            log.warning("rules took longer than %gs (limits.scan_timeout)", limits.scan_timeout)
+            return msg, None, replies.R451_SCAN_TIMEOUT
+        except RuleFailure as failure:
+            log.error("%s; answering 451", failure, exc_info=failure.__cause__)
+            return msg, None, replies.R451_LOCAL_ERROR
+        return msg, decision, None
+
+    def settle(
+        self,
+        envelope: Envelope,
+        client: Client,
+        size: int,
+        decision: Decision | None,
+        reply: str,
+        started: float,
+        *extra: str,
+    ) -> None:
+        """After the front door answered ``reply`` (time.monotonic() ``started``): the summary
+        line, the observer (metrics, counters) and the rules' post-decision hooks."""
+        elapsed = time.monotonic() - started
+        if self.observer is not None:
+            self.observer(decision, reply, elapsed)
+        log.info(
+            "%s",
+            summary_line(client, envelope.mail_from or "", envelope.rcpt_to, size, decision,
+                         reply, elapsed, *extra),
+        )
+        if decision is not None:
+            if log.isEnabledFor(logging.DEBUG):
+                for verdict in decision.verdicts:
+                    log.debug(
+                        "rule %s: %s %s (score %g)",
+                        verdict.rule,
+                        verdict.finding.code,
+                        verdict.finding.reason,
+                        verdict.score,
+                    )
+            if self.ruleset.settlers:
+                self.ruleset.settle(decision, outcome_of(decision, reply) == "delivered")
+
+
+def outcome_of(decision: Decision | None, reply: str) -> str:
+    """What happened to the message, by the reply the front door gave (a delivery decision whose
+    re-injection failed was deferred, not delivered): delivered, rejected, discarded,
+    quarantined or deferred."""
+    code = reply[:1]
+    if code == "5":
+        return "rejected"
+    if code != "2" or decision is None:
+        return "deferred"  # 4xx, or the client left before any reply
+    if decision.action is Action.DISCARD:
+        return "discarded"
+    if decision.action is Action.QUARANTINE:
+        return "quarantined"
+    return "delivered"
+
+
+def summary_line(
+    client: Client,
+    mail_from: str,
+    rcpts: tuple[str, ...] | list[str],
+    size: int,
+    decision: Decision | None,
+    reply: str,
+    elapsed: float,
+    *extra: str,
+) -> str:
+    """The one INFO line per message, stable key=value fields (every front door alike)."""
+    fields = [
+        f"queue_id={client.ident or '-'}",
+        f"client={client.describe()}",
+        f"from=<{mail_from}>",
+        f"rcpts={','.join(rcpts)}",
+        f"size={size}",
+        f"action={decision.action.value if decision else 'error'}",
+    ]
+    if decision is not None:
+        if decision.intended is not None and decision.intended is not decision.action:
+            fields.append(f"would={decision.intended.value}")
+            if decision.intended_rule:
+                fields.append(f"would_by={decision.intended_rule}")
+        fields.append(f"score={decision.score:g}")
+        fields.append(f"rules={decision.rules_hit}")
+    shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
+    fields.append(f'reply="{shown[:300]}"')
+    fields.extend(extra)
+    fields.append(f"elapsed_ms={elapsed * 1000:.0f}")
+    return " ".join(fields)
+
+
+def log_exceeded(msg: MessageContext) -> None:
+    """A WARNING for each parse limit the message went past, whether or not a rule watches it:
+    part of the message was not judged (every front door alike)."""
+    for exceeded in msg.exceeded():
+        log.warning(
+            "queue_id=%s from=<%s>: %s", msg.client.ident or "-", msg.mail_from, exceeded.reason
+        )
