@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["XFORWARD_GROUPS", "XFORWARD_NAMES", "Client", "Envelope", "Recipient"]
+__all__ = [
+    "XFORWARD_GROUPS",
+    "XFORWARD_NAMES",
+    "Client",
+    "Envelope",
+    "Recipient",
+    "without_ipv6_prefix",
+]
 
 # XFORWARD_README: the attributes, in the order Postfix sends them: NAME/ADDR/PORT in a first
 # command, PROTO/HELO/IDENT/SOURCE in a second.
@@ -18,6 +25,12 @@ XFORWARD_GROUPS = (("NAME", "ADDR", "PORT"), ("PROTO", "HELO", "IDENT", "SOURCE"
 XFORWARD_NAMES = tuple(name for group in XFORWARD_GROUPS for name in group)
 # XFORWARD_README: the value Postfix sends for an attribute it does not know.
 _UNKNOWN = (None, "", "[UNAVAILABLE]", "[TEMPUNAVAIL]")
+
+
+def without_ipv6_prefix(address: str) -> str:
+    """An address as XFORWARD and Postfix's Received: lines write it ("IPv6:2001:db8::1", any
+    case) without the prefix, as the rules and ipaddress read it."""
+    return address[5:] if address[:5].lower() == "ipv6:" else address
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +62,8 @@ class Client:
             return None if value in _UNKNOWN else value
 
         addr = known("ADDR")
-        if addr is not None and addr.lower().startswith("ipv6:"):
-            addr = addr[5:]  # XFORWARD_README: IPv6 addresses come as "IPv6:..."
         return cls(
-            addr=addr,
+            addr=None if addr is None else without_ipv6_prefix(addr),
             name=known("NAME"),
             helo=known("HELO"),
             proto=known("PROTO"),

@@ -45,11 +45,13 @@ class Reply:
 
 
 
+# RFC 3463 §2: class.subject.detail, at the start of a reply text; followed by a blank or the
+# end. The one pattern for every place that reads one (rule texts, header_checks REJECT texts,
+# the texts of 10026's replies).
+ENHANCED_STATUS = re.compile(r"(\d)\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+
+
 # --- connection --------------------------------------------------------------------------
-def banner(hostname: str) -> str:
-    return f"220 {hostname} ESMTP smtpfilter"
-
-
 R421_TOO_MANY_SESSIONS = "421 4.7.0 Error: too many connections, try again later"
 R421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
 R421_TIMEOUT = "421 4.4.2 Error: timeout exceeded"
@@ -82,11 +84,11 @@ R354_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 
 
 def unsupported_parameter(param: str) -> str:
-    return f"555 5.5.4 Unsupported option: {sanitise(param)[:60]}"
+    return f"555 5.5.4 Unsupported option: {reply_text(param)[:60]}"
 
 
 def bad_parameter(param: str) -> str:
-    return f"501 5.5.4 Bad parameter syntax: {sanitise(param)[:60]}"
+    return f"501 5.5.4 Bad parameter syntax: {reply_text(param)[:60]}"
 
 
 # --- XFORWARD (XFORWARD_README; Postfix smtpd.c wording) ---------------------------------
@@ -96,11 +98,11 @@ R501_XFORWARD_SYNTAX = "501 5.5.4 Syntax: XFORWARD attribute=value..."
 
 
 def xforward_bad_name(name: str) -> str:
-    return f"501 5.5.4 Bad XFORWARD attribute name: {sanitise(name)[:40]}"
+    return f"501 5.5.4 Bad XFORWARD attribute name: {reply_text(name)[:40]}"
 
 
 def xforward_bad_value(name: str) -> str:
-    return f"501 5.5.4 Bad XFORWARD attribute value for {sanitise(name)[:40]}"
+    return f"501 5.5.4 Bad XFORWARD attribute value for {reply_text(name)[:40]}"
 
 
 # --- our trouble: always 4xx, Postfix keeps the message ---------------------------------
@@ -127,12 +129,8 @@ def ehlo_lines(hostname: str, keywords: Iterable[str]) -> str:
 
 
 # --- decisions ----------------------------------------------------------------------------
-_ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?: |$)")
 _GROUP_REF = re.compile(r"\$(?:\{(\d)\}|(\d))")
 
-
-# Reply text is one line of printable ASCII (RFC 5321 §4.2): everything else becomes "?".
-sanitise = reply_text
 
 
 def encode_reply(status: str | bytes) -> bytes:
@@ -155,11 +153,18 @@ def render_text(template: str, groups: tuple[str, ...], rule: str | None) -> str
         index = int(match.group(1) or match.group(2))
         return groups[index - 1] if 0 < index <= len(groups) else ""
 
-    return sanitise(_GROUP_REF.sub(group, template))[:400]
+    return reply_text(_GROUP_REF.sub(group, template))[:400]
+
+
+def starts_with_status(text: str, classes: str = "245") -> str | None:
+    """The class digit of the enhanced status code ``text`` starts with, when that class is one
+    of ``classes``; None otherwise."""
+    match = ENHANCED_STATUS.match(text)
+    return match.group(1) if match and match.group(1) in classes else None
 
 
 def _with_code(code: str, default_enhanced: str, text: str) -> str:
-    if _ENHANCED.match(text):
+    if starts_with_status(text):
         return f"{code} {text}"
     return f"{code} {default_enhanced} {text}"
 
@@ -193,7 +198,7 @@ def relay(reply: Reply) -> str:
     code = reply.code
     if code == 421:
         code = 451
-    lines = [sanitise(line) for line in reply.text.split("\n")] or [""]
+    lines = [reply_text(line) for line in reply.text.split("\n")] or [""]
     return "\r\n".join(
         f"{code}{'-' if i < len(lines) - 1 else ' '}{line}" for i, line in enumerate(lines)
     )

@@ -10,14 +10,17 @@ with ``surrogateescape`` (aiosmtpd does so for command arguments, we for headers
 that is not UTF-8 arrives as a lone surrogate U+DC80..U+DCFF: a strict UTF-8 encoder (syslog's)
 raises on it and the whole line is lost.
 
-Two functions, one per destination; every "printable or ?" helper in the package should be one
-of them:
+One function per destination; every "printable or ?" helper in the package is one of them:
 
-- :func:`reply_text`: one line of printable ASCII, everything else "?" (SMTP replies);
+- :func:`reply_text`: one line of printable ASCII, everything else "?" (SMTP replies, headers we
+  add, YAML we write);
 - :func:`escape`: printable text kept (UTF-8 included), everything else visibly escaped as
   ``\\xNN`` (a control character, or a byte that was not UTF-8), ``\\uNNNN`` or ``\\UNNNNNNNN``
   (other non-printable code points: line separators, bidi overrides...), never dropped, never an
-  exception (log lines, terminal output).
+  exception (log lines, terminal output);
+- :func:`printable` (and :func:`snippet`, cut to a length): printable text kept (UTF-8
+  included), anything else "?": a header value quoted in a finding's reason, an XFORWARD value
+  (:func:`neuter`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ __all__ = [
     "escape_lines",
     "is_xtext",
     "neuter",
+    "printable",
     "reply_text",
+    "snippet",
     "xtext_decode",
     "xtext_encode",
 ]
@@ -42,6 +47,20 @@ def reply_text(text: str) -> str:
     if text.isascii() and text.isprintable():  # the common case, checked in C
         return text
     return _NOT_REPLY_TEXT.sub("?", text)
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (controls, tabs, line breaks, lone
+    surrogates) replaced by "?"; printable Unicode is kept."""
+    if text.isprintable():  # the common case, checked in C
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def snippet(text: str, limit: int = 100) -> str:
+    """At most ``limit`` characters of :func:`printable` text, "..." when there was more."""
+    text = printable(text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _escape_char(char: str) -> str:
@@ -77,7 +96,7 @@ def escape_lines(text: str) -> str:
 _HEXCHAR = re.compile(r"\+([0-9A-Fa-f]{2})")
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
 # Postfix smtpd.c NEUTER_CHARACTERS: replaced by "?" in forwarded client attributes.
-_NEUTER = frozenset(' <>()\\";@')
+_NEUTER = str.maketrans(dict.fromkeys(' <>()\\";@', "?"))
 
 
 def is_xtext(value: str) -> bool:
@@ -108,4 +127,4 @@ def xtext_encode(value: str) -> str:
 
 def neuter(value: str) -> str:
     """Replace what Postfix would neuter, and anything not printable, by "?"."""
-    return "".join("?" if (c in _NEUTER or not c.isprintable()) else c for c in value)
+    return printable(value).translate(_NEUTER)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import Iterable, Mapping, Sequence
 
@@ -36,7 +35,7 @@ import aiosmtplib
 from smtpfilter.config.settings import Config
 from smtpfilter.core.envelope import XFORWARD_GROUPS
 from smtpfilter.core.errors import DownstreamError
-from smtpfilter.core.replies import Reply
+from smtpfilter.core.replies import ENHANCED_STATUS, Reply
 from smtpfilter.core.text import neuter, xtext_encode
 
 __all__ = ["Downstream", "DownstreamError", "DownstreamPool", "xforward_commands"]
@@ -47,12 +46,16 @@ log = logging.getLogger(__name__)
 _COMMAND_LIMIT = 512
 # Write DATA in slices so the transport never buffers a second copy of a large message.
 _WRITE_SLICE = 256 * 1024
-# RFC 3463 §3.2: X.1.Y are address statuses, what MAIL and RCPT get.
-_ADDRESS_STATUS = re.compile(r"[245]\.1\.\d{1,3}(?:\s|$)")
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
     return Reply(response.code, response.message)
+
+
+def _address_status(text: str) -> bool:
+    """RFC 3463 §3.2: X.1.Y are address statuses, what MAIL and RCPT get."""
+    match = ENHANCED_STATUS.match(text)
+    return match is not None and match.group(1) in "245" and match.group(2) == "1"
 
 
 def _plausible(stage: str, reply: Reply) -> bool:
@@ -70,7 +73,7 @@ def _plausible(stage: str, reply: Reply) -> bool:
     if code == 354 or not 200 <= code < 600:
         return False
     if 200 <= code < 300:
-        if stage in ("end of DATA", "XFORWARD", "RSET") and _ADDRESS_STATUS.match(text):
+        if stage in ("end of DATA", "XFORWARD", "RSET") and _address_status(text):
             return False
         if stage == "MAIL" and text.startswith("2.1.5"):
             return False

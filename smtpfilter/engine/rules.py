@@ -31,6 +31,7 @@ from typing import Iterable
 from smtpfilter.config.options import ConfigError, Options, Problem
 from smtpfilter.config.settings import Config
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+from smtpfilter.core.replies import starts_with_status
 from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
 from smtpfilter.engine.checks import CHECK_KINDS, Check
 from smtpfilter.engine.resolver import DnsService
@@ -38,7 +39,6 @@ from smtpfilter.engine.resolver import DnsService
 __all__ = ["Rule", "RuleEnv", "RuleSet", "load_rules", "rule_files", "rules_for"]
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-_ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?: |$)")
 _RULE_KEYS = ("name", "check", "action", "score", "text", "mode", "description")
 
 
@@ -129,10 +129,10 @@ def _text(opts: Options, action: Action | None) -> str | None:
     if len(text) > 400:
         opts.problem("text", "reply text is longer than 400 characters")
         return None
-    enhanced = _ENHANCED.match(text)
-    if enhanced and action is Action.REJECT and enhanced.group(1) != "5":
+    enhanced = starts_with_status(text)
+    if enhanced and action is Action.REJECT and enhanced != "5":
         opts.problem("text", "a reject text starts with 5.x.x (use action: tempfail for 4.x.x)")
-    if enhanced and action is Action.TEMPFAIL and enhanced.group(1) != "4":
+    if enhanced and action is Action.TEMPFAIL and enhanced != "4":
         opts.problem("text", "a tempfail text starts with 4.x.x")
     if action not in (Action.REJECT, Action.TEMPFAIL):
         opts.problem("text", "text is the reply for action reject or tempfail only")

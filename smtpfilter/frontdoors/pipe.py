@@ -46,8 +46,9 @@ from typing import Sequence
 
 from smtpfilter.config.settings import Config, ConfigError, load_config
 from smtpfilter.core import replies, wire
-from smtpfilter.core.envelope import Client, Envelope, Recipient
+from smtpfilter.core.envelope import Client, Envelope, Recipient, without_ipv6_prefix
 from smtpfilter.core.replies import Reply
+from smtpfilter.core.text import reply_text
 from smtpfilter.core.verdict import Action, Decision
 from smtpfilter.core.wire import outgoing
 from smtpfilter.delivery import quarantine
@@ -86,7 +87,7 @@ class Outcome:
         text = " / ".join(line[4:] for line in reply.split("\r\n"))
         if not text[:1].isdigit():
             text = f"{_ENHANCED_DEFAULT.get(code, '4.3.0')} {text}"
-        return cls(status, replies.sanitise(text))
+        return cls(status, reply_text(text))
 
 
 class _UsageError(Exception):
@@ -118,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 def client_from(args: argparse.Namespace) -> Client:
     """pipe(8)'s macros → the Client that rules and XFORWARD use (empty means unknown)."""
     address = args.client_address.strip() or None
-    if address is not None and address.lower().startswith("ipv6:"):
-        address = address[5:]
+    if address is not None:
+        address = without_ipv6_prefix(address)
     if address is not None:
         try:
             address = str(ipaddress.ip_address(address))
@@ -239,7 +240,7 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
                 print(f"smtpfilter: {problem}", file=buffered)
             first = error.problems[0] if error.problems else "unknown problem"
             text = f"4.3.5 smtpfilter configuration error: {first}"
-            outcome = Outcome(EX_TEMPFAIL, replies.sanitise(text))
+            outcome = Outcome(EX_TEMPFAIL, reply_text(text))
             return outcome.status
         if config.log.target == "syslog":
             setup_logging(config.log)
@@ -277,7 +278,7 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
         return EX_TEMPFAIL
     except _UsageError as error:
         print(f"smtpfilter pipe: {error}", file=buffered)
-        outcome = Outcome(EX_TEMPFAIL, replies.sanitise(f"4.3.5 smtpfilter pipe: {error}"))
+        outcome = Outcome(EX_TEMPFAIL, reply_text(f"4.3.5 smtpfilter pipe: {error}"))
         return outcome.status
     except BaseException as error:  # anything at all: Postfix must keep the mail
         print(f"smtpfilter pipe: {type(error).__name__}: {error}", file=buffered)

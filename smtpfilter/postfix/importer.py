@@ -8,17 +8,8 @@ a rule does not fire on a header that an earlier line with a different outcome w
 blocks become ``if``/``unless`` patterns. Only earlier lines that can match the same header name
 are considered (``^Subject:`` cannot shadow ``^X-Mailer:``), which keeps the rules readable.
 
-Actions (header_checks(5) → smtpfilter):
-
-| Postfix | rule | why |
-|---|---|---|
-| REJECT [text] | reject, or tempfail when the text starts 4.x.x | same reply text (default "5.7.1 Message content rejected"); after queue it becomes a bounce, see the README |
-| DISCARD, HOLD | discard, quarantine | HOLD's hold queue is our quarantine (release = postsuper -H) |
-| WARN, INFO | warn | logged, delivered |
-| PASS | accept | stop inspecting; ours skips the later rules of every file |
-| DUNNO, OK | (none) | an exception for the lines below |
-| IGNORE, STRIP, PREPEND, REPLACE | (none) | they edit the message; smtpfilter never does: keep them in Postfix |
-| FILTER, REDIRECT, BCC | (none) | routing: keep them in Postfix |
+Actions: the table of postfix/actions.py (a REJECT becomes a bounce after queue, see the README;
+PASS's accept skips the later rules of every file).
 
 Lines that produce no rule still shadow the lines below them, as they do in Postfix. What
 cannot be converted is reported with its file and line, and shows in the YAML as a comment.
@@ -30,40 +21,18 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from smtpfilter.postfix.tables import Line, Note, Table, reject_reply, split_action
+from smtpfilter.core.replies import ENHANCED_STATUS
+from smtpfilter.core.text import reply_text
+from smtpfilter.postfix.actions import ACTIONS, reject_reply, split_action
+from smtpfilter.postfix.tables import Line, Note, Table
 
 __all__ = ["Conversion", "convert"]
 
-_DECIDING = {
-    "REJECT": "reject",
-    "DISCARD": "discard",
-    "HOLD": "quarantine",
-    "WARN": "warn",
-    "INFO": "warn",
-    "PASS": "accept",
-}
-_NOT_CONVERTED = {
-    "DUNNO": None,
-    "OK": None,
-    "IGNORE": "IGNORE deletes the header; smtpfilter never changes a message: keep this line "
-    "in Postfix",
-    "STRIP": "STRIP deletes the header; smtpfilter never changes a message: keep this line "
-    "in Postfix",
-    "PREPEND": "PREPEND adds a header; smtpfilter never changes a message: keep this line "
-    "in Postfix",
-    "REPLACE": "REPLACE rewrites the header; smtpfilter never changes a message: keep this "
-    "line in Postfix",
-    "FILTER": "FILTER chooses a transport: routing stays in Postfix",
-    "REDIRECT": "REDIRECT changes the recipients: routing stays in Postfix",
-    "BCC": "BCC adds a recipient: routing stays in Postfix",
-}
 _MIME_NOTE = (
     "Postfix also checks this against the headers of every MIME part (mime_header_checks "
     "defaults to header_checks), e.g. attachment names; smtpfilter reads the message's own "
     "headers only: keep this line in Postfix too if it is meant for attachments"
 )
-_DSN = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?=\s|$)")
-_ACTIONS_FOR_REJECT = ("reject", "discard", "quarantine", "tag", "warn")
 
 
 @dataclass
@@ -90,12 +59,10 @@ class _Rule:
         return (self.action, self.text)
 
 
-def _printable(text: str) -> str:
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
-
-
 def _slug(text: str) -> str:
-    text = _DSN.sub("", text)
+    status = ENHANCED_STATUS.match(text)
+    if status is not None and status.group(1) in "245":
+        text = text[status.end() :]
     text = re.sub(r"\$(\{\d+\}|\(\d+\)|\d+)", "", text)
     words = re.findall(r"[A-Za-z0-9]+", text.upper())
     slug = ""
@@ -181,9 +148,11 @@ def convert(
                 skipped.append((line, why))
                 continue  # a line that never matches shadows nothing
             word, text = split_action(line.result)
-            if word in _NOT_CONVERTED or word not in _DECIDING:
-                why = _NOT_CONVERTED.get(word, f"unknown action {word!r}: Postfix logs "
-                                         f"\"unknown command\" and goes on")
+            known = ACTIONS.get(word)
+            if known is None or known.imported is None:
+                why = known.not_imported if known is not None else (
+                    f"unknown action {word!r}: Postfix logs \"unknown command\" and goes on"
+                )
                 if word == "":
                     why = "no action (Postfix uses an empty result, logs a warning, goes on)"
                 if why is not None:
@@ -194,16 +163,16 @@ def convert(
                                     f"their unless"))
                 earlier.append((line, None))
                 continue
-            action = _DECIDING[word]
+            action = known.imported
             reply = None
             if word == "REJECT":
                 action, reply = reject_reply(text)
                 if action == "reject" and reject_as != "reject":
                     action, reply = reject_as, None
-            if reply is not None and _printable(reply) != reply:
+            if reply is not None and reply_text(reply) != reply:
                 notes.append(Note(line.source, line.number, "non-ASCII in the reply text "
                                   "became ?", skipped=False))
-                reply = _printable(reply)
+                reply = reply_text(reply)
             if reply is not None and len(reply) > 400:
                 notes.append(Note(line.source, line.number, "reply text cut at 400 characters",
                                   skipped=False))
@@ -215,7 +184,7 @@ def convert(
             names.add(name)
             rule = _Rule(
                 line, name, action, reply,
-                _printable(f"{line.source.rsplit('/', 1)[-1]}:{line.number}: {line.result}")[:300],
+                reply_text(f"{line.source.rsplit('/', 1)[-1]}:{line.number}: {line.result}")[:300],
             )
             if line.pattern.negated:
                 rule.unless.append(line.pattern.re2)
@@ -286,7 +255,7 @@ def _render(tables: list[Table], rules: list[_Rule], skipped: list[tuple[Line, s
             rule.line.source, rule.line.number
         ):
             out += _skipped_comment(*pending.pop(0))
-        out.append(f"  # {_printable(rule.line.where)}: {_printable(rule.line.text)[:200]}")
+        out.append(f"  # {reply_text(rule.line.where)}: {reply_text(rule.line.text)[:200]}")
         if rule.warn_mode:
             out.append(f"  # observe-only: {rule.warn_mode}; check the log, then remove mode")
         out.append(f"  - name: {rule.name}")
@@ -314,6 +283,6 @@ def _render(tables: list[Table], rules: list[_Rule], skipped: list[tuple[Line, s
 
 def _skipped_comment(line: Line, why: str) -> list[str]:
     return [
-        f"  # {_printable(line.where)}: {_printable(line.text)[:200]}",
-        f"  #   {'' if why.startswith(('DUNNO', 'OK')) else 'not imported: '}{_printable(why)}",
+        f"  # {reply_text(line.where)}: {reply_text(line.text)[:200]}",
+        f"  #   {'' if why.startswith(('DUNNO', 'OK')) else 'not imported: '}{reply_text(why)}",
     ]

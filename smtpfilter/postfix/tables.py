@@ -1,5 +1,6 @@
 """Postfix header_checks tables, read the way Postfix reads them, with patterns translated to RE2.
 
+
 The table syntax (header_checks(5), regexp_table(5), pcre_table(5)) and its corner cases follow
 Postfix's own code (util/readlline.c, util/dict_regexp.c, util/dict_pcre.c) and were checked
 against ``postmap -q`` of Postfix 3.7:
@@ -20,19 +21,10 @@ against ``postmap -q`` of Postfix 3.7:
   pattern's groups, a non-numeric name or a lone ``$`` skip the line; negated patterns have no
   groups, so any ``$n`` skips the line.
 
-Patterns are translated to RE2 (:mod:`smtpfilter.patterns`), which runs in linear time but has
-no backreferences and no lookaround; a line that needs them is reported with its number. POSIX
-(regexp:) patterns differ from RE2 in ways the translation handles:
-
-- inside ``[...]`` a backslash is an ordinary character, ``]`` first is literal, ``[=a=]`` and
-  ``[.a.]`` name one character; ``[[:alpha:]]`` classes work as they are;
-- GNU escapes ``\\w \\W \\s \\S \\b \\B`` keep their meaning, ``\\<``/``\\>`` (word start/end) become
-  ``\\b``, `` \\` `` and ``\\'`` become ``\\A`` and ``\\z``;
-- an unmatched ``)`` is literal; in basic syntax ``\\( \\) \\{ \\} \\| \\+ \\?`` are the operators;
-- any other escaped letter is that letter, *except* that glibc (Debian, docker-mailserver) never
-  matches an escaped lower-case letter under the default case-insensitive flag: ``\\d`` is not a
-  digit and matches nothing at all, so a line like ``/^Date: .* 200\\d/`` has never fired in
-  Postfix. We translate that faithfully, report it, and skip a line that can never match.
+Patterns are translated to RE2 (:mod:`smtpfilter.engine.patterns` runs them), which runs in
+linear time but has no backreferences and no lookaround; a line that needs them is reported with
+its number. The translations are postfix/posix.py (``regexp:``, ERE and BRE) and postfix/pcre.py
+(``pcre:``); what an action word means is postfix/actions.py.
 """
 
 from __future__ import annotations
@@ -44,11 +36,11 @@ from pathlib import Path
 import re2
 
 from smtpfilter.core.errors import TranslationError
+from smtpfilter.postfix.pcre import translate_pcre
+from smtpfilter.postfix.posix import translate_posix
 
 __all__ = [
     "FORMATS",
-    "reject_reply",
-    "split_action",
     "Line",
     "Note",
     "Pattern",
@@ -56,12 +48,9 @@ __all__ = [
     "parse_result",
     "parse_table",
     "read_table",
-    "translate_pcre",
-    "translate_posix",
 ]
 
 FORMATS = ("regexp", "pcre")
-NEVER = r"[^\x00-\x{10FFFF}]"  # an RE2 atom that matches nothing, for glibc's dead escapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,296 +242,6 @@ def _make_pattern(written: str, negated: bool, flags: str, fmt: str) -> tuple[Pa
     ), remarks
 
 
-# --- POSIX (regexp:) → RE2 -------------------------------------------------------------------
-_GNU_ESCAPES = {
-    "w": r"\w", "W": r"\W", "s": r"\s", "S": r"\S", "b": r"\b", "B": r"\B",
-    "<": r"\b", ">": r"\b", "`": r"\A", "'": r"\z",
-}
-_POSIX_CLASSES = frozenset(
-    "alnum alpha blank cntrl digit graph lower print punct space upper xdigit".split()
-)
-_INTERVAL = re.compile(r"\{(\d*)(,(\d*))?\}")
-_BRE_INTERVAL = re.compile(r"\\\{(\d*)(,(\d*))?\\\}")
-
-
-def _interval(match: re.Match[str] | None) -> str:
-    """``{m}``, ``{m,}``, ``{m,n}`` and GNU's ``{,n}`` (RE2 wants ``{0,n}``)."""
-    if match is None or (match.group(1) == "" and match.group(2) is None):
-        raise TranslationError("invalid {...} interval (Postfix skips this line too)")
-    low = match.group(1) or "0"
-    return "{" + low + (match.group(2) or "") + "}"
-
-
-def _literal(char: str) -> str:
-    """One character as an RE2 literal."""
-    if char.isalnum() or char in " _\"'%&,/:;<=>@`~!#-":
-        return char
-    if ord(char) < 0x20 or ord(char) == 0x7F:
-        return f"\\x{{{ord(char):02x}}}"
-    if ord(char) < 0x80:
-        return "\\" + char
-    return char
-
-
-def _class_char(char: str) -> str:
-    if char.isalnum():
-        return char
-    if ord(char) < 0x20 or ord(char) == 0x7F:
-        return f"\\x{{{ord(char):02x}}}"
-    if ord(char) < 0x80:
-        return "\\" + char
-    return char
-
-
-def _posix_bracket(src: str, i: int, newline: bool) -> tuple[str, int]:
-    """``[...]`` starting at ``src[i] == "["`` → (RE2 class, index after it)."""
-    j = i + 1
-    negate = j < len(src) and src[j] == "^"
-    if negate:
-        j += 1
-    items: list[str] = []
-    first = True
-    while True:
-        if j >= len(src):
-            raise TranslationError("unclosed [ (Postfix skips this line too)")
-        char = src[j]
-        if char == "]" and not first:
-            j += 1
-            break
-        first = False
-        if char == "[" and j + 1 < len(src) and src[j + 1] in ":=.":
-            kind = src[j + 1]
-            end = src.find(kind + "]", j + 2)
-            if end < 0:
-                raise TranslationError(f"unclosed [{kind} (Postfix skips this line too)")
-            name = src[j + 2 : end]
-            j = end + 2
-            if kind == ":":
-                if name not in _POSIX_CLASSES:
-                    raise TranslationError(f"unknown class [:{name}:] (Postfix skips this line too)")
-                items.append(f"[:{name}:]")
-            elif len(name) == 1:
-                items.append(_class_char(name))  # [=a=], [.a.]: that character (C locale)
-            else:
-                raise TranslationError(f"collating element [{kind}{name}{kind}] is not supported")
-            continue
-        j += 1
-        if j + 1 < len(src) and src[j] == "-" and src[j + 1] != "]":
-            high = src[j + 1]
-            if high == "[":
-                raise TranslationError("a range ending in [.x.] or [=x=] is not supported")
-            if ord(high) < ord(char):
-                raise TranslationError(
-                    f"invalid range {char}-{high} (Postfix skips this line too)"
-                )
-            items.append(f"{_class_char(char)}-{_class_char(high)}")
-            j += 2
-        else:
-            items.append(_class_char(char))
-    if negate and newline:
-        items.append(r"\n")  # REG_NEWLINE: a negated list never matches a newline
-    return "[" + ("^" if negate else "") + "".join(items) + "]", j
-
-
-def translate_posix(
-    src: str, *, extended: bool = True, icase: bool = True, newline: bool = False
-) -> tuple[str, bool, list[str]]:
-    """A POSIX regex as glibc's regcomp reads it → (RE2 body, can never match, remarks)."""
-    out: list[str] = []
-    remarks: list[str] = []
-    depth = 0
-    top_alternation = False
-    dead_at: list[int] = []  # indexes in out of never-matching atoms at depth 0
-    i = 0
-    n = len(src)
-
-    def at_bre_start() -> bool:  # BRE: "*" and "^" are special only at the start of an RE
-        return not out or out[-1] in ("(", "(?:", "|", "^")
-
-    while i < n:
-        char = src[i]
-        if char == "\\":
-            if i + 1 >= n:
-                raise TranslationError("the pattern ends with a backslash (Postfix skips it too)")
-            escaped = src[i + 1]
-            i += 2
-            if not extended and escaped in "(){}|+?":
-                if escaped == "(":
-                    depth += 1
-                    out.append("(")
-                elif escaped == ")":
-                    if depth == 0:
-                        raise TranslationError(r"unmatched \) (Postfix skips this line too)")
-                    depth -= 1
-                    out.append(")")
-                elif escaped == "{":
-                    interval = _BRE_INTERVAL.match(src, i - 2)
-                    out.append(_interval(interval))
-                    i = interval.end()  # type: ignore[union-attr]  # _interval raised if None
-                elif escaped == "}":
-                    raise TranslationError(r"unmatched \} (Postfix skips this line too)")
-                elif escaped == "|":
-                    top_alternation |= depth == 0
-                    out.append("|")
-                else:
-                    out.append(escaped)  # GNU \+ \?
-            elif escaped in "123456789":
-                raise TranslationError(
-                    f"backreference \\{escaped}: RE2 has no backreferences (glibc has)"
-                )
-            elif escaped in _GNU_ESCAPES:
-                out.append(_GNU_ESCAPES[escaped])
-                if escaped in "<>":
-                    remarks.append(
-                        f"\\{escaped} (word {'start' if escaped == '<' else 'end'}) became \\b "
-                        f"(any word boundary)"
-                    )
-            elif escaped.isascii() and escaped.isalpha():
-                if icase and escaped.islower():
-                    # glibc reads "\d" as the letter d, and under REG_ICASE never matches an
-                    # escaped lower-case letter at all (checked with regcomp and postmap -q).
-                    if depth == 0:
-                        dead_at.append(len(out))
-                    out.append(NEVER)
-                    remarks.append(
-                        f"\\{escaped} is not {_MEANT.get(escaped, 'a class')} in a regexp: table: "
-                        f"glibc reads it as the letter {escaped}, and with case-insensitive "
-                        f"matching never matches it at all"
-                        + (" (write [0-9] for a digit, or use a pcre: table)"
-                           if escaped == "d" else "")
-                    )
-                else:
-                    out.append(escaped)
-                    remarks.append(
-                        f"\\{escaped} is the letter {escaped} in a regexp: table, not "
-                        f"{_MEANT.get(escaped.lower(), 'a class')}"
-                    )
-            else:
-                out.append(_literal(escaped))
-            continue
-        if char == "[":
-            bracket, i = _posix_bracket(src, i, newline)
-            out.append(bracket)
-            continue
-        i += 1
-        if extended:
-            if char == "(":
-                depth += 1
-                out.append("(")
-            elif char == ")":
-                if depth == 0:
-                    out.append(r"\)")  # glibc: RE_UNMATCHED_RIGHT_PAREN_ORD
-                else:
-                    depth -= 1
-                    out.append(")")
-            elif char == "|":
-                top_alternation |= depth == 0
-                out.append("|")
-            elif char == "{":
-                interval = _INTERVAL.match(src, i - 1)
-                out.append(_interval(interval))
-                i = interval.end()  # type: ignore[union-attr]  # _interval raised if None
-            elif char in "*+?^$.":
-                out.append(char)
-            else:
-                out.append(_literal(char))
-        else:
-            if char == "*":
-                out.append(r"\*" if at_bre_start() else "*")
-            elif char == "^":
-                out.append("^" if at_bre_start() else r"\^")
-            elif char == "$":
-                at_end = i >= n or src.startswith(r"\)", i) or src.startswith(r"\|", i)
-                out.append("$" if at_end else r"\$")
-            elif char == ".":
-                out.append(".")
-            else:
-                out.append(_literal(char))
-    if depth:
-        raise TranslationError("unmatched ( (Postfix skips this line too)")
-    # A never-matching atom at the top level, not made optional, kills the whole pattern.
-    dead = not top_alternation and any(
-        index + 1 >= len(out) or out[index + 1][:1] not in ("*", "?", "{")
-        for index in dead_at
-    )
-    return "".join(out), dead, remarks
-
-
-_MEANT = {"d": "a digit", "s": "a space", "w": "a word character", "n": "a newline",
-          "t": "a tab", "r": "a carriage return", "b": "a word boundary"}
-
-
-# --- PCRE (pcre:) → RE2 ----------------------------------------------------------------------
-_PCRE_UNSUPPORTED = [
-    (re.compile(r"\(\?<?[=!]"), "lookaround (?= (?! (?<= (?<!"),
-    (re.compile(r"\(\?>"), "atomic group (?>"),
-    (re.compile(r"\(\?\("), "conditional (?("),
-    (re.compile(r"\(\?(?:R|[+-]?\d|&|P>)"), "recursion"),
-    (re.compile(r"\(\*[A-Z]"), "a (*VERB)"),
-    (re.compile(r"[*+?}]\+"), "a possessive quantifier"),
-]
-_PCRE_ESCAPES = {"Z": r"\z", "e": r"\x1b", "a": r"\x07"}
-
-
-def _strip_extended(src: str) -> str:
-    """PCRE's x flag: unescaped whitespace outside classes is ignored, "#" starts a comment."""
-    out = []
-    i = 0
-    in_class = False
-    while i < len(src):
-        char = src[i]
-        if char == "\\" and i + 1 < len(src):
-            out.append(src[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            if char == "]":
-                in_class = False
-        elif char == "[":
-            in_class = True
-        elif char.isspace():
-            i += 1
-            continue
-        elif char == "#":
-            break
-        out.append(char)
-        i += 1
-    return "".join(out)
-
-
-def translate_pcre(src: str, *, extended: bool = False) -> str:
-    """A PCRE pattern → RE2: nearly the same language; say clearly what RE2 lacks."""
-    if extended:
-        src = _strip_extended(src)
-    for finder, what in _PCRE_UNSUPPORTED:
-        if finder.search(src):
-            raise TranslationError(f"{what}: RE2 has no such thing (PCRE has)")
-    out = []
-    i = 0
-    while i < len(src):
-        char = src[i]
-        if char != "\\" or i + 1 >= len(src):
-            out.append(char)
-            i += 1
-            continue
-        escaped = src[i + 1]
-        i += 2
-        if escaped in "123456789" or escaped in "gk":
-            raise TranslationError(
-                f"backreference \\{escaped}: RE2 has no backreferences (PCRE has)"
-            )
-        if escaped in "KG":
-            raise TranslationError(f"\\{escaped}: RE2 has no such thing (PCRE has)")
-        if escaped == "Q":  # \Q...\E: copied as it is, RE2 reads it the same way
-            end = src.find(r"\E", i)
-            end = len(src) if end < 0 else end + 2
-            out.append("\\Q" + src[i:end])
-            i = end
-            continue
-        out.append(_PCRE_ESCAPES.get(escaped, "\\" + escaped))
-    return "".join(out)
-
-
 # --- results: $n substitution (global/mac_parse.c) ------------------------------------------
 _MACRO = re.compile(r"\$(?:\{([^}]*)\}|\(([^)]*)\)|([A-Za-z0-9_]+)|(\$)|)")
 
@@ -570,26 +269,6 @@ def parse_result(result: str, groups: int, negated: bool) -> str:
         return "${%d}" % number
 
     return _MACRO.sub(one, result)
-
-
-# --- results: what cleanup_act makes of them (cleanup/cleanup_message.c) ---------------------
-def split_action(result: str) -> tuple[str, str]:
-    """The command ends at the first blank; blanks after it are skipped."""
-    match = re.match(r"([^ \t]*)[ \t]*(.*)", result, re.S)
-    assert match is not None  # the pattern matches any string
-    return match.group(1).upper(), match.group(2)
-
-
-def reject_reply(text: str) -> tuple[str, str]:
-    """REJECT's reply: dsn_prepend("5.7.1", text), the generic text when there is none, and a
-    code that is neither 4 nor 5 made 4 ("need 4.x.x or 5.x.x"). 4.x.x defers: "tempfail"."""
-    if not text:
-        return "reject", "5.7.1 Message content rejected"
-    if not re.match(r"^\d\.\d{1,3}\.\d{1,3}(?=\s|$)", text):
-        text = "5.7.1 " + text
-    if text[0] not in "45":
-        text = "4" + text[1:]
-    return ("tempfail" if text[0] == "4" else "reject"), text
 
 
 # --- tables ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ a hostile header cannot move the cursor or forge lines in an admin's terminal.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Iterable
 
 from smtpfilter.core.message import HeaderBlock
@@ -113,10 +112,6 @@ def quarantine_show(store: "Quarantine", entry: "Entry") -> str:
     for header in headers:
         lines.append(f"  {header.name}: {clean(header.decoded, 300)}")
     return "\n".join(lines) + "\n\n"
-
-
-def as_json(value: object) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 # --- test ------------------------------------------------------------------------------------

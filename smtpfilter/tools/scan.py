@@ -10,8 +10,9 @@ filter's view:
   whose client is neither loopback nor an LMTP delivery). Everything above it is cut off, so the
   rules see the headers the filter saw, and a DNSBL rule's ``received_hop: 1`` means that same
   header, as it does on live mail.
-- The client address comes from that header, read by the dnsbl check's own parser
-  (:func:`smtpfilter.checks.dnsbl.received_address`), as XFORWARD ADDR would have given it.
+- The client address comes from that header, read by the same parser as the dnsbl check's
+  ``received_hop`` (:func:`smtpfilter.core.fields.received_address`), as XFORWARD ADDR would
+  have given it.
 - The receipt time is that header's date (after its ";", RFC 5322 §3.6.7), else the mailbox's
   delivery time (the Maildir file's time, as the ``mailbox`` module reads it; the mbox "From "
   line), else the file's modification time. Date rules measure age against it, not against
@@ -35,11 +36,11 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 from smtpfilter.core import replies, wire
-from smtpfilter.core.envelope import Client
+from smtpfilter.core.envelope import Client, without_ipv6_prefix
+from smtpfilter.core.fields import received_address, received_date
 from smtpfilter.core.message import Header, HeaderBlock, MessageContext, parse_header_block
+from smtpfilter.core.text import printable
 from smtpfilter.core.verdict import Action, Decision, Finding
-from smtpfilter.engine.checks.date import parse_date
-from smtpfilter.engine.checks.dnsbl import received_address
 from smtpfilter.engine.pipeline import observe, verdicts_of
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
@@ -191,11 +192,11 @@ def trusted_hop(headers: HeaderBlock) -> int | None:
     for number, header in enumerate(headers.get_all("received"), start=1):
         if _is_delivery_hop(header):
             continue
-        address = _hop_address(headers, number)
+        address = received_address(headers, number)
         if address is None:
             continue
         try:
-            ip = ipaddress.ip_address(address.removeprefix("IPv6:").removeprefix("ipv6:"))
+            ip = ipaddress.ip_address(without_ipv6_prefix(address))
         except ValueError:
             continue
         if not ip.is_loopback:
@@ -203,22 +204,10 @@ def trusted_hop(headers: HeaderBlock) -> int | None:
     return None
 
 
-def _hop_address(headers: HeaderBlock, hop: int) -> str | None:
-    """The address in Received #hop, read by the dnsbl check's own parser."""
-    holder = MessageContext(datetime.now(timezone.utc), "", (), Client(), b"", headers, 0)
-    return received_address(holder, hop)
-
-
 def _return_path(headers: HeaderBlock) -> str:
     """The envelope sender, as the delivery agent recorded it (RFC 5321 §4.4)."""
     found = headers.get_all("return-path")
     return found[0].text.strip().strip("<>") if found else ""
-
-
-def received_date(header: Header) -> datetime | None:
-    """RFC 5322 §3.6.7: a Received field ends with ";" and the date-time it was added."""
-    _, sep, tail = header.text.rpartition(";")
-    return parse_date(tail.strip()) if sep else None
 
 
 def stored_view(
@@ -249,7 +238,7 @@ def stored_view(
         received_at = received_date(headers.get_all("received")[0])
         received_by = f"Received #{number}"
         if address is None:
-            address = _hop_address(headers, 1)
+            address = received_address(headers, 1)
     else:
         number = None
     if received_at is None and stored.delivered_at is not None:
@@ -258,7 +247,7 @@ def stored_view(
         received_at, received_by = now or datetime.now(timezone.utc), "now"
     client = Client()
     if address:
-        address = address.removeprefix("IPv6:").removeprefix("ipv6:")
+        address = without_ipv6_prefix(address)
         client = Client(addr=address, name="unknown")
     msg = MessageContext(
         received_at=received_at,
@@ -320,7 +309,7 @@ def _first(headers: HeaderBlock, name: str) -> str:
     if not found:
         return ""
     value = found[0].decoded
-    return "".join(c if c.isprintable() else "?" for c in value)[:200]
+    return printable(value)[:200]
 
 
 async def judge(

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from smtpfilter.config.settings import Config, HeadersConfig, PolicyConfig, shipped_rules_dir
+from smtpfilter.core.fields import parse_date
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Action
 from smtpfilter.core.wire import has_bare_line_ends, outgoing, to_wire
-from smtpfilter.engine.checks.date import parse_date
 from smtpfilter.engine.pipeline import evaluate
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import load_rules

@@ -6,9 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from smtpfilter.core.fields import parse_date
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.wire import to_wire
-from smtpfilter.engine.checks.date import DateCheck, parse_date
+from smtpfilter.engine.checks.date import DateCheck
 
 UTC = timezone.utc
 

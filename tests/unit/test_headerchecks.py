@@ -8,7 +8,8 @@ import string
 import pytest
 import re2
 
-from smtpfilter.postfix.tables import Pattern, _make_pattern, parse_table, translate_posix
+from smtpfilter.postfix.posix import translate_posix
+from smtpfilter.postfix.tables import Pattern, _make_pattern, parse_table
 from tests.support.posix import glibc_search, postfix_flags
 
 

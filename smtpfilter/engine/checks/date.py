@@ -6,67 +6,22 @@ stored message agree with what happened at delivery time.
 
 Findings: ``MISSING``, ``INVALID``, ``IN_PAST``, ``IN_FUTURE``.
 
-Parsing rules, all from RFC 5322 §3.3 and §4.3 where the standard library differs:
-- two-digit years: 00-49 → 20xx, 50-99 → 19xx (Python pivots at 68/69);
-- three-digit years: + 1900 (Python reads ``124`` as the year 124);
-- no zone, ``-0000`` and unknown zone names mean UTC (Python returns a naive datetime, which
-  cannot be compared with an aware one).
+The date is read by :func:`smtpfilter.core.fields.parse_date`, shared with the tools, whose
+docstring lists where it corrects the standard library (RFC 5322 §3.3 and §4.3).
 """
 
 from __future__ import annotations
 
-import email.utils
-import re
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from smtpfilter.config.options import Options
+from smtpfilter.core.fields import parse_date
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Finding
 
 __all__ = ["DateCheck", "parse_date"]
 
 _UNSET = object()
-_YEAR_AFTER_MONTH = re.compile(
-    r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?[\s,]+(\d{1,4})\b"
-)
-_YEAR_BEFORE_TIME = re.compile(r"\b(\d{1,4})\s+\d{1,2}:\d{2}")
-
-
-def _rfc5322_year(value: str, year: int) -> int:
-    """Correct the library's year for RFC 5322 §4.3 obsolete two- and three-digit years."""
-    match = _YEAR_AFTER_MONTH.search(value) or _YEAR_BEFORE_TIME.search(value)
-    if match is None:
-        return year
-    digits = match.group(1)
-    short = int(digits)
-    # Only when those digits are what the library took for the year ("Jan 15 2023" has a day
-    # after the month, not a year).
-    if len(digits) == 2 and year in (1900 + short, 2000 + short):
-        return 2000 + short if short < 50 else 1900 + short
-    if len(digits) == 3 and year == short:
-        return 1900 + short
-    if len(digits) == 1 and year in (short, 2000 + short):
-        raise ValueError("a one-digit year is not a year (RFC 5322 §3.3)")
-    return year
-
-
-def parse_date(value: str) -> datetime | None:
-    """An aware UTC datetime from an RFC 5322 date, or None for anything unusable."""
-    try:
-        parts = email.utils.parsedate_tz(value)
-    except Exception:  # the parser raises assorted errors on garbage
-        return None
-    if parts is None:
-        return None
-    year, month, day, hour, minute, second = parts[:6]
-    offset = parts[9] or 0  # None: no zone or an unknown one, RFC 5322 §4.3 says treat as -0000
-    try:
-        year = _rfc5322_year(value, year)
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
-        return moment - timedelta(seconds=offset)
-    except (ValueError, OverflowError, TypeError):
-        return None
-
 
 def _human(delta: timedelta) -> str:
     seconds = abs(delta.total_seconds())

@@ -57,6 +57,8 @@ from typing import Mapping as TMapping
 
 from smtpfilter.config.options import Options
 from smtpfilter.config.yamlfile import Mapping
+from smtpfilter.core.envelope import without_ipv6_prefix
+from smtpfilter.core.fields import received_address
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Action, Finding
 from smtpfilter.engine.resolver import DnsService, Lookup, Zone, error_answer
@@ -224,9 +226,8 @@ def reverse_ip(ip: IPAddress) -> str:
 
 
 def _parse_ip(text: str) -> IPAddress | None:
-    text = text.strip()
-    if text[:5].lower() == "ipv6:":
-        text = text[5:]  # XFORWARD_README and Postfix's Received: lines write "IPv6:..."
+    # XFORWARD_README and Postfix's Received: lines write "IPv6:...".
+    text = without_ipv6_prefix(text.strip())
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
@@ -236,29 +237,11 @@ def _parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
-_RECEIVED_FROM_ADDR = re.compile(r"\[((?:IPv6:)?[0-9A-Fa-f:.]+)\]")
-
-
-def received_address(msg: MessageContext, hop: int) -> str | None:
-    """The client address in the ``hop``-th Received: header from the top, as Postfix writes it:
-    ``from helo (name [192.0.2.7]) by ...``; None when that header names no address (local
-    submission: ``by host (Postfix, from userid 1000)``)."""
-    received = msg.headers.get_all("received")
-    if len(received) < hop:
-        return None
-    text = received[hop - 1].text
-    if not text.lower().startswith("from "):
-        return None
-    head = re.split(r"\s+by\s+", text, maxsplit=1)[0]
-    match = _RECEIVED_FROM_ADDR.search(head)
-    return match.group(1) if match else None
-
-
 def client_address(msg: MessageContext, received_hop: int | None = None) -> tuple[IPAddress | None, str]:
     """The address to look up and where it came from, or None and why not."""
     text, source = msg.client.addr, "XFORWARD"
     if text is None and received_hop:
-        text, source = received_address(msg, received_hop), f"Received #{received_hop}"
+        text, source = received_address(msg.headers, received_hop), f"Received #{received_hop}"
     if text is None:
         return None, "no client address (local submission, or no XFORWARD ADDR)"
     ip = _parse_ip(text)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from smtpfilter.config.options import Options
 from smtpfilter.core.message import Header, MessageContext
+from smtpfilter.core.text import snippet
 from smtpfilter.core.verdict import Finding
 from smtpfilter.engine.patterns import PatternError, PatternSet
 
@@ -40,11 +41,6 @@ __all__ = ["HeaderCheck"]
 
 _DECODE_CHOICES = ("both", "raw", "decoded")
 _FORMS = ("unfolded", "postfix")
-
-
-def _snippet(text: str, limit: int = 100) -> str:
-    text = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class HeaderCheck:
@@ -166,7 +162,7 @@ class HeaderCheck:
                 if match is not None:
                     return Finding(
                         "MATCH",
-                        f"{_snippet(text)} matches /{match.pattern.removeprefix(_DOT_NL)}/",
+                        f"{snippet(text)} matches /{match.pattern.removeprefix(_DOT_NL)}/",
                         match.groups,
                     )
                 continue
@@ -188,7 +184,7 @@ class HeaderCheck:
                     shown = text if self.every else f"{header.name}: {text}"
                     return Finding(
                         "MATCH",
-                        f"{_snippet(shown)} matches /{match.pattern}/",
+                        f"{snippet(shown)} matches /{match.pattern}/",
                         match.groups,
                     )
         return None

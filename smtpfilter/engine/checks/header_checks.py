@@ -39,9 +39,11 @@ import re2
 
 from smtpfilter.config.options import Options
 from smtpfilter.core.message import MessageContext
+from smtpfilter.core.text import snippet
 from smtpfilter.core.verdict import Action, Finding
 from smtpfilter.engine.checks.header import postfix_line
-from smtpfilter.postfix.tables import Line, Table, read_table, reject_reply, split_action
+from smtpfilter.postfix.actions import DECIDING, reject_reply, split_action
+from smtpfilter.postfix.tables import Line, Table, read_table
 
 __all__ = ["HeaderChecksCheck"]
 
@@ -112,10 +114,6 @@ def lookup(table: list[_Compiled], text: str) -> tuple[Line, tuple[str, ...]] | 
     return None
 
 
-# cleanup_act's actions that make a finding here; the others edit or route the message.
-_DECIDING = ("REJECT", "DISCARD", "HOLD", "WARN", "INFO")
-
-
 def _usable(line: Line) -> bool:
     """A match line that can ever match (not one glibc's escapes made dead)."""
     return line.kind == "match" and line.pattern is not None and not line.pattern.dead
@@ -126,7 +124,7 @@ def _warn_if_useless(opts: Options, tables: list[Table]) -> None:
     if not tables:
         return  # none could be read: already a problem each
     deciding = any(
-        _usable(line) and split_action(line.result)[0] in _DECIDING
+        _usable(line) and split_action(line.result)[0] in DECIDING
         for table in tables
         for line in table.lines
     )
@@ -157,11 +155,6 @@ def _warn_if_useless(opts: Options, tables: list[Table]) -> None:
             "no line of its tables REJECTs, DISCARDs, HOLDs, WARNs or INFOs (the others "
             "act in Postfix only): this rule will never match",
         )
-
-
-def _snippet(text: str) -> str:
-    text = "".join(c if c.isprintable() else "?" for c in text[:101])
-    return text if len(text) <= 100 else text[:100] + "..."
 
 
 class HeaderChecksCheck:
@@ -220,7 +213,7 @@ class HeaderChecksCheck:
                 continue
             line, groups = found
             word, rest = split_action(line.result)
-            reason = f"{_snippet(text)} matches {line.where} {line.pattern.shown} {word}"
+            reason = f"{snippet(text)} matches {line.where} {line.pattern.shown} {word}"
             if word == "REJECT":
                 # The reply keeps its ${n}: the policy substitutes the groups, as for any rule.
                 action, reply = reject_reply(rest)

@@ -12,7 +12,7 @@ import ipaddress
 import re
 
 from smtpfilter.core import replies
-from smtpfilter.core.envelope import XFORWARD_NAMES
+from smtpfilter.core.envelope import XFORWARD_NAMES, without_ipv6_prefix
 from smtpfilter.core.text import is_xtext, xtext_decode
 
 __all__ = [
@@ -176,10 +176,8 @@ def _valid_addr(value: str) -> bool:
     """XFORWARD ADDR: IPv4, "IPv6:..." (or bare IPv6), or [UNAVAILABLE]/[TEMPUNAVAIL]."""
     if value in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
         return True
-    if value.lower().startswith("ipv6:"):
-        value = value[5:]
     try:
-        ipaddress.ip_address(value)
+        ipaddress.ip_address(without_ipv6_prefix(value))
     except ValueError:
         return False
     return True
