@@ -86,6 +86,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "using the listening socket systemd passed (%s); 'listen' is not used",
             sock.getsockname(),
         )
+    if args.workers == 1:
+        # Only a supervisor sets up prometheus_client's multiprocess mode (service/workers.py);
+        # one inherited from elsewhere would mix that directory's values into ours.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     try:
         if args.workers > 1:
             from smtpfilter.service.workers import run_workers

@@ -112,7 +112,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
-        self.worker = 0  # with serve --workers N: this worker's number, 0..N-1
+        self.worker = 0  # with serve --workers N: this worker's number, 0..N-1 (0 serves metrics)
         self.metrics = None  # the metrics responder, when metrics.listen is set and bound
         self.door = self.make_front_door()
         self.runtime.make_room = self.door.make_room
@@ -156,23 +156,26 @@ class Daemon:
 
     async def _start_metrics(self) -> None:
         """Optional; a port we cannot bind is logged and mail flows on without metrics.
-        Worker k of --workers N serves on port + k: each scrape must see one process whole."""
+        With --workers N every worker records and worker 0 serves the totals of all of them
+        (prometheus_client's multiprocess mode, set up by service/workers.py)."""
         listen = self.config.metrics.listen
         if listen is None:
             return
-        from smtpfilter.service.metrics import (
-            Metrics,
-            MetricsServer,  # prometheus_client: only if used
-        )
+        # prometheus_client is imported only here: a filter without metrics does not load it.
+        from smtpfilter.service.metrics import Metrics, MetricsServer, multiprocess_dir
 
-        self.runtime.metrics = Metrics()
-        port = listen.port + self.worker if listen.port else 0
-        server = MetricsServer(self.runtime, listen.host, port)
+        metrics = Metrics(self.runtime, started_at=self.started_at)
+        self.runtime.metrics = metrics
+        if self.worker and multiprocess_dir():
+            return  # worker 0 serves what this one records
+        server = MetricsServer(metrics, listen.host, listen.port)
         try:
             await server.start()
         except OSError as error:
             log.error("metrics: cannot listen on %s:%d (%s); serving mail without metrics",
-                      listen.host, port, error.strerror or error)
+                      listen.host, listen.port, error.strerror or error)
+            if not multiprocess_dir():
+                self.runtime.metrics = None  # nobody could read them
             return
         self.metrics = server
 
@@ -192,6 +195,8 @@ class Daemon:
         while True:
             await asyncio.sleep(_PRUNE_INTERVAL)
             self.runtime.pool.prune()
+            if self.runtime.metrics is not None:
+                self.runtime.metrics.sample()  # other workers' scrapes read it from the files
             sdnotify.notify(f"STATUS={self.status()}")
 
     def status(self) -> str:

@@ -6,168 +6,212 @@ queue), a latency histogram from "." to our reply (Postfix gives up after
 smtp_data_done_timeout, 600 s), failures talking to 10026, and whether each DNS list is usable
 (a list disabled by its health probe counts as "not listed": mail flows, filtering weakens).
 
-The text exposition format (version 0.0.4) is written here and served by a small asyncio
-responder on the filter's own event loop. The ``prometheus_client`` library would bring a second
-registry to keep in step with the counters the handler already keeps, and its HTTP server runs
-in a thread; a hundred lines of stdlib do the job with no new dependency. The responder reads at
-most one small request per connection, with a deadline, and closes: it is loopback-only and
-must never cost the mail path anything.
+The metrics are ``prometheus_client``'s: its data model, its exposition format and, with
+``serve --workers N``, its multiprocess mode, which sums what every worker counted (each writes
+its values to memory-mapped files in a private directory the supervisor made, see
+service/workers.py) so that ONE port reports the totals. Gauges say how they combine across
+workers: sessions and idle 10026 connections add up (``livesum``), the rule count is the
+largest (``livemax``), a DNS list is up only where every worker has it up (``livemin``), the
+start time is the earliest (``min``).
+
+This module is imported only when metrics are configured: prometheus_client costs about 2 MB
+of memory and 40 ms at import, which a filter without metrics does not pay (nor any
+per-message work: Runtime.metrics is then None). Counters and the histogram are updated as
+messages are settled; gauges that follow live state (idle 10026 connections, DNS list health)
+are sampled at each scrape and every few seconds (``sample``), so that in multiprocess mode the
+other workers' values are at most that old.
+
+The HTTP side is a small asyncio responder on the filter's own event loop, not the library's
+threaded server: it reads at most one small request per connection, with a deadline, and
+closes; it is loopback-only and must never cost the mail path anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from smtpfilter.core.verdict import Decision
 
-Runtime = Any  # service.runtime.Runtime, which imports this module
-
-__all__ = ["LATENCY_BUCKETS", "Metrics", "MetricsServer", "render"]
+__all__ = ["LATENCY_BUCKETS", "Metrics", "MetricsServer", "multiprocess_dir"]
 
 log = logging.getLogger(__name__)
 
 # Seconds from the final "." to our reply: milliseconds for a clean message, seconds when DNS
 # lists are slow, tens of seconds when 10026 is; Postfix's smtp_data_done_timeout is 600 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# The text format generate_latest writes for names like ours (no UTF-8 names, no escaping).
+_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _REQUEST_LIMIT = 8192  # bytes of request head read at most
 _REQUEST_DEADLINE = 5.0
 
+# No "_created" series beside each counter: the exposition keeps the series it always had.
+disable_created_metrics()
 
-@dataclass
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, when the supervisor of
+    ``serve --workers N`` set one up (service/workers.py); None in a single process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _GoStyleBuckets:
+    """A collector that passes another's metrics on with histogram ``le`` labels written as
+    before (and as the Go client writes them): ``le="60"``, not prometheus_client's ``60.0``.
+    Prometheus reads both as the same bound; dashboards that select ``le="60"`` keep working."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.inner.collect():
+            if family.type == "histogram":
+                family.samples = [
+                    sample._replace(labels={**sample.labels, "le": _go_float(sample.labels["le"])})
+                    if "le" in sample.labels
+                    else sample
+                    for sample in family.samples
+                ]
+            yield family
+
+
+def _go_float(text: str) -> str:
+    return text if text.startswith(("+", "-")) or text == "NaN" else f"{float(text):g}"
+
+
 class Metrics:
-    """Per-message tallies the handler feeds; everything else is read from Runtime at scrape."""
+    """The filter's metric families. ``message`` and ``count`` are what the daemon calls;
+    ``sample`` reads the live state of the Runtime it was made for."""
 
-    replies: Counter = field(default_factory=Counter)  # reply code → messages
-    findings: Counter = field(default_factory=Counter)  # (rule, finding) → messages
-    decisions: Counter = field(default_factory=Counter)  # (rule, action) → messages
-    would: Counter = field(default_factory=Counter)  # (action, rule) → messages, observe-only
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
-    latency_count: int = 0
-    latency_sum: float = 0.0
+    def __init__(self, runtime: Any, *, started_at: float | None = None) -> None:
+        self.runtime = runtime
+        self.directory = multiprocess_dir()
+        # In multiprocess mode the values live in files: the objects are registered nowhere and
+        # the exposition reads every worker's files. In a single process, one registry.
+        own = None if self.directory else CollectorRegistry(auto_describe=True)
+        self.messages = Counter(
+            "smtpfilter_messages", "Messages judged after the final dot, by outcome (error: "
+            "ours, answered 451).", ["action"], registry=own)
+        self.replies = Counter(
+            "smtpfilter_replies", "Replies to Postfix's final dot, by SMTP code.", ["code"],
+            registry=own)
+        self.findings = Counter(
+            "smtpfilter_rule_findings", "Messages on which a rule that ran made a finding.",
+            ["rule", "finding"], registry=own)
+        self.decisions = Counter(
+            "smtpfilter_rule_decisions", "Messages whose outcome a rule forced or tagged.",
+            ["rule", "action"], registry=own)
+        self.would = Counter(
+            "smtpfilter_would", "Messages an observe-only rule (mode: warn) or dry_run would "
+            "have treated otherwise.", ["action", "rule"], registry=own)
+        self.latency = Histogram(
+            "smtpfilter_message_seconds", "From the final dot to our reply.",
+            buckets=LATENCY_BUCKETS, registry=own)
+        self.downstream_errors = Counter(
+            "smtpfilter_downstream_errors", "Failures reaching or talking to the after-filter "
+            "smtpd (10026); each one is a 451.", registry=own)
+        refused = Counter(
+            "smtpfilter_refused_connections", "Connections refused at connect.", ["reason"],
+            registry=own)
+        idle_closed = Counter(
+            "smtpfilter_idle_sessions_closed", "Idle sessions closed at limits.sessions to serve "
+            "a new connection.", registry=own)
+        reload_failures = Counter(
+            "smtpfilter_reload_failures", "Reloads (SIGHUP) that kept the old rules because of "
+            "a problem.", registry=own)
+        self.sessions = Gauge(
+            "smtpfilter_sessions", "SMTP sessions open now.", registry=own,
+            multiprocess_mode="livesum")
+        self.rules = Gauge(
+            "smtpfilter_rules", "Rules loaded.", registry=own, multiprocess_mode="livemax")
+        self.idle = Gauge(
+            "smtpfilter_downstream_idle_connections", "Idle connections to 10026 kept for "
+            "reuse.", registry=own, multiprocess_mode="livesum")
+        self.zone_up = Gauge(
+            "smtpfilter_dns_zone_up", "1 when a DNS list is in use, 0 when its health probe "
+            "disabled it.", ["zone"], registry=own, multiprocess_mode="livemin")
+        start_time = Gauge(
+            "smtpfilter_start_time_seconds", "When this process started (Unix time).",
+            registry=own, multiprocess_mode="min")
+        start_time.set(time.time() if started_at is None else started_at)
+        # Runtime.count() keys → the counter each one feeds; the others (delivered, rejected...)
+        # are for systemd's STATUS only.
+        self._counted = {
+            "downstream_errors": self.downstream_errors,
+            "refused_clients": refused.labels("not_allowed"),
+            "refused_busy": refused.labels("busy"),
+            "idle_closed": idle_closed,
+            "reload_failures": reload_failures,
+        }
+        self._actions: dict[str, Any] = {}  # "action_reject" → its child, resolved once
+        registry = CollectorRegistry(auto_describe=True)
+        source = MultiProcessCollector(None, self.directory) if self.directory else own
+        registry.register(_GoStyleBuckets(source))
+        self.registry = registry
+        self.sample()
 
+    # --- what the daemon calls -----------------------------------------------------------------
     def count(self, key: str) -> None:
-        """Counters are read from Runtime.counters at scrape time."""
+        counter = self._counted.get(key)
+        if counter is not None:
+            counter.inc()
+        elif key.startswith("action_"):
+            child = self._actions.get(key)
+            if child is None:
+                child = self._actions[key] = self.messages.labels(key[7:])
+            child.inc()
 
     def message(self, decision: Decision | None, reply: str, elapsed: float) -> None:
         code = reply[:3] if reply[:3].isdigit() else "none"
-        self.replies[code] += 1
-        for index, bound in enumerate(LATENCY_BUCKETS):
-            if elapsed <= bound:
-                self.latency_buckets[index] += 1
-        self.latency_count += 1
-        self.latency_sum += elapsed
+        self.replies.labels(code).inc()
+        self.latency.observe(elapsed)
         if decision is None:
             return
         for verdict in decision.verdicts:
-            self.findings[(verdict.rule, verdict.finding.code)] += 1
+            self.findings.labels(verdict.rule, verdict.finding.code).inc()
         if decision.rule:
-            self.decisions[(decision.rule, decision.action.value)] += 1
+            self.decisions.labels(decision.rule, decision.action.value).inc()
         if decision.intended is not None and decision.intended is not decision.action:
-            self.would[(decision.intended.value, decision.intended_rule or "")] += 1
+            self.would.labels(decision.intended.value, decision.intended_rule or "").inc()
 
+    def sample(self) -> None:
+        """Gauges from live state: sessions, rules, idle 10026 connections, DNS list health."""
+        runtime = self.runtime
+        self.sessions.set(runtime.sessions)
+        self.rules.set(len(runtime.ruleset))
+        self.idle.set(runtime.pool.idle)
+        dns = runtime.ruleset.env.dns
+        for zone in dns.watched().values():
+            self.zone_up.labels(zone.shown).set(1 if dns.health.usable(zone.name) else 0)
 
-# --- exposition ------------------------------------------------------------------------------
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(**labels: str) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items()) + "}"
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str,
-               samples: Iterable[tuple[dict[str, str], float]]) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self.lines.append(f"{name}{_labels(**labels)} {_number(value)}")
-
-
-def _number(value: float) -> str:
-    """Exact: a counter past a million must not turn into 1e+06, a timestamp into 1.70963e+09."""
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def render(runtime: "Runtime", *, started_at: float) -> str:
-    """The whole exposition, read from live state at the moment of the scrape."""
-    m = runtime.metrics
-    assert m is not None
-    counters = runtime.counters
-    w = _Writer()
-    w.family("smtpfilter_messages_total", "counter",
-             "Messages judged after the final dot, by outcome (error: ours, answered 451).",
-             [({"action": key[7:]}, value) for key, value in sorted(counters.items())
-              if key.startswith("action_")])
-    w.family("smtpfilter_replies_total", "counter",
-             "Replies to Postfix's final dot, by SMTP code.",
-             [({"code": code}, value) for code, value in sorted(m.replies.items())])
-    w.family("smtpfilter_rule_findings_total", "counter",
-             "Messages on which a rule that ran made a finding.",
-             [({"rule": r, "finding": f}, v) for (r, f), v in sorted(m.findings.items())])
-    w.family("smtpfilter_rule_decisions_total", "counter",
-             "Messages whose outcome a rule forced or tagged.",
-             [({"rule": r, "action": a}, v) for (r, a), v in sorted(m.decisions.items())])
-    w.family("smtpfilter_would_total", "counter",
-             "Messages an observe-only rule (mode: warn) or dry_run would have treated otherwise.",
-             [({"action": a, "rule": r}, v) for (a, r), v in sorted(m.would.items())])
-    w.lines.append("# HELP smtpfilter_message_seconds From the final dot to our reply.")
-    w.lines.append("# TYPE smtpfilter_message_seconds histogram")
-    for bound, count in zip(LATENCY_BUCKETS, m.latency_buckets):
-        w.lines.append(f'smtpfilter_message_seconds_bucket{{le="{bound:g}"}} {count}')
-    w.lines.append(f'smtpfilter_message_seconds_bucket{{le="+Inf"}} {m.latency_count}')
-    w.lines.append(f"smtpfilter_message_seconds_sum {m.latency_sum:.6f}")
-    w.lines.append(f"smtpfilter_message_seconds_count {m.latency_count}")
-    w.family("smtpfilter_downstream_errors_total", "counter",
-             "Failures reaching or talking to the after-filter smtpd (10026); each one is a 451.",
-             [({}, counters.get("downstream_errors", 0))])
-    w.family("smtpfilter_refused_connections_total", "counter",
-             "Connections refused at connect.",
-             [({"reason": "not_allowed"}, counters.get("refused_clients", 0)),
-              ({"reason": "busy"}, counters.get("refused_busy", 0))])
-    w.family("smtpfilter_idle_sessions_closed_total", "counter",
-             "Idle sessions closed at limits.sessions to serve a new connection.",
-             [({}, counters.get("idle_closed", 0))])
-    w.family("smtpfilter_reload_failures_total", "counter",
-             "Reloads (SIGHUP) that kept the old rules because of a problem.",
-             [({}, counters.get("reload_failures", 0))])
-    w.family("smtpfilter_sessions", "gauge", "SMTP sessions open now.",
-             [({}, runtime.sessions)])
-    w.family("smtpfilter_rules", "gauge", "Rules loaded.", [({}, len(runtime.ruleset))])
-    w.family("smtpfilter_downstream_idle_connections", "gauge",
-             "Idle connections to 10026 kept for reuse.", [({}, runtime.pool.idle)])
-    dns = runtime.ruleset.env.dns
-    zones = sorted(dns.watched().values(), key=lambda z: z.shown)
-    w.family("smtpfilter_dns_zone_up", "gauge",
-             "1 when a DNS list is in use, 0 when its health probe disabled it.",
-             [({"zone": z.shown}, 1 if dns.health.usable(z.name) else 0) for z in zones])
-    w.family("smtpfilter_start_time_seconds", "gauge", "When this process started (Unix time).",
-             [({}, started_at)])
-    return "\n".join(w.lines) + "\n"
+    def render(self) -> bytes:
+        """The exposition, with this process's gauges sampled now."""
+        self.sample()
+        return generate_latest(self.registry)
 
 
 # --- the HTTP side ---------------------------------------------------------------------------
 class MetricsServer:
     """``GET /metrics`` over HTTP/1.x, one request per connection."""
 
-    def __init__(self, runtime: "Runtime", host: str, port: int) -> None:
-        self.runtime = runtime
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self.metrics = metrics
         self.host = host
         self.port = port
-        self.started_at = time.time()
         self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -192,9 +236,8 @@ class MetricsServer:
         except Exception:
             log.exception("metrics: internal error")
             status, body = "500 Internal Server Error", b"internal error\n"
-        content_type = "text/plain; version=0.0.4; charset=utf-8"
         response = (
-            f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"HTTP/1.1 {status}\r\nContent-Type: {_CONTENT_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode() + (b"" if head.startswith(b"HEAD ") else body)
         try:
@@ -219,4 +262,4 @@ class MetricsServer:
             return "404 Not Found", b"try /metrics\n"
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", b"GET only\n"
-        return "200 OK", render(self.runtime, started_at=self.started_at).encode()
+        return "200 OK", self.metrics.render()

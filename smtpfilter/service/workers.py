@@ -17,14 +17,25 @@ Design (the pre-fork model of Postfix's master(8) and of gunicorn):
   a worker that dies unexpectedly is logged and replaced.
 - Only the supervisor talks to systemd (NotifyAccess=main): READY=1 once the socket is bound and
   the rules load, STATUS= with the worker count.
+- Metrics (when ``metrics.listen`` is set): ONE port with the totals of all workers, through
+  prometheus_client's multiprocess mode. Before forking, the supervisor makes a private
+  directory (mode 0700, empty: a new one each start, under ``$RUNTIME_DIRECTORY`` when systemd
+  gives one, else the temporary directory) and names it in PROMETHEUS_MULTIPROC_DIR; each
+  worker writes its values there, worker 0 serves the sum. When a worker dies its live gauges'
+  files are removed (what the library's mark_process_dead does, done here without importing it:
+  the supervisor stays small); its counters stay, so totals never go backwards. The directory
+  is removed when the supervisor ends.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -78,7 +89,7 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
         config, ruleset, config_path=config_path, overrides=overrides, sock=sock,
         handed_over=inherited is not None,
     )
-    server.worker = number  # metrics: worker k serves on metrics port + k
+    server.worker = number  # worker 0 serves the metrics of all
     try:
         run(server.serve(notify=False), config.event_loop)
     except Exception:
@@ -100,6 +111,7 @@ def run_workers(
     """Run ``count`` workers until SIGTERM. ``sock``: a listening socket systemd passed
     (smtpfilter.socket); the workers then share it instead of binding their own."""
     overrides = overrides or {}
+    metrics_dir = _metrics_dir(config)
     if sock is None:
         # Fail here, with a clear error, if the port is taken; the probe must not stay bound,
         # or the kernel would route a share of the connections to a socket nobody accepts on.
@@ -154,6 +166,10 @@ def run_workers(
             number = workers.pop(pid, None)
             if number is None:
                 continue
+            if metrics_dir is not None:
+                # prometheus_client.multiprocess.mark_process_dead: its live gauges go.
+                for path in glob.glob(os.path.join(metrics_dir, f"gauge_live*_{pid}.db")):
+                    os.remove(path)
             if not stopping:
                 log.error(
                     "worker %d (pid %d) died (%s); starting a new one",
@@ -164,7 +180,20 @@ def run_workers(
                 time.sleep(_RESPAWN_DELAY)
                 spawn(number)
     log.info("supervisor: all workers stopped")
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _metrics_dir(config: Config) -> str | None:
+    """The private directory of the workers' metrics (module docstring), or None without
+    metrics. Set in the environment before any fork: prometheus_client reads it at import."""
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if config.metrics.listen is None:
+        return None
+    path = tempfile.mkdtemp(prefix="smtpfilter-metrics-", dir=os.environ.get("RUNTIME_DIRECTORY"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -45,12 +45,29 @@ async def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def samples(body: bytes) -> dict[str, float]:
-    found = {}
+def canonical(sample: str) -> str:
+    """``name{b="2",a="1"}`` → ``name{a="1",b="2"}``: the order of labels means nothing in the
+    exposition format (prometheus_client writes them sorted)."""
+    name, brace, labels = sample.partition("{")
+    if not brace:
+        return sample
+    pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(pairs)) + "}"
+
+
+class Samples(dict):
+    """Samples by name and labels, looked up whatever order the labels are written in."""
+
+    def __getitem__(self, key: str) -> float:
+        return super().__getitem__(canonical(key))
+
+
+def samples(body: bytes) -> Samples:
+    found = Samples()
     for line in body.decode().splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
-            found[name] = float(value)
+            found[canonical(name)] = float(value)
     return found
 
 
@@ -133,6 +150,44 @@ async def test_metrics_are_off_by_default_and_a_taken_port_does_not_stop_mail(st
 
 
 def test_large_values_stay_exact():
-    from smtpfilter.service.metrics import _number
+    """A counter past a million must not lose digits (1e+06), nor a timestamp its fraction."""
+    from smtpfilter.config.settings import load_config
+    from smtpfilter.delivery.downstream import DownstreamPool
+    from smtpfilter.engine.rules import RuleSet
+    from smtpfilter.service.metrics import Metrics
+    from smtpfilter.service.runtime import Runtime
 
-    assert _number(1_234_567) == "1234567" and _number(1709632800.25) == "1709632800.25"
+    config = load_config(None)
+    runtime = Runtime(config, RuleSet((), ()), DownstreamPool.for_config(config))
+    metrics = Metrics(runtime, started_at=1709632800.25)
+    metrics.downstream_errors.inc(1_234_567)
+    got = samples(metrics.render())
+    assert got["smtpfilter_downstream_errors_total"] == 1_234_567
+    assert got["smtpfilter_start_time_seconds"] == 1709632800.25
+
+
+async def test_workers_report_their_totals_on_one_port(service, sink, tmp_path, monkeypatch):
+    """serve --workers 2: one metrics port, the sum of both workers (prometheus_client's
+    multiprocess mode), in a private directory that is gone after the supervisor ends."""
+    from tests.integration.conftest import start
+    from tests.support.service import free_port
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the supervisor makes its directory
+    metrics_port = free_port()
+    rules = "rules:\n  - {name: SPAM_MAILER, check: header, header: X-Mailer, match: MaxBulk, action: discard}\n"
+    process = service(rules=rules, config=f"metrics: {{listen: 127.0.0.1:{metrics_port}}}\n")
+    process.args = ("--workers", "2")
+    await start(process)
+    [directory] = tmp_path.glob("smtpfilter-metrics-*")
+    assert directory.stat().st_mode & 0o777 == 0o700
+    # Each message on a connection of its own: SO_REUSEPORT spreads them over both workers
+    # (all 20 on one worker: one chance in half a million).
+    for _ in range(20):
+        assert (await send_message(process.port, message("Subject: hi"))).code == 250
+    got = samples((await http(metrics_port, b"GET /metrics HTTP/1.0\r\n\r\n"))[2])
+    assert got['smtpfilter_messages_total{action="accept"}'] == 20
+    assert got['smtpfilter_replies_total{code="250"}'] == 20
+    assert got["smtpfilter_message_seconds_count"] == 20
+    assert got["smtpfilter_rules"] == 1  # the largest of the workers' counts, not their sum
+    assert await asyncio.to_thread(process.stop) == 0
+    assert not directory.exists()
