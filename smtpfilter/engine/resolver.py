@@ -351,7 +351,9 @@ class DnsCache:
         return min(max(ttl, self.min_ttl), self.max_ttl)
 
     def peek(self, name: str, rdtype: str) -> Lookup | None:
-        """A fresh cached answer, without asking anyone."""
+        """A fresh cached answer, without asking anyone. A hit makes it the most recently used:
+        every message's lookups take their hits here (DnsService.lookup_all), so an answer in
+        use must not be evicted in insertion order."""
         key = (name.lower().rstrip("."), rdtype)
         entry = self._entries.get(key)
         if entry is None:
@@ -359,6 +361,7 @@ class DnsCache:
         if entry[0] <= self.clock():
             del self._entries[key]
             return None
+        self._entries.move_to_end(key)
         return entry[1]
 
     async def query(self, name: str, rdtype: str) -> Lookup:
@@ -366,7 +369,6 @@ class DnsCache:
         key = (name, rdtype)
         cached = self.peek(name, rdtype)
         if cached is not None:
-            self._entries.move_to_end(key)
             self.stats.hits += 1
             return cached
         future = self._inflight.get(key)

@@ -171,6 +171,31 @@ async def test_cache_keeps_the_most_recently_used_answers():
     assert cache.peek("1.zen.test", "A") is not None and cache.peek("2.zen.test", "A") is None
 
 
+async def test_hits_on_the_message_path_keep_an_answer_in_the_cache(server):
+    """lookup_all (what every message's DNS lists use) takes hits from the cache without a
+    query: such a hit must make the answer the most recently used, or the "LRU" evicts the
+    hottest answers in insertion order and they are asked again (issue 11, dns.py:474)."""
+    server.add_zone("lru.dnsbl.test", "1 A 127.0.0.2\n2 A 127.0.0.2\n3 A 127.0.0.2\n")
+    config = DnsConfig(nameservers=(HostPort("127.0.0.1", server.port),), timeout=1.0,
+                       cache_size=2)
+    service = DnsService(config)
+    deadline = time.monotonic() + 5
+
+    async def look(n: int) -> None:
+        results = await service.lookup_all([(f"{n}.lru.dnsbl.test", "A")], deadline)
+        assert results[(f"{n}.lru.dnsbl.test", "A")].found
+
+    await look(1)
+    await look(2)
+    await look(1)  # a hit: 1 is now the most recently used
+    await look(3)  # the cache is full: 2, the least recently used, goes
+    await look(1)  # still cached: no second query on the wire
+    assert server.count("1.lru.dnsbl.test", "A") == 1
+    await look(2)
+    assert server.count("2.lru.dnsbl.test", "A") == 2
+    await service.aclose()
+
+
 async def test_lookup_all_returns_what_answered_and_times_out_the_rest(server):
     server.fault("slow.zen.dnsbl.test", delay=2)
     server.add_zone("slow.zen.dnsbl.test", "1 A 127.0.0.2\n")
