@@ -354,6 +354,7 @@ class DownstreamPool:
         self.max_idle = max_idle
         self.idle_time = idle_time
         self._idle: list[Downstream] = []
+        self.keep_idle = True  # False for one-shot users (for_config): a reload keeps it so
         # The extensions 10026 announced most recently: what we may promise upstream.
         self.last_extensions: dict[str, str] | None = None
         self.connects = 0
@@ -363,7 +364,7 @@ class DownstreamPool:
         """The pool a config describes. ``keep_idle=False`` for one-shot users (pipe mode, a
         quarantine release) that open one connection and close it."""
         limits = config.limits
-        return cls(
+        pool = cls(
             config.forward.host,
             config.forward.port,
             local_hostname=config.hostname,
@@ -373,6 +374,25 @@ class DownstreamPool:
             max_idle=limits.pool_size if keep_idle else 0,
             idle_time=limits.pool_idle,
         )
+        pool.keep_idle = keep_idle
+        return pool
+
+    def configure(self, config: Config) -> None:
+        """A reload's limits for what starts after it: connect, command and data timeouts of
+        new connections, how many idle ones are kept and for how long. The idle connections
+        kept so far carry the old timeouts: they are closed, and the next message connects
+        anew. (Where 10026 is, and our EHLO name, take a restart: ``forward``, ``hostname``.)"""
+        limits = config.limits
+        settings = (limits.connect_timeout, limits.command_timeout, limits.data_timeout,
+                    limits.pool_size if self.keep_idle else 0, limits.pool_idle)
+        if settings == (self.connect_timeout, self.command_timeout, self.data_timeout,
+                        self.max_idle, self.idle_time):
+            return
+        (self.connect_timeout, self.command_timeout, self.data_timeout,
+         self.max_idle, self.idle_time) = settings
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     async def acquire(self) -> tuple[Downstream, bool]:
         """A ready connection, and whether it was reused (a reused one may be stale)."""

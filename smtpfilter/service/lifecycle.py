@@ -42,10 +42,10 @@ __all__ = ["Daemon", "FrontDoor", "run"]
 log = logging.getLogger(__name__)
 
 _PRUNE_INTERVAL = 5.0
-# Settings a reload cannot apply to a running process: they say where it listens, who it is,
-# and how it logs. The others (rules, policy, limits, DNS, the 10026 pool's timeouts and size,
-# quarantine) apply to what starts after the reload.
-RESTART_ONLY = ("listen", "forward", "hostname", "tls", "log", "metrics")
+# Settings a reload cannot apply to a running process: where it listens, who it is, which event
+# loop runs it and how it logs; it says so and keeps them. The others (rules, policy, limits,
+# DNS, the 10026 pool's timeouts and size, quarantine) apply to what starts after the reload.
+RESTART_ONLY = ("listen", "forward", "hostname", "tls", "log", "metrics", "event_loop")
 
 
 def run(main, event_loop: str = "auto"):
@@ -277,6 +277,7 @@ class Daemon:
         # One assignment: a message in flight already holds the old engine (rules, policy).
         self.runtime.swap(config, ruleset)
         self.env.dns.configure(config.dns)
+        self.runtime.pool.configure(config)  # 10026 timeouts and pool size, for new connections
         for warning in ruleset.warnings:  # usable rules, but the admin should know
             log.warning("reload: %s", warning)
         log.info(

@@ -17,7 +17,7 @@ import asyncio
 
 import pytest
 
-from tests.support.client import Client
+from tests.support.client import Client, send_message
 from tests.support.messages import message
 from tests.support.sink import Hang, wait_until
 
@@ -203,3 +203,27 @@ async def test_10026_that_stops_reading_the_message_costs_only_data_timeout(star
     assert reply.code == 451 and "failed at DATA" in reply.text, reply
     assert sink.messages == []
     await client.close()
+
+
+async def test_a_reload_applies_the_10026_timeouts_and_pool_settings(start_filter, sink):
+    """SIGHUP's reload applies limits.command_timeout (and connect/data timeouts, pool_size,
+    pool_idle) to what starts after it; it used to log "reloaded" and keep the old ones."""
+    server = await start_filter(config="limits: {command_timeout: 60s}\n")
+    assert (await send_message(server.port, message("Subject: before"))).code == 250
+    assert len(sink.connections) == 1
+    server.config_path.write_text(
+        server.config_path.read_text().replace(
+            "limits: {command_timeout: 60s}", "limits: {command_timeout: 300ms, pool_size: 0}"
+        )
+    )
+    assert server.reload()
+    # pool_size 0: the connection kept from before is not reused, and none is kept after.
+    assert (await send_message(server.port, message("Subject: after"))).code == 250
+    assert (await send_message(server.port, message("Subject: again"))).code == 250
+    assert len(sink.connections) == 3
+    # command_timeout 300ms: a 10026 that never answers MAIL costs 0.3 s, not 60.
+    sink.script = lambda verb, line, txn: Hang if verb == "MAIL" else None
+    started = asyncio.get_running_loop().time()
+    reply = await asyncio.wait_for(send_message(server.port, message("Subject: x")), 10)
+    assert reply.code == 451 and "failed at MAIL" in reply.text
+    assert asyncio.get_running_loop().time() - started < 5
