@@ -227,3 +227,38 @@ async def test_a_reload_applies_the_10026_timeouts_and_pool_settings(start_filte
     reply = await asyncio.wait_for(send_message(server.port, message("Subject: x")), 10)
     assert reply.code == 451 and "failed at MAIL" in reply.text
     assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_commands_pipelined_after_the_dot_are_answered_after_a_half_close(
+    start_filter, sink
+):
+    """The whole transaction, the end of the message and a QUIT after it, then a half-close,
+    all before the filter has read DATA (it is waiting for 10026's reply to MAIL): the DATA
+    reader finds the end of input already seen when it hands the bytes after "." back to the
+    command reader. They are still owed their replies (FilterSMTP.eof_received): the QUIT gets
+    its 221. Handing them back raised AssertionError in StreamReader.feed_data, caught as
+    control flow, so the QUIT was dropped (and under python -O nothing would raise)."""
+    server = await start_filter()
+    released = asyncio.Event()
+
+    async def gate(command: str, txn, more_input) -> None:
+        if command == "MAIL":
+            await released.wait()
+
+    sink.gate = gate
+    client = await Client.connect(server.port)
+    await client.ehlo()
+    client.send(
+        b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+        + message("Subject: pipelined") + b".\r\nQUIT\r\n"
+    )
+    client.shutdown_write()
+    # 10026 answers MAIL only once the filter's reader has seen the end of input.
+    await wait_until(lambda: any(p._reader._eof for p in server.door._protocols))
+    released.set()
+    try:
+        codes = [(await client.reply()).code for _ in range(5)]
+    finally:
+        await client.close()
+    assert codes == [250, 250, 354, 250, 221]
+    assert [m.data.split(b"Subject: ")[1][:9] for m in sink.messages] == [b"pipelined"]

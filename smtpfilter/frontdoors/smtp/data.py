@@ -56,12 +56,23 @@ class DataReader:
             if rest < len(buf):
                 # read() above took everything the reader had buffered (_READ_ALL exceeds what
                 # a transport delivers between two reads), so appending keeps the byte order.
-                try:
-                    reader.feed_data(bytes(buf[rest:]))
-                except AssertionError:  # EOF already seen: the session is closing anyway
-                    pass
+                _give_back(reader, bytes(buf[rest:]))
             if discarding:
                 return None
             del buf[found + 2 :]  # keep the CRLF that ends the last line
             del buf[:2]
             return None if len(buf) > limit else buf
+
+
+def _give_back(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Put bytes read past the end of the message back for the command reader.
+
+    feed_data() refuses bytes once the end of input was seen (an ``assert``, so under
+    ``python -O`` it would not even refuse): a client that pipelined commands after "." and
+    then half-closed (RFC 9293 §3.6) is still owed their replies (FilterSMTP.eof_received).
+    Its buffer is empty here (read() took it all), so appending to it is what feed_data does,
+    minus the wake-up nobody waits for."""
+    if getattr(reader, "_eof", False):
+        reader._buffer.extend(data)  # type: ignore[attr-defined]
+    else:
+        reader.feed_data(data)
