@@ -19,6 +19,7 @@ from collections import Counter
 from tests.integration.conftest import start
 from tests.support.client import Client
 from tests.support.messages import message
+from tests.support.sink import wait_until
 
 SESSIONS = 10
 
@@ -73,6 +74,13 @@ async def session(port: int, number: int, stop: asyncio.Event, outcomes: Counter
         await client.close()
 
 
+async def flowing(outcomes: Counter, more: int = SESSIONS) -> None:
+    """Until ``more`` further messages were delivered: mail is flowing (on every session, at
+    SESSIONS messages: each session sends one after another)."""
+    target = outcomes["delivered"] + more
+    await wait_until(lambda: outcomes["delivered"] >= target, timeout=30)
+
+
 async def test_reloads_under_load_fail_no_transaction(service, sink):
     process = await start(service(rules=RULES_A))
     stop = asyncio.Event()
@@ -80,14 +88,14 @@ async def test_reloads_under_load_fail_no_transaction(service, sink):
     workers = [asyncio.create_task(session(process.port, n, stop, outcomes)) for n in range(SESSIONS)]
     reloads = 0
     for rules in (RULES_B, BROKEN, RULES_A, RULES_B):
-        await asyncio.sleep(0.3)  # let mail flow between reloads (pacing, not synchronisation)
+        await flowing(outcomes)  # mail flows between reloads
         process.rules.write_text(rules)
         process.send_signal(signal.SIGHUP)
         reloads += 1
         await asyncio.to_thread(
             process.wait_log, r"reloaded: |reload failed: keeping", 20, reloads
         )
-    await asyncio.sleep(0.3)
+    await flowing(outcomes)
     stop.set()
     await asyncio.gather(*workers)
     print(f"\nreloads under load: {reloads} SIGHUPs (one broken file), outcomes {dict(outcomes)}")
@@ -102,7 +110,7 @@ async def test_sigterm_under_load_fails_no_transaction(service, sink):
     stop = asyncio.Event()
     outcomes: Counter = Counter()
     workers = [asyncio.create_task(session(process.port, n, stop, outcomes)) for n in range(SESSIONS)]
-    await asyncio.sleep(0.5)  # mail flowing on every session
+    await flowing(outcomes, 2 * SESSIONS)  # mail flowing on every session
     process.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(process.wait, 30)
     stop.set()

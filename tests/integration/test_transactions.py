@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -471,16 +472,24 @@ async def test_client_gone_mid_data_sends_no_dot_to_10026(start_filter, sink):
     server = await start_filter()
     client = await Client.connect(server.port)
     await client.ehlo()
-    await client.cmd("MAIL FROM:<a@example.org>")
-    await client.cmd("RCPT TO:<b@example.com>")
-    await client.cmd("DATA")
+    assert (await client.cmd("MAIL FROM:<a@example.org>")).code == 250
+    assert (await client.cmd("RCPT TO:<b@example.com>")).code == 250
+    assert (await client.cmd("DATA")).code == 354
+    after_354 = time.monotonic()
     client.send(b"Subject: half\r\n\r\npart of a message\r\n")
-    await asyncio.sleep(0.05)
+    # The filter has the part (its session heard from the client after the 354) and its DATA
+    # reader took it (nothing left unread): the client now leaves in the middle of DATA.
+    [session] = list(server.door._protocols)
+    await wait_until(lambda: session._last_input > after_354 and not session._reader._buffer)
     await client.close()
-    # The filter must drop its 10026 connection without "." and take the next message.
+    await wait_until(lambda: server.runtime.sessions == 0)
+    # The filter dropped that 10026 connection without "." and takes the next message on a
+    # new one: the sink saw the transaction begin and never end.
     reply = await send_message(server.port, message())
     assert reply.code == 250
-    assert len(sink.messages) == 1
+    assert len(sink.messages) == 1 and len(sink.connections) == 2
+    verbs = [line.split()[0].upper() for line in sink.connections[0].lines]
+    assert verbs[-2:] == [b"MAIL", b"RCPT"]  # and then the filter hung up: no DATA, no "."
     assert all(t.data is None or b"half" not in t.data for c in sink.connections for t in c.transactions)
 
 
