@@ -10,6 +10,7 @@ from smtpfilter.core.fields import parse_date
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.wire import to_wire
 from smtpfilter.engine.checks.date import DateCheck
+from tests.support import corpus
 
 UTC = timezone.utc
 
@@ -105,3 +106,12 @@ def _rfc(moment: datetime) -> str:
 def test_date_findings(check, headers, finding):
     result = check.observe(_msg(*headers))
     assert (result.code if result else None) == finding
+
+
+# --- the golden corpus (tests/corpus/) -------------------------------------------------------
+@pytest.mark.parametrize("name", corpus.MESSAGES)
+async def test_corpus_findings_of_the_date_kind(name):
+    """Every corpus message through the corpus's date rules: their findings, as expected."""
+    rules = corpus.ruleset(["date"])
+    assert rules.rules, "the corpus has rules of this kind"
+    assert await corpus.findings(name, rules) == corpus.expected_findings(name, rules)

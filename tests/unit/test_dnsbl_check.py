@@ -20,6 +20,7 @@ from smtpfilter.core.wire import to_wire
 from smtpfilter.engine.checks.dnsbl import DnsblCheck, RhsblCheck
 from smtpfilter.engine.resolver import DnsService, StaticResolver
 from smtpfilter.engine.rules import RuleEnv
+from tests.support import corpus
 from tests.support.dnsserver import IPV6_LISTED, SITES, Fault
 
 
@@ -420,3 +421,16 @@ async def test_the_health_loop_probes_at_start_and_again_until_a_zone_recovers(d
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
     assert check.zones()  # the service watches checks weakly: this one lived through the test
+
+
+# --- the golden corpus (tests/corpus/) -------------------------------------------------------
+@pytest.mark.parametrize("name", corpus.MESSAGES)
+async def test_corpus_findings_of_the_dns_list_kinds(name, dns_server):
+    """Every corpus message through the corpus's dnsbl and rhsbl rules, against the test lists
+    on a real DNS server: their findings, as expected."""
+    rules = corpus.ruleset(["dnsbl", "rhsbl"], dns_port=dns_server.port)
+    assert {rule.kind for rule in rules.rules} == {"dnsbl", "rhsbl"}
+    try:
+        assert await corpus.findings(name, rules) == corpus.expected_findings(name, rules)
+    finally:
+        await rules.env.dns.aclose()

@@ -11,6 +11,7 @@ from smtpfilter.config.yamlfile import load_text
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.wire import to_wire
 from smtpfilter.engine.checks.header import HeaderCheck
+from tests.support import corpus
 
 
 def check(yaml: str) -> HeaderCheck:
@@ -155,3 +156,12 @@ def test_postfix_form_with_decode_is_a_problem():
     yaml = "header: '*'\nform: postfix\ndecode: both\nmatch: x\n"
     HeaderCheck.from_options(Options(load_text(yaml, "r.yaml"), problems, rule="T"))
     assert any("decode: raw" in str(p) for p in problems), problems
+
+
+# --- the golden corpus (tests/corpus/) -------------------------------------------------------
+@pytest.mark.parametrize("name", corpus.MESSAGES)
+async def test_corpus_findings_of_the_header_kind(name):
+    """Every corpus message through the corpus's header rules: their findings, as expected."""
+    rules = corpus.ruleset(["header"])
+    assert rules.rules, "the corpus has rules of this kind"
+    assert await corpus.findings(name, rules) == corpus.expected_findings(name, rules)

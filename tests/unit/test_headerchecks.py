@@ -10,6 +10,7 @@ import re2
 
 from smtpfilter.postfix.posix import translate_posix
 from smtpfilter.postfix.tables import Pattern, _make_pattern, parse_table
+from tests.support import corpus
 from tests.support.posix import glibc_search, postfix_flags
 
 
@@ -307,3 +308,12 @@ def test_table_rule_problems(tmp_path):
         "rules:\n  - {name: HC, check: header_checks, table: /nonexistent/header_checks}\n")
     with pytest.raises(ConfigError, match="No such file"):
         load_rules([tmp_path / "missing.yaml"])
+
+
+# --- the golden corpus (tests/corpus/) -------------------------------------------------------
+@pytest.mark.parametrize("name", corpus.MESSAGES)
+async def test_corpus_findings_of_the_header_checks_kind(name):
+    """Every corpus message through the corpus's header_checks rules: their findings, as expected."""
+    rules = corpus.ruleset(["header_checks"])
+    assert rules.rules, "the corpus has rules of this kind"
+    assert await corpus.findings(name, rules) == corpus.expected_findings(name, rules)

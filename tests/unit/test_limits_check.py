@@ -12,6 +12,7 @@ from smtpfilter.core.message import MessageContext
 from smtpfilter.core.wire import to_wire
 from smtpfilter.engine.checks import CHECK_KINDS
 from smtpfilter.engine.checks.limits import LimitsCheck
+from tests.support import corpus
 
 LIMIT = 1000
 
@@ -73,3 +74,12 @@ def test_the_check_is_registered_and_watches_every_limit_by_default():
 def test_bad_options_are_problems_with_the_rule_name(yaml, words):
     _, problems = build(yaml)
     assert len(problems) == 1 and words in str(problems[0]) and "rule T" in str(problems[0])
+
+
+# --- the golden corpus (tests/corpus/) -------------------------------------------------------
+@pytest.mark.parametrize("name", corpus.MESSAGES)
+async def test_corpus_findings_of_the_limits_kind(name):
+    """Every corpus message through the corpus's limits rules: their findings, as expected."""
+    rules = corpus.ruleset(["limits"])
+    assert rules.rules, "the corpus has rules of this kind"
+    assert await corpus.findings(name, rules) == corpus.expected_findings(name, rules)
