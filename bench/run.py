@@ -3,6 +3,7 @@
     python3 bench/run.py                 # all workloads, 3 rounds (takes a few minutes)
     python3 bench/run.py --quick         # 1 round, smaller counts: a smoke test
     python3 bench/run.py --workloads 10k --rounds 5 --peers baseline,smtpfilter
+    python3 bench/run.py --peers smtpfilter,smtpfilter@main   # this checkout beside main
 
 Harness (bench/README.md explains the figures): Postfix's ``smtp-source`` → peer on 127.0.0.1 →
 ``smtp-sink`` playing 10026. Peers, interleaved round by round on the same ports and workloads:
@@ -10,7 +11,11 @@ Harness (bench/README.md explains the figures): Postfix's ``smtp-source`` → pe
 - ``baseline``: smtp-source straight into smtp-sink, the physical limit of the harness;
 - ``naive``: bench/naive_peer.py, an aiosmtpd handler forwarding with aiosmtplib.sendmail();
 - ``smtpfilter``: ``smtpfilter serve`` with the shipped rules (old/missing/future/bad Date,
-  the 17 spam X-Mailers); ``smtpfilter-2w`` the same with ``--workers 2``.
+  the 17 spam X-Mailers); ``smtpfilter-2w`` the same with ``--workers 2``;
+- ``smtpfilter@REF`` (and ``smtpfilter-2w@REF``): the same, but the code and shipped rules of
+  git revision REF (a branch, tag or commit), checked out with a temporary ``git worktree add``
+  and run with PYTHONPATH pointing there (same interpreter and libraries): two versions side by
+  side in one run, interleaved like every other peer. The worktree is removed afterwards.
 
 Per run: msgs/s (smtp-source wall time), p50/p99 latency of a probe session sending one 2 KB
 message at a time beside the load, CPU ms per message of the peer's processes, peak RSS of the
@@ -147,19 +152,59 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+class Checkouts:
+    """Other revisions as peers (``smtpfilter@REF``): each REF checked out once, with
+    ``git worktree add --detach``, under the bench's temporary directory; removed by close()."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.roots: dict[str, Path] = {}
+
+    def root(self, ref: str) -> Path:
+        """The source tree to run: this checkout for "", else REF's worktree."""
+        if not ref:
+            return ROOT
+        if ref not in self.roots:
+            path = self.workdir / f"checkout-{len(self.roots) + 1}"
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), ref],
+                check=True,
+            )
+            self.roots[ref] = path
+        return self.roots[ref]
+
+    def close(self) -> None:
+        for path in self.roots.values():
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
+            )
+        self.roots.clear()
+
+
 class Bench:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.config = workdir / "smtpfilter.yaml"
-        self.config.write_text(
-            f"rules: [{ROOT / 'rules'}]\nlimits: {{message_size: 64m}}\nlog: {{level: info}}\n"
-        )
-        heavy_rules = workdir / "heavy.yaml"
-        heavy_rules.write_text(heavy_rules_yaml(300))
-        self.heavy_config = workdir / "heavy-config.yaml"
-        self.heavy_config.write_text(
-            f"rules: [{ROOT / 'rules'}, {heavy_rules}]\nlog: {{level: info}}\n"
-        )
+        self.checkouts = Checkouts(workdir)
+        self.heavy_rules = workdir / "heavy.yaml"
+        self.heavy_rules.write_text(heavy_rules_yaml(300))
+        self._configs: dict[tuple[Path, bool], Path] = {}
+
+    def config(self, root: Path, heavy: bool) -> Path:
+        """The config for a peer running ``root``'s code: its own shipped rules."""
+        key = (root, heavy)
+        if key not in self._configs:
+            path = self.workdir / f"smtpfilter-{len(self._configs) + 1}.yaml"
+            if heavy:
+                path.write_text(
+                    f"rules: [{root / 'rules'}, {self.heavy_rules}]\nlog: {{level: info}}\n"
+                )
+            else:
+                path.write_text(
+                    f"rules: [{root / 'rules'}]\nlimits: {{message_size: 64m}}\n"
+                    "log: {level: info}\n"
+                )
+            self._configs[key] = path
+        return self._configs[key]
 
     def start_sink(self, port: int) -> subprocess.Popen:
         user = "nobody" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
@@ -179,18 +224,24 @@ class Bench:
     ) -> subprocess.Popen | None:
         if peer == "baseline":
             return None
+        root, env = ROOT, None
         if peer == "naive":
             command = [sys.executable, str(ROOT / "bench" / "naive_peer.py"), str(listen), str(forward)]
         else:
-            config = self.heavy_config if heavy else self.config
+            name, _, ref = peer.partition("@")
+            root = self.checkouts.root(ref)
             command = [
-                sys.executable, "-m", "smtpfilter", "serve", "--config", str(config),
+                sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config(root, heavy)),
                 "--listen", f"127.0.0.1:{listen}", "--forward", f"127.0.0.1:{forward}",
             ]
-            if peer.endswith("-2w"):
+            if name.endswith("-2w"):
                 command += ["--workers", "2"]
-        log = open(self.workdir / f"{peer}.log", "ab")
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+            # That revision's code first on the path (it shadows the installed checkout).
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ))
+        log = open(self.workdir / f"{peer.replace('/', '_')}.log", "ab")
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=log, env=env)
         log.close()
         wait_port(listen)
         return process
@@ -314,43 +365,50 @@ def main() -> int:
     workloads = args.workloads.split(",")
     with tempfile.TemporaryDirectory(prefix="smtpfilter-bench-") as tmp:
         bench = Bench(Path(tmp))
-        collected: dict[tuple[str, str], list[Result]] = {}
-        for number in range(rounds):
-            for workload in workloads:
-                spec = dict(WORKLOADS[workload])
-                if args.quick:
-                    spec.update(QUICK[workload])
-                order = peers if number % 2 == 0 else list(reversed(peers))  # interleave
-                for peer in order:
-                    result = bench.run(peer, workload, spec)
-                    collected.setdefault((workload, peer), []).append(result)
-                    print(
-                        f"round {number + 1} {workload:>4} {peer:<14} {result.msgs_per_s:8.1f} msg/s "
-                        f"cpu {fmt(result.cpu_ms_per_msg, 2)} ms/msg rss {fmt(result.peak_rss_mb)} MB "
-                        f"lost {result.lost}{' FAILED' if result.failed else ''}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        print()
-        print("| workload | peer | msgs/s | vs naive | vs baseline | probe p50 ms | probe p99 ms "
-              "| CPU ms/msg | peak RSS MB | RSS added MB | lost |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        try:
+            return _run(bench, peers, workloads, rounds, args.quick)
+        finally:
+            bench.checkouts.close()
+
+
+def _run(bench: Bench, peers: list[str], workloads: list[str], rounds: int, quick: bool) -> int:
+    collected: dict[tuple[str, str], list[Result]] = {}
+    for number in range(rounds):
         for workload in workloads:
-            medians = {peer: median_result(collected[(workload, peer)]) for peer in peers}
-            naive = medians.get("naive")
-            baseline = medians.get("baseline")
-            for peer in peers:
-                r = medians[peer]
-                vs_naive = r.msgs_per_s / naive.msgs_per_s if naive else float("nan")
-                vs_base = r.msgs_per_s / baseline.msgs_per_s if baseline else float("nan")
+            spec = dict(WORKLOADS[workload])
+            if quick:
+                spec.update(QUICK[workload])
+            order = peers if number % 2 == 0 else list(reversed(peers))  # interleave
+            for peer in order:
+                result = bench.run(peer, workload, spec)
+                collected.setdefault((workload, peer), []).append(result)
                 print(
-                    f"| {workload} | {peer} | {r.msgs_per_s:.1f} | {fmt(vs_naive, 2)}× | {fmt(vs_base, 2)}× "
-                    f"| {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {fmt(r.cpu_ms_per_msg, 2)} "
-                    f"| {fmt(r.peak_rss_mb)} | {fmt(r.extra_rss_mb)} | {r.lost}{' (FAILED)' if r.failed else ''} |"
+                    f"round {number + 1} {workload:>4} {peer:<14} {result.msgs_per_s:8.1f} msg/s "
+                    f"cpu {fmt(result.cpu_ms_per_msg, 2)} ms/msg rss {fmt(result.peak_rss_mb)} MB "
+                    f"lost {result.lost}{' FAILED' if result.failed else ''}",
+                    file=sys.stderr,
+                    flush=True,
                 )
-                for note in r.notes[:1]:
-                    print(f"|   | note: {note} |")
-        print(f"\n{rounds} round(s), medians; machine: {os.cpu_count()} CPUs; load during run may vary.")
+    print()
+    print("| workload | peer | msgs/s | vs naive | vs baseline | probe p50 ms | probe p99 ms "
+          "| CPU ms/msg | peak RSS MB | RSS added MB | lost |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for workload in workloads:
+        medians = {peer: median_result(collected[(workload, peer)]) for peer in peers}
+        naive = medians.get("naive")
+        baseline = medians.get("baseline")
+        for peer in peers:
+            r = medians[peer]
+            vs_naive = r.msgs_per_s / naive.msgs_per_s if naive else float("nan")
+            vs_base = r.msgs_per_s / baseline.msgs_per_s if baseline else float("nan")
+            print(
+                f"| {workload} | {peer} | {r.msgs_per_s:.1f} | {fmt(vs_naive, 2)}× | {fmt(vs_base, 2)}× "
+                f"| {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {fmt(r.cpu_ms_per_msg, 2)} "
+                f"| {fmt(r.peak_rss_mb)} | {fmt(r.extra_rss_mb)} | {r.lost}{' (FAILED)' if r.failed else ''} |"
+            )
+            for note in r.notes[:1]:
+                print(f"|   | note: {note} |")
+    print(f"\n{rounds} round(s), medians; machine: {os.cpu_count()} CPUs; load during run may vary.")
     return 0
 
 
