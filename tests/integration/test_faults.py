@@ -154,7 +154,7 @@ async def test_dns_fault_decision_within_the_message_limit(start_filter, sink, f
     else:
         # 451 while the failure is a lookup error; 250 once the zone's health probe (started
         # with the server) has disabled the failing list, which then counts as not listed
-        # rather than holding all mail (smtpfilter/dns.py, ZoneHealth).
+        # rather than holding all mail (smtpfilter/engine/resolver.py, ZoneHealth).
         assert reply.code in (250, 451), reply
     assert len(sink.messages) == (1 if reply.code == 250 else 0)
 
