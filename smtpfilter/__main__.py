@@ -1,3 +1,5 @@
+"""``python -m smtpfilter``: the same command line as the ``smtpfilter`` entry point."""
+
 import sys
 
 from smtpfilter.cli import main
