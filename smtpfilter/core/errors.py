@@ -90,13 +90,18 @@ class RuleFailure(SmtpfilterError):
 class DownstreamError(SmtpfilterError):
     """The 10026 server could not be used. ``stage`` says where: connect, XFORWARD, MAIL..."""
 
-    def __init__(self, stage: str, detail: str, *, sent_data: bool = False) -> None:
+    def __init__(
+        self, stage: str, detail: str, *, sent_data: bool = False, closed: bool = False
+    ) -> None:
         super().__init__(f"{stage}: {detail}")
         self.stage = stage
         self.detail = detail
         # True once the final "." may have reached 10026: the message may have been queued
         # there, so a retry by Postfix can produce a duplicate. Logged, never hidden.
         self.sent_data = sent_data
+        # True when 10026 had closed the connection (no reply, no timeout): what an idle
+        # pooled connection looks like after the 10026 smtpd's own idle timeout.
+        self.closed = closed
 
 
 class QuarantineError(SmtpfilterError):

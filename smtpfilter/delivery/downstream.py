@@ -173,7 +173,7 @@ class Downstream:
             raise DownstreamError(stage, f"no reply within {self._command_timeout:g}s") from None
         except aiosmtplib.SMTPServerDisconnected as error:
             self.close()
-            raise DownstreamError(stage, f"connection lost ({error})") from None
+            raise DownstreamError(stage, f"connection lost ({error})", closed=True) from None
         except (aiosmtplib.SMTPException, ValueError, OSError) as error:
             self.close()
             raise DownstreamError(stage, f"{type(error).__name__}: {error}") from None

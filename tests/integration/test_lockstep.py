@@ -262,3 +262,20 @@ async def test_commands_pipelined_after_the_dot_are_answered_after_a_half_close(
         await client.close()
     assert codes == [250, 250, 354, 250, 221]
     assert [m.data.split(b"Subject: ")[1][:9] for m in sink.messages] == [b"pipelined"]
+
+
+async def test_a_10026_that_hangs_on_a_pooled_connection_is_not_asked_twice(start_filter, sink):
+    """A reused connection that 10026 had closed is retried on a new one (nothing of the
+    transaction reached it); one on which 10026 hangs is not: the retry would make Postfix
+    wait two command_timeouts for its 451."""
+    server = await start_filter(config="limits: {command_timeout: 1s}\n")
+    codes, _, _ = await _client_b(server.port)
+    assert codes[-1] == 250
+    await wait_until(lambda: server.runtime.pool.idle == 1)
+    sink.script = lambda verb, line, txn: Hang if verb == "MAIL" else None
+    client = await Client.connect(server.port)
+    await client.ehlo()
+    reply = await client.cmd("MAIL FROM:<a@example.org>")
+    assert reply.code == 451, reply
+    assert len(sink.connections) == 1  # no second connection was opened to ask again
+    await client.close()

@@ -176,9 +176,10 @@ class FilterHandler:
                 reply = await conn.mail(envelope.mail_path, params)
             except DownstreamError as error:
                 self._drop(session)
-                if reused and attempt == 1:
+                if reused and attempt == 1 and error.closed:
                     # An idle connection 10026 had already closed: safe to retry, nothing of
-                    # this transaction reached it.
+                    # this transaction reached it. Not after a timeout: a 10026 that hangs
+                    # would then cost the client two command_timeouts instead of one.
                     log.debug("stale 10026 connection (%s), reconnecting", error)
                     continue
                 log.warning("10026 failed at %s: deferring <%s>", error, envelope.mail_from)
