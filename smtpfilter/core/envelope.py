@@ -47,6 +47,9 @@ class Client:
     ident: str | None = None  # the upstream Postfix queue id
     source: str | None = None  # LOCAL or REMOTE
     port: str | None = None
+    # The SASL login of the client (AUTH), where a front door knows it: the milter's
+    # {auth_authen} macro, the policy service's sasl_username. XFORWARD does not carry it.
+    sasl_user: str | None = None
 
     def describe(self) -> str:
         if self.addr is None:

@@ -55,6 +55,10 @@ class Finding:
     action: Action | None = None
     # With ``action``: the reply text that goes with it (a header_checks REJECT line's text).
     text: str | None = None
+    # How the finding reads in logs, headers and reply texts, inside RULE(...), when the
+    # code alone says too little: "invoice.pdf.exe", "fail p=reject example.com",
+    # "81.2.69.10 31/30 per 1m". Metrics keep counting by ``code``, whose values are few.
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +74,9 @@ class Verdict:
 
     @property
     def label(self) -> str:
-        """``OLD_DATE(IN_PAST)``: how a verdict appears in logs and headers."""
-        return f"{self.rule}({self.finding.code})"
+        """``OLD_DATE(IN_PAST)``: how a verdict appears in logs and headers (the finding's
+        ``label`` in the parentheses when it has one, else its code)."""
+        return f"{self.rule}({self.finding.label or self.finding.code})"
 
     @property
     def forces(self) -> bool:
