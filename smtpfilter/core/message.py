@@ -120,8 +120,11 @@ class HeaderBlock:
         return len(self.headers)
 
 
-def parse_header_block(data: bytes | bytearray, limit: int = 1 << 20) -> HeaderBlock:
-    """Parse the header section of CRLF, dot-stuffed wire ``data``, reading at most ``limit``."""
+def parse_header_block(
+    data: bytes | bytearray, limit: int = 1 << 20, *, stuffed: bool = True
+) -> HeaderBlock:
+    """Parse the header section of CRLF wire ``data``, reading at most ``limit``; ``stuffed``
+    False for content that is not dot-stuffed (a milter's), where a leading "." is the name's."""
     if data[:2] == b"\r\n":
         return HeaderBlock([], 0, limit=limit)
     truncated = False
@@ -146,7 +149,7 @@ def parse_header_block(data: bytes | bytearray, limit: int = 1 << 20) -> HeaderB
     malformed_at = None
     for line in lines:
         size = len(line) + 2
-        if line[:1] == b".":
+        if stuffed and line[:1] == b".":
             line = line[1:]  # undo dot-stuffing, RFC 5321 §4.5.2
         if line[:1] in (b" ", b"\t"):
             if current is None:
@@ -188,12 +191,17 @@ class MessageContext:
     mail_from: str
     rcpt_to: tuple[str, ...]
     client: Client
-    data: bytes | bytearray  # wire form: CRLF lines, dot-stuffed, no final "."
+    data: bytes | bytearray  # wire form: CRLF lines, dot-stuffed, no final "." (see stuffed)
     headers: HeaderBlock
     size: int
     # Values derived once per message and shared by the rules that need them (the parsed
     # Date, for the four shipped date rules).
     memo: dict[str, object] = field(default_factory=dict)
+    # False when ``data`` is CRLF lines NOT dot-stuffed: the milter receives the message so
+    # (Postfix streams it unstuffed) and keeps that one copy rather than stuffing a second
+    # one. Whoever reads the body (MIME, body rules) unstuffs only when this is True
+    # (core.wire.from_wire); the header block is already parsed either way.
+    stuffed: bool = True
 
     @classmethod
     def build(
@@ -205,6 +213,7 @@ class MessageContext:
         rcpt_to: tuple[str, ...] = (),
         client: Client | None = None,
         header_limit: int = 1 << 20,
+        stuffed: bool = True,
     ) -> "MessageContext":
         return cls(
             received_at=received_at,
@@ -212,8 +221,9 @@ class MessageContext:
             rcpt_to=rcpt_to,
             client=client or Client(),
             data=data,
-            headers=parse_header_block(data, header_limit),
+            headers=parse_header_block(data, header_limit, stuffed=stuffed),
             size=len(data),
+            stuffed=stuffed,
         )
 
     def exceeded(self) -> tuple[LimitExceeded, ...]:

@@ -328,7 +328,10 @@ async def store_message(
     }
     store = Quarantine(config.quarantine.directory)
     try:
-        entry_id = await asyncio.to_thread(store.store, msg.data, meta)  # copied in the thread
+        # Copied in the thread; a milter's content (not dot-stuffed) is stuffed there too.
+        entry_id = await asyncio.to_thread(
+            lambda: store.store(msg.data if msg.stuffed else wire.to_wire(msg.data), meta)
+        )
     except QuarantineError as error:
         log.error("quarantine failed, deferring the message (Postfix keeps it): %s", error)
         return replies.R451_QUARANTINE_FAILED

@@ -1,6 +1,6 @@
 """The engine as every front door calls it: one message in, ONE Decision out, one log line.
 
-The path of one message: a front door (``frontdoors/smtp``, ``frontdoors/pipe``, later the milter)
+The path of one message: a front door (``frontdoors/smtp``, ``frontdoors/pipe``, ``frontdoors/milter``)
 hands :meth:`Engine.judge` the envelope, the client, the wire bytes and the receipt time; the
 engine parses the header block (``core/message``), runs the rules (``engine/pipeline`` → one
 module per kind in ``engine/checks``) under ``limits.scan_timeout``, and the policy
@@ -60,10 +60,14 @@ class Engine:
         data: bytes | bytearray,
         *,
         received_at: datetime,
+        stuffed: bool = True,
     ) -> tuple[MessageContext, Decision | None, str | None]:
         """(the message as the rules saw it, the Decision, None), or, when no decision could be
         made (the rules overran ``limits.scan_timeout``, a check raised), (message, None, the
-        451 reply): Postfix keeps the message and tries again."""
+        451 reply): Postfix keeps the message and tries again.
+
+        ``data`` is CRLF wire form, dot-stuffed unless ``stuffed`` is False (the milter's
+        content, as Postfix streams it: see MessageContext.stuffed)."""
         limits = self.config.limits
         msg = MessageContext.build(
             data,
@@ -72,6 +76,7 @@ class Engine:
             rcpt_to=envelope.rcpt_to,
             client=client,
             header_limit=limits.header_size,
+            stuffed=stuffed,
         )
         log_exceeded(msg)
         try:

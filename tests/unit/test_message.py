@@ -30,6 +30,15 @@ def test_dot_stuffed_header_line_is_unstuffed_for_rules():
     assert [h.name for h in parsed] == [".Odd-Name", "Subject"]
 
 
+def test_content_that_is_not_dot_stuffed_keeps_its_dots():
+    # The milter's content (Postfix streams it unstuffed): a leading dot is the name's own.
+    content = b".Odd-Name: dotted\r\n..Two: dots\r\n\r\n.body\r\n"
+    assert [h.name for h in parse_header_block(content, stuffed=False)] == [".Odd-Name", "..Two"]
+    msg = MessageContext.build(content, received_at=datetime.now(timezone.utc), stuffed=False)
+    assert msg.stuffed is False and msg.size == len(content)
+    assert [h.name for h in msg.headers] == [".Odd-Name", "..Two"]
+
+
 @pytest.mark.parametrize(
     ("raw", "names", "malformed"),
     [
