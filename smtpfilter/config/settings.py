@@ -35,11 +35,15 @@ __all__ = [
     "Limits",
     "LogConfig",
     "MetricsConfig",
+    "MilterConfig",
+    "MilterListen",
     "PolicyConfig",
     "QuarantineConfig",
     "TlsConfig",
+    "in_networks",
     "load_config",
     "parse_hostport",
+    "parse_milter_listen",
     "shipped_rules_dir",
 ]
 
@@ -70,6 +74,18 @@ class HostPort:
         except ValueError:
             return False
 
+
+def in_networks(peer: object, networks: tuple[Network, ...]) -> bool:
+    """Whether a peer (an address, or a socket's (host, port, ...) tuple) is in ``networks``
+    (allow_clients, xforward_clients); an IPv4-mapped IPv6 address counts as IPv4."""
+    try:
+        host = peer[0] if isinstance(peer, tuple) else peer
+        address = ipaddress.ip_address(str(host).split("%")[0])
+    except (ValueError, IndexError, TypeError):
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 def parse_hostport(text: str, default_port: int | None = None) -> HostPort:
     """``127.0.0.1:10025``, ``[::1]:10025``, ``localhost:10026``; ValueError otherwise."""
@@ -168,6 +184,56 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MilterListen:
+    """Where ``smtpfilter milter`` listens, written as main.cf's smtpd_milters names it."""
+
+    family: str  # "inet" | "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.family == "unix":
+            return f"unix:{self.path}"
+        return f"inet:[{self.host}]:{self.port}" if ":" in self.host else f"inet:{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.family == "unix" or HostPort(self.host, self.port).is_loopback
+
+
+def parse_milter_listen(text: str) -> MilterListen:
+    """Postfix's own syntax (MILTER_README): ``inet:host:port``, ``inet:[::1]:port``,
+    ``unix:/path``; not Sendmail's ``inet:port@host``. ValueError otherwise."""
+    kind, sep, rest = text.strip().partition(":")
+    if not sep or not rest:
+        raise ValueError(f"{text!r}: expected inet:HOST:PORT or unix:/PATH")
+    if kind == "unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"{text!r}: the socket path must be absolute (unix:/run/...)")
+        return MilterListen("unix", path=rest)
+    if kind != "inet":
+        raise ValueError(f"{text!r}: expected inet:HOST:PORT or unix:/PATH")
+    if "@" in rest:
+        raise ValueError(f"{text!r}: that is Sendmail's port@host; Postfix writes inet:HOST:PORT")
+    where = parse_hostport(rest)
+    return MilterListen("inet", host=where.host, port=where.port)
+
+
+@dataclass(frozen=True, slots=True)
+class MilterConfig:
+    """``smtpfilter milter``: Postfix's smtpd asks us during the SMTP session (smtpd_milters)."""
+
+    listen: MilterListen = MilterListen("inet", "127.0.0.1", 11332)  # rspamd's milter port
+    # quarantine decisions: "hold" (Postfix's hold queue, SMFIR_QUARANTINE; postsuper -H
+    # releases) or "store" (our quarantine directory; the milter then asks for the body).
+    quarantine: str = "hold"
+    # From end of message to our reply; below Postfix's milter_content_timeout (300 s), or
+    # Postfix gives up first and applies milter_default_action.
+    timeout: float = 240.0
+
+
+@dataclass(frozen=True, slots=True)
 class QuarantineConfig:
     """Where ``action: quarantine`` keeps messages: a Maildir (tmp/, new/, cur/) plus meta/ with
     one JSON file per message (envelope and verdict), created on first use, mode 0700."""
@@ -229,6 +295,7 @@ class Config:
     log: LogConfig = LogConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     metrics: MetricsConfig = MetricsConfig()
+    milter: MilterConfig = MilterConfig()
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -262,6 +329,7 @@ _TOP_KEYS = (
     "log",
     "quarantine",
     "metrics",
+    "milter",
 )
 
 
@@ -464,6 +532,31 @@ def _metrics(opts: Options) -> MetricsConfig:
     return MetricsConfig(where)
 
 
+# Postfix's milter_content_timeout: from the first header to our reply at end of message.
+POSTFIX_MILTER_CONTENT_TIMEOUT = 300.0
+
+
+def _milter(opts: Options) -> MilterConfig:
+    d = MilterConfig()
+    listen = d.listen
+    text = opts.str("listen")
+    if text is not None:
+        try:
+            listen = parse_milter_listen(text)
+        except ValueError as error:
+            opts.problem("listen", str(error))
+    config = MilterConfig(
+        listen=listen,
+        quarantine=opts.choice("quarantine", ("hold", "store"), d.quarantine),
+        timeout=opts.duration("timeout", d.timeout, positive=True),
+    )
+    opts.finish()
+    if config.timeout >= POSTFIX_MILTER_CONTENT_TIMEOUT:
+        opts.problem("timeout", f"must stay below Postfix's milter_content_timeout "
+                     f"({POSTFIX_MILTER_CONTENT_TIMEOUT:g}s), or Postfix gives up first")
+    return config
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -486,6 +579,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         log=_log(opts.section("log")),
         quarantine=_quarantine(opts.section("quarantine"), base),
         metrics=_metrics(opts.section("metrics")),
+        milter=_milter(opts.section("milter")),
     )
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(

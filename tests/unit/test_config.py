@@ -130,3 +130,21 @@ def test_operations_settings(tmp_path):
     with pytest.raises(ConfigError) as error:
         load(tmp_path, "log: {syslog_socket: dev/log}\n")
     assert "syslog_socket: 'dev/log': expected an absolute path" in str(error.value)
+
+
+def test_the_milter_section(tmp_path):
+    from smtpfilter.config.settings import parse_milter_listen
+
+    assert str(load_config(None).milter.listen) == "inet:127.0.0.1:11332"
+    config = load(tmp_path, "milter: {listen: 'unix:/run/smtpfilter/milter.sock', "
+                            "quarantine: store, timeout: 90s}\n")
+    assert (config.milter.listen.path, config.milter.quarantine, config.milter.timeout) == (
+        "/run/smtpfilter/milter.sock", "store", 90.0)
+    assert parse_milter_listen("inet:[::1]:11332").host == "::1"
+    assert not parse_milter_listen("inet:192.0.2.1:11332").is_loopback
+    for bad in ("11332", "inet:127.0.0.1", "tcp:127.0.0.1:1", "inet:h:99999", "unix:",
+                "unix:relative.sock", "inet:11332@localhost"):
+        with pytest.raises(ValueError):
+            parse_milter_listen(bad)
+    with pytest.raises(ConfigError, match=r"smtpfilter.yaml:1: unknown key 'milter.lissen'; did you mean 'listen'"):
+        load(tmp_path, "milter: {lissen: 'inet:127.0.0.1:1'}\n")

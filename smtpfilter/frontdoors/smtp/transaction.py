@@ -13,11 +13,11 @@ in a 4xx so Postfix keeps the message (shared/POSTFIX-FACTS.md §1).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from datetime import datetime, timezone
 
+from smtpfilter.config.settings import in_networks as _in_networks
 from smtpfilter.core import replies, wire
 from smtpfilter.core.envelope import Client, Envelope, Recipient
 from smtpfilter.core.errors import DownstreamError
@@ -33,17 +33,6 @@ from smtpfilter.service.runtime import Runtime
 __all__ = ["FilterHandler"]
 
 log = logging.getLogger(__name__)
-
-
-def _in_networks(peer: object, networks: tuple) -> bool:
-    try:
-        host = peer[0] if isinstance(peer, tuple) else peer
-        address = ipaddress.ip_address(str(host).split("%")[0])
-    except (ValueError, IndexError, TypeError):
-        return False
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 class FilterHandler:
