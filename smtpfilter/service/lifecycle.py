@@ -1,7 +1,8 @@
 """The life of a daemon: bind, serve, reload on SIGHUP, drain on SIGTERM, tell systemd.
 
 Every daemon of smtpfilter is a :class:`Daemon` with a front door plugged in: the content filter
-(frontdoors/smtp/server.py) plugs in its SMTP protocol; a milter server plugs in its own. The
+(frontdoors/smtp/server.py) plugs in its SMTP protocol; the milter (frontdoors/milter/server.py)
+plugs in its own, and where it listens (:meth:`Daemon.bind`). The
 front door knows its protocol and its sessions (:class:`FrontDoor`); everything else is here,
 written once:
 
@@ -87,6 +88,9 @@ class FrontDoor(Protocol):
 class Daemon:
     """A daemon's lifecycle around one front door (:meth:`make_front_door`)."""
 
+    frontdoor = "smtp"  # the front door's name: the metrics' "frontdoor" label
+    restart_only = RESTART_ONLY  # config keys a reload cannot apply (RESTART_ONLY)
+
     def __init__(
         self,
         config: Config,
@@ -127,32 +131,43 @@ class Daemon:
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        listen = self.config.listen
         # Our own accept loop, not loop.create_server's: out of file descriptors, new
         # connections wait in the listen queue and one warning a minute says so (listener.py).
         if self._sock is not None:
             self._server = Listener(self._sock, self.door.protocol)
         else:
-            self._server = Listener.bind(listen.host, listen.port, self.door.protocol)
+            self._server = self.bind()
         self._server.start()
+        self.warn_beyond_loopback()
+        await self._start_metrics()
+        self._tasks.append(asyncio.create_task(self._maintenance()))
+        self._tasks.append(asyncio.create_task(self.env.dns.health_loop()))
+        log.info(
+            "%s; %d rules from %d files (%s)",
+            self.started_text(),
+            len(self.runtime.ruleset),
+            len(self.runtime.ruleset.files),
+            type(loop).__module__.split(".")[0],
+        )
+
+    # What a front door's daemon may say differently: where it listens, and how it says so.
+    def bind(self) -> Listener:
+        """The listening socket, when systemd passed none: ``listen`` for SMTP."""
+        listen = self.config.listen
+        return Listener.bind(listen.host, listen.port, self.door.protocol)
+
+    def warn_beyond_loopback(self) -> None:
+        listen = self.config.listen
         if not listen.is_loopback:
             log.warning(
                 "listening on %s, beyond loopback: only allow_clients may connect, "
                 "everyone else gets 554",
                 listen,
             )
-        await self._start_metrics()
-        self._tasks.append(asyncio.create_task(self._maintenance()))
-        self._tasks.append(asyncio.create_task(self.env.dns.health_loop()))
-        log.info(
-            "smtpfilter listening on %s, forwarding to %s as %s; %d rules from %d files (%s)",
-            self.address_text,
-            self.config.forward,
-            self.config.hostname,
-            len(self.runtime.ruleset),
-            len(self.runtime.ruleset.files),
-            type(loop).__module__.split(".")[0],
-        )
+
+    def started_text(self) -> str:
+        return (f"smtpfilter listening on {self.address_text}, forwarding to "
+                f"{self.config.forward} as {self.config.hostname}")
 
     async def _start_metrics(self) -> None:
         """Optional; a port we cannot bind is logged and mail flows on without metrics.
@@ -164,7 +179,7 @@ class Daemon:
         # prometheus_client is imported only here: a filter without metrics does not load it.
         from smtpfilter.service.metrics import Metrics, MetricsServer, multiprocess_dir
 
-        metrics = Metrics(self.runtime, started_at=self.started_at)
+        metrics = Metrics(self.runtime, started_at=self.started_at, frontdoor=self.frontdoor)
         self.runtime.metrics = metrics
         if self.worker and multiprocess_dir():
             return  # worker 0 serves what this one records
@@ -268,7 +283,9 @@ class Daemon:
             sdnotify.notify(f"READY=1\nSTATUS=reload failed; {self.status()}")
             return False
         old = self.runtime.config
-        restart_only = [key for key in RESTART_ONLY if getattr(old, key) != getattr(config, key)]
+        restart_only = [
+            key for key in self.restart_only if getattr(old, key) != getattr(config, key)
+        ]
         if restart_only:
             log.warning("reload: %s changed; that takes a restart", ", ".join(restart_only))
             config = replace(

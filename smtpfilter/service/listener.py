@@ -157,7 +157,9 @@ class Listener:
         try:
             conn.setblocking(False)
             # Replies leave as soon as they are written: we batch pipelined ones ourselves.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # (TCP only: the milter may listen on a unix socket.)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await self._loop.connect_accepted_socket(self._factory, conn)
         except OSError as error:
             conn.close()

@@ -96,18 +96,24 @@ class Metrics:
     """The filter's metric families. ``message`` and ``count`` are what the daemon calls;
     ``sample`` reads the live state of the Runtime it was made for."""
 
-    def __init__(self, runtime: Any, *, started_at: float | None = None) -> None:
+    def __init__(
+        self, runtime: Any, *, started_at: float | None = None, frontdoor: str = "smtp"
+    ) -> None:
         self.runtime = runtime
+        # Per-message families carry the front door that took the message (smtp: content
+        # filter or before-queue proxy, milter), so that one dashboard over both daemons can
+        # tell them apart and add them up.
+        self.frontdoor = frontdoor
         self.directory = multiprocess_dir()
         # In multiprocess mode the values live in files: the objects are registered nowhere and
         # the exposition reads every worker's files. In a single process, one registry.
         own = None if self.directory else CollectorRegistry(auto_describe=True)
         self.messages = Counter(
             "smtpfilter_messages", "Messages judged after the final dot, by outcome (error: "
-            "ours, answered 451).", ["action"], registry=own)
+            "ours, answered 451).", ["action", "frontdoor"], registry=own)
         self.replies = Counter(
-            "smtpfilter_replies", "Replies to Postfix's final dot, by SMTP code.", ["code"],
-            registry=own)
+            "smtpfilter_replies", "Replies to Postfix's final dot, by SMTP code.",
+            ["code", "frontdoor"], registry=own)
         self.findings = Counter(
             "smtpfilter_rule_findings", "Messages on which a rule that ran made a finding.",
             ["rule", "finding"], registry=own)
@@ -118,8 +124,9 @@ class Metrics:
             "smtpfilter_would", "Messages an observe-only rule (mode: warn) or dry_run would "
             "have treated otherwise.", ["action", "rule"], registry=own)
         self.latency = Histogram(
-            "smtpfilter_message_seconds", "From the final dot to our reply.",
+            "smtpfilter_message_seconds", "From the final dot to our reply.", ["frontdoor"],
             buckets=LATENCY_BUCKETS, registry=own)
+        self._latency = self.latency.labels(frontdoor)
         self.downstream_errors = Counter(
             "smtpfilter_downstream_errors", "Failures reaching or talking to the after-filter "
             "smtpd (10026); each one is a 451.", registry=own)
@@ -171,13 +178,13 @@ class Metrics:
         elif key.startswith("action_"):
             child = self._actions.get(key)
             if child is None:
-                child = self._actions[key] = self.messages.labels(key[7:])
+                child = self._actions[key] = self.messages.labels(key[7:], self.frontdoor)
             child.inc()
 
     def message(self, decision: Decision | None, reply: str, elapsed: float) -> None:
         code = reply[:3] if reply[:3].isdigit() else "none"
-        self.replies.labels(code).inc()
-        self.latency.observe(elapsed)
+        self.replies.labels(code, self.frontdoor).inc()
+        self._latency.observe(elapsed)
         if decision is None:
             return
         for verdict in decision.verdicts:

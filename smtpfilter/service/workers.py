@@ -73,9 +73,13 @@ def bind(config: Config, *, reuse_port: bool = False, backlog: int = 128) -> soc
 DaemonLoader = Callable[[], "type[Daemon]"]
 
 
+# Binds a worker's own listening socket (SO_REUSEPORT): ``bind`` for SMTP, the milter's own.
+Binder = Callable[..., socket.socket]
+
+
 def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
             overrides: dict[str, str], number: int, inherited: socket.socket | None,
-            daemon: DaemonLoader) -> int:
+            daemon: DaemonLoader, binder: Binder) -> int:
     from smtpfilter.service.lifecycle import run  # in the child: no event loop in the parent
 
     server_class = daemon()
@@ -84,7 +88,7 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    sock = inherited if inherited is not None else bind(config, reuse_port=True)
+    sock = inherited if inherited is not None else binder(config, reuse_port=True)
     server = server_class(
         config, ruleset, config_path=config_path, overrides=overrides, sock=sock,
         handed_over=inherited is not None,
@@ -107,15 +111,17 @@ def run_workers(
     config_path: Path | None = None,
     overrides: dict[str, str] | None = None,
     sock: socket.socket | None = None,
+    binder: Binder = bind,
 ) -> int:
     """Run ``count`` workers until SIGTERM. ``sock``: a listening socket systemd passed
-    (smtpfilter.socket); the workers then share it instead of binding their own."""
+    (smtpfilter.socket); the workers then share it instead of binding their own, else each
+    binds its own with ``binder`` (``bind``: the config's ``listen``)."""
     overrides = overrides or {}
     metrics_dir = _metrics_dir(config)
     if sock is None:
         # Fail here, with a clear error, if the port is taken; the probe must not stay bound,
         # or the kernel would route a share of the connections to a socket nobody accepts on.
-        bind(config, reuse_port=True).close()
+        binder(config, reuse_port=True).close()
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, int] = {}  # pid → worker number
     stopping = False
@@ -125,7 +131,8 @@ def run_workers(
         if pid == 0:  # the child
             code = 1
             try:
-                code = _worker(config, ruleset, config_path, overrides, number, sock, daemon)
+                code = _worker(config, ruleset, config_path, overrides, number, sock, daemon,
+                               binder)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -133,7 +140,8 @@ def run_workers(
 
     for number in range(count):
         spawn(number)
-    log.info("supervisor %d: %d workers on %s", os.getpid(), count, config.listen)
+    where = config.listen if binder is bind else config.milter.listen
+    log.info("supervisor %d: %d workers on %s", os.getpid(), count, where)
     sdnotify.notify(f"READY=1\nSTATUS={count} workers, {len(ruleset)} rules")
 
     while workers:

@@ -99,18 +99,18 @@ async def test_metrics_after_real_traffic(start_filter, sink):
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
     assert int(headers["Content-Length"]) == len(body)
     got = samples(body)
-    assert got['smtpfilter_messages_total{action="accept"}'] == 3
-    assert got['smtpfilter_messages_total{action="discard"}'] == 1
-    assert got['smtpfilter_messages_total{action="reject"}'] == 1
-    assert got['smtpfilter_replies_total{code="250"}'] == 3
-    assert got['smtpfilter_replies_total{code="451"}'] == 1
-    assert got['smtpfilter_replies_total{code="550"}'] == 1
+    assert got['smtpfilter_messages_total{action="accept",frontdoor="smtp"}'] == 3
+    assert got['smtpfilter_messages_total{action="discard",frontdoor="smtp"}'] == 1
+    assert got['smtpfilter_messages_total{action="reject",frontdoor="smtp"}'] == 1
+    assert got['smtpfilter_replies_total{code="250",frontdoor="smtp"}'] == 3
+    assert got['smtpfilter_replies_total{code="451",frontdoor="smtp"}'] == 1
+    assert got['smtpfilter_replies_total{code="550",frontdoor="smtp"}'] == 1
     assert got['smtpfilter_rule_findings_total{rule="DNSBL",finding="LISTED"}'] == 1
     assert got['smtpfilter_rule_decisions_total{rule="SPAM_MAILER",action="discard"}'] == 1
     assert got['smtpfilter_would_total{action="reject",rule="TRIAL"}'] == 1
-    assert got['smtpfilter_message_seconds_count'] == 5
-    assert got['smtpfilter_message_seconds_bucket{le="+Inf"}'] == 5
-    assert got['smtpfilter_message_seconds_bucket{le="60"}'] == 5
+    assert got['smtpfilter_message_seconds_count{frontdoor="smtp"}'] == 5
+    assert got['smtpfilter_message_seconds_bucket{frontdoor="smtp",le="+Inf"}'] == 5
+    assert got['smtpfilter_message_seconds_bucket{frontdoor="smtp",le="60"}'] == 5
     buckets = [v for k, v in got.items() if k.startswith("smtpfilter_message_seconds_bucket")]
     assert buckets == sorted(buckets)  # cumulative
     assert got["smtpfilter_downstream_errors_total"] == 0  # a 451 relayed is 10026 talking
@@ -185,9 +185,9 @@ async def test_workers_report_their_totals_on_one_port(service, sink, tmp_path, 
     for _ in range(20):
         assert (await send_message(process.port, message("Subject: hi"))).code == 250
     got = samples((await http(metrics_port, b"GET /metrics HTTP/1.0\r\n\r\n"))[2])
-    assert got['smtpfilter_messages_total{action="accept"}'] == 20
-    assert got['smtpfilter_replies_total{code="250"}'] == 20
-    assert got["smtpfilter_message_seconds_count"] == 20
+    assert got['smtpfilter_messages_total{action="accept",frontdoor="smtp"}'] == 20
+    assert got['smtpfilter_replies_total{code="250",frontdoor="smtp"}'] == 20
+    assert got['smtpfilter_message_seconds_count{frontdoor="smtp"}'] == 20
     assert got["smtpfilter_rules"] == 1  # the largest of the workers' counts, not their sum
     assert await asyncio.to_thread(process.stop) == 0
     assert not directory.exists()
