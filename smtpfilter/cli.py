@@ -1,6 +1,7 @@
 """Command line: the only place that prints for humans and exits.
 
     smtpfilter serve [--config PATH] [--listen HOST:PORT] [--forward HOST:PORT]
+    smtpfilter milter [--config PATH] [--listen inet:HOST:PORT|unix:/PATH] [--workers N]
     smtpfilter check-config [--config PATH]
     smtpfilter test [--config PATH] [--received-hop N] [--client-ip IP] [--json] MESSAGE.eml...
     smtpfilter scan [--config PATH] [--received-hop N] [--json|--csv] MAILDIR|MBOX|DIRECTORY
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from smtpfilter import __version__
-from smtpfilter.config.settings import Config, ConfigError, load_config
+from smtpfilter.config.settings import Config, ConfigError, Problem, load_config
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import RuleSet, load_rules, rules_for
 from smtpfilter.service import sdnotify
@@ -114,6 +115,58 @@ def _smtp_daemon() -> type:
     from smtpfilter.frontdoors.smtp.server import Server
 
     return Server
+
+
+# --- milter --------------------------------------------------------------------------------
+def cmd_milter(args: argparse.Namespace) -> int:
+    """The milter front door: Postfix's smtpd_milters, the same rules as ``serve``."""
+    from dataclasses import replace
+
+    from smtpfilter.config.settings import parse_milter_listen
+    from smtpfilter.frontdoors.milter.server import MilterDaemon, bind_milter
+    from smtpfilter.service.lifecycle import run
+
+    try:
+        config = load_config(args.config)  # not _load: --listen is the milter's, not serve's
+        ruleset = rules_for(config)
+        if args.listen is not None:
+            try:
+                listen = parse_milter_listen(args.listen)
+            except ValueError as error:
+                raise ConfigError([Problem("--listen", str(error))]) from None
+            config = replace(config, milter=replace(config.milter, listen=listen))
+    except ConfigError as error:
+        _report_config_error(error, "not starting")
+        return EX_CONFIG
+    if args.workers > 1 and config.milter.listen.family == "unix":
+        print(f"smtpfilter: --workers needs an inet: listen; {config.milter.listen} cannot be "
+              f"shared by several processes", file=sys.stderr)
+        return EX_USAGE
+    setup_logging(config.log)
+    for warning in ruleset.warnings:
+        log.warning("%s", warning)
+    if args.workers == 1:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # as serve: only a supervisor sets it
+    try:
+        if args.workers > 1:
+            from smtpfilter.service.workers import run_workers
+
+            return run_workers(config, ruleset, args.workers, daemon=_milter_daemon,
+                               config_path=args.config, binder=bind_milter)
+        daemon = MilterDaemon(config, ruleset, config_path=args.config)
+        run(daemon.serve(), config.event_loop)
+    except OSError as error:
+        print(f"smtpfilter: cannot listen on {config.milter.listen}: "
+              f"{error.strerror or error}", file=sys.stderr)
+        return 71  # EX_OSERR
+    return EX_OK
+
+
+def _milter_daemon() -> type:
+    """The daemon each worker runs, imported in the worker (service/workers.py)."""
+    from smtpfilter.frontdoors.milter.server import MilterDaemon
+
+    return MilterDaemon
 
 
 # --- check-config --------------------------------------------------------------------------
@@ -422,6 +475,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port (default 1; about one per core)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    milter = with_config(sub.add_parser(
+        "milter", help="run the filter as a milter for Postfix's smtpd_milters",
+        description="Serve the rules to Postfix as a milter (smtpd_milters = inet:127.0.0.1:"
+        "11332): decisions reach the sending client during the SMTP session, nothing is "
+        "queued twice."))
+    milter.add_argument("--listen", metavar="inet:HOST:PORT|unix:/PATH",
+                        help="override milter.listen (inet:127.0.0.1:11332)")
+    milter.add_argument(
+        "--workers", type=_positive, default=1, metavar="N",
+        help="worker processes sharing an inet: port (default 1; about one per core)",
+    )
+    milter.set_defaults(func=cmd_milter)
 
     check = with_config(sub.add_parser("check-config", help="validate config and rules"))
     check.set_defaults(func=cmd_check_config)

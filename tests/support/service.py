@@ -1,4 +1,4 @@
-"""``smtpfilter serve`` as a child process, run the way systemd runs it.
+"""``smtpfilter serve`` (or ``milter``) as a child process, run the way systemd runs it.
 
 The process gets a real ``NOTIFY_SOCKET`` (a unix datagram socket this helper reads), so a test
 waits for READY=1 exactly as systemd's Type=notify does instead of sleeping, and can check the
@@ -95,9 +95,10 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 class FilterProcess:
-    def __init__(self, config: Path, *, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: Path, *, args: tuple[str, ...] = (), command: str = "serve") -> None:
         self.config = config
         self.args = args
+        self.command = command  # "serve", or "milter"
         # Socket paths are limited to 108 bytes: keep them short, outside pytest's deep tmp_path.
         self._dir = Path(tempfile.mkdtemp(prefix="sf-"))
         self.log_path = self._dir / "stderr.log"
@@ -115,7 +116,8 @@ class FilterProcess:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(self.notify_path))
         self._notify.setblocking(False)
-        command = [sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config), *self.args]
+        command = [sys.executable, "-m", "smtpfilter", self.command, "--config", str(self.config),
+                   *self.args]
         pass_fds: tuple[int, ...] = ()
         if listen_socket is not None:
             pass_fds = (listen_socket.fileno(),)
