@@ -41,6 +41,8 @@ MODES = {
     "outside-only": (("scan", "reinject", "outside-only"), ()),
     "before-queue": (("before-queue",), ()),
     "pipe": (("reinject", "pipe"), ("pipe",)),
+    # smtpd_milters: no second smtpd, no scan transport; smtpfilter runs "smtpfilter milter".
+    "milter": ((), ("milter",)),
 }
 
 FILTERED_DOMAIN = "example.com"  # the per-domain map's example domain, kept as shipped
@@ -136,7 +138,8 @@ class MailSystem:
         return match.group(1).decode()
 
     def start_filter(self) -> FilterProcess:
-        self.filter = FilterProcess(self.filter_config).start()
+        command = "milter" if self.mode == "milter" else "serve"
+        self.filter = FilterProcess(self.filter_config, command=command).start()
         self.filters.append(self.filter)
         return self.filter
 
@@ -180,7 +183,7 @@ def content(subject: str, *, days_old: float = 0, headers: tuple[str, ...] = (),
     return message_id, "\n".join(lines).encode()
 
 
-def filter_config(root: Path, ports: Ports, rules: str) -> Path:
+def filter_config(root: Path, ports: Ports, rules: str, extra: str = "") -> Path:
     rules_path = root / "rules.yaml"
     rules_path.write_text(textwrap.dedent(rules))
     config = root / "smtpfilter.yaml"
@@ -189,11 +192,13 @@ def filter_config(root: Path, ports: Ports, rules: str) -> Path:
         f"forward: 127.0.0.1:{ports.reinject}\n"
         "hostname: smtpfilter.example.test\n"
         f"rules: [{rules_path}]\n"
+        # The milter mode's port is the filter's too (inet:127.0.0.1:11332 in the examples).
+        f"milter: {{listen: 'inet:127.0.0.1:{ports.filter}'}}\n" + textwrap.dedent(extra)
     )
     return config
 
 
-def configure(system: MailSystem, launcher: Path | None) -> None:
+def configure(system: MailSystem, launcher: Path | None, extra_main_cf: str = "") -> None:
     """The private instance's main.cf and master.cf: the base plus the mode's example blocks,
     with only machine-specific details rewritten."""
     ports, postfix = system.ports, system.postfix
@@ -201,6 +206,7 @@ def configure(system: MailSystem, launcher: Path | None) -> None:
     master_example = blocks(REPO / "master.cf.example")
     main_example = blocks(REPO / "main.cf.example")
     replacements = {
+        "inet:127.0.0.1:11332": f"inet:127.0.0.1:{ports.filter}",
         "[127.0.0.1]:10025": f"[127.0.0.1]:{ports.filter}",
         "127.0.0.1:10025": f"127.0.0.1:{ports.filter}",
         "127.0.0.1:10026": f"127.0.0.1:{ports.reinject}",
@@ -224,6 +230,8 @@ def configure(system: MailSystem, launcher: Path | None) -> None:
     main_cf = postfix.base_main_cf(relay_port=ports.destination) + "".join(
         f"\n# --- main.cf.example: {name}\n{render(main_example[name])}" for name in main_blocks
     )
+    if extra_main_cf:
+        main_cf += f"\n# --- this test's own\n{textwrap.dedent(extra_main_cf)}"
     files = {}
     if system.mode == "per-domain":
         files["smtpfilter_domains"] = render(main_example["per-domain-map"])
@@ -246,10 +254,12 @@ def pipe_launcher(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture
 def mail_system(request) -> Iterator[Callable[..., MailSystem]]:
-    """``mail_system(mode, rules=ISSUE_RULES, start_filter=True)`` → a running MailSystem."""
+    """``mail_system(mode, rules=ISSUE_RULES, start_filter=True, config="", main_cf="")`` → a
+    running MailSystem; ``config`` is added to smtpfilter's config, ``main_cf`` to Postfix's."""
     systems: list[MailSystem] = []
 
-    def build(mode: str, rules: str = ISSUE_RULES, start_filter: bool = True) -> MailSystem:
+    def build(mode: str, rules: str = ISSUE_RULES, start_filter: bool = True, config: str = "",
+              main_cf: str = "") -> MailSystem:
         # Not pytest's tmp_path: its parents are 0700, and Postfix's unprivileged daemons,
         # smtp-sink and the pipe(8) user must all reach this tree.
         root = Path(tempfile.mkdtemp(prefix="smtpfilter-postfix-"))
@@ -261,17 +271,17 @@ def mail_system(request) -> Iterator[Callable[..., MailSystem]]:
             ports=ports,
             postfix=Postfix(root),
             destination=SmtpSink(root, ports.destination),
-            filter_config=filter_config(root, ports, rules),
+            filter_config=filter_config(root, ports, rules, config),
         )
         systems.append(system)
         launcher = request.getfixturevalue("pipe_launcher") if mode == "pipe" else None
-        configure(system, launcher)
+        configure(system, launcher, main_cf)
         problems = system.postfix.check()
         assert problems == "", f"postfix check on the {mode} example:\n{problems}"
         system.destination.start()
         if start_filter and mode != "pipe":
             system.start_filter()
-        listeners = [ports.smtp, ports.reinject]
+        listeners = [ports.smtp] if mode == "milter" else [ports.smtp, ports.reinject]
         if mode == "outside-only":
             listeners.append(ports.submission)
         system.postfix.start(tuple(listeners))

@@ -34,7 +34,7 @@ def entry(block: str) -> list[str]:
 
 def test_blocks_of_each_mode_exist():
     assert set(MASTER) == {"scan", "reinject", "outside-only", "before-queue", "pipe"}
-    assert set(MAIN) == {"after-queue", "per-domain", "per-domain-map", "pipe"}
+    assert set(MAIN) == {"after-queue", "per-domain", "per-domain-map", "pipe", "milter"}
 
 
 def test_scan_transport():
@@ -115,3 +115,19 @@ def test_postfix_tests_fail_instead_of_skipping_in_ci(monkeypatch, ci, outcome):
     with pytest.raises(expected) as stopped:
         postfix_tests.require_postfix()
     assert "Postfix is not installed" in str(stopped.value)
+
+
+def test_main_cf_milter_never_accepts_unfiltered_mail():
+    settings = dict(
+        line.split(" = ", 1) for line in MAIN["milter"].splitlines() if line and line[0] != "#"
+    )
+    assert settings == {
+        "smtpd_milters": "inet:127.0.0.1:11332",  # smtpfilter's default milter.listen
+        # Explicit: Postfix >= 3.7.20 defaults to shutdown; accept would let mail through
+        # unfiltered, reject would bounce it.
+        "milter_default_action": "tempfail",
+        "milter_protocol": "6",
+    }
+    from smtpfilter.config.settings import MilterConfig
+
+    assert f"smtpd_milters = {MilterConfig().listen}" in MAIN["milter"]
