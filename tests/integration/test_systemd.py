@@ -17,7 +17,7 @@ from tests.support.client import send_message
 from tests.support.messages import message
 from tests.support.service import REPO
 
-UNITS = ("smtpfilter.service", "smtpfilter.socket")
+UNITS = ("smtpfilter.service", "smtpfilter.socket", "smtpfilter-milter.service")
 
 
 @pytest.fixture
@@ -58,8 +58,9 @@ def test_verify_would_notice_a_mistake(verify):
     assert "Failed to parse service type, ignoring: notifyy" in verify({"smtpfilter.service": text})
 
 
-def test_the_service_unit_says_what_the_brief_requires():
-    service = (REPO / "systemd" / "smtpfilter.service").read_text().splitlines()
+@pytest.mark.parametrize("unit", ["smtpfilter.service", "smtpfilter-milter.service"])
+def test_the_service_unit_says_what_the_brief_requires(unit):
+    service = (REPO / "systemd" / unit).read_text().splitlines()
     for setting in (
         "Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
         "RestartPreventExitStatus=78", "DynamicUser=yes", "NoNewPrivileges=yes",
@@ -88,3 +89,11 @@ async def test_socket_activation_serves_connections_made_before_it_started(servi
             await asyncio.open_connection("127.0.0.1", process.port)
     finally:
         listener.close()
+
+
+def test_the_milter_unit_runs_the_milter_for_postfix():
+    service = (REPO / "systemd" / "smtpfilter-milter.service").read_text().splitlines()
+    assert "ExecStart=/opt/smtpfilter/bin/smtpfilter milter --config /etc/smtpfilter/smtpfilter.yaml" in service
+    # smtpd (user postfix) must be able to connect to a unix socket in /run/smtpfilter.
+    for setting in ("Group=postfix", "RuntimeDirectory=smtpfilter", "RuntimeDirectoryMode=0750"):
+        assert setting in service, setting
