@@ -21,6 +21,10 @@
   hyphen, BOM) are removed, so ``wire transfer`` matches however the sender wrapped or padded
   it. ``parts: [plain]`` or ``[html]`` restricts the parts.
 
+``unless``: patterns that exempt a text (a line, in the postfix form) from ``match``; ``if``:
+patterns it must all match first (a body_checks ``DUNNO`` line above, ``if``/``endif``: what
+``import-header-checks --kind body`` writes).
+
 ``form: postfix`` matches instead each body line exactly as Postfix's body_checks sees it:
 undecoded (base64 stays base64), MIME boundaries and the part headers' blank lines included, in
 2,048-byte pieces, the first 50 KB of each body segment (engine.mime.cleanup_view, checked
@@ -70,11 +74,14 @@ class BodyCheck:
     needs_body = True
 
     def __init__(self, patterns: PatternSet, parts: frozenset[str], limits: MimeConfig,
-                 postfix_form: bool = False) -> None:
+                 postfix_form: bool = False, *, require: PatternSet | None = None,
+                 exempt: PatternSet | None = None) -> None:
         self.patterns = patterns
         self.parts = parts
         self.limits = limits
         self.postfix_form = postfix_form
+        self.require = require  # `if`: every one must match
+        self.exempt = exempt  # `unless`: none may match
 
     @classmethod
     def from_options(cls, opts: Options, env: object = None) -> "BodyCheck":
@@ -97,19 +104,26 @@ class BodyCheck:
             except PatternError as error:
                 opts.problem("match", str(error))
         limits = getattr(env, "mime", None) or MimeConfig()
+        require = _patterns(opts, "if", case_sensitive, form == "postfix")
+        exempt = _patterns(opts, "unless", case_sensitive, form == "postfix")
         return cls(patterns, frozenset(f"text/{p}" for p in parts), limits,  # type: ignore[arg-type]
-                   postfix_form=form == "postfix")
+                   postfix_form=form == "postfix", require=require, exempt=exempt)
 
     def describe(self) -> str:
         shown = [p.removeprefix("(?s)") for p in self.patterns.patterns]
         where = "a body line (as body_checks)" if self.postfix_form else "text"
         return f"{where} matches " + " or ".join(f"/{p}/" for p in shown)
 
+    def _selected(self, text: str) -> bool:
+        if self.exempt is not None and self.exempt.search(text) is not None:
+            return False
+        return self.require is None or self.require.match_all(text)
+
     def observe(self, msg: MessageContext) -> Finding | None:
         tree = walk_message(msg, self.limits)
         if self.postfix_form:
             for klass, line in cleanup_view(tree):
-                if klass == "body":
+                if klass == "body" and self._selected(line):
                     match = self.patterns.search(line)
                     if match is not None:
                         return Finding(
@@ -128,6 +142,8 @@ class BodyCheck:
                 break
             text = part_text(msg, part)
             budget -= len(text)
+            if not self._selected(text):
+                continue
             match = self.patterns.search(text)
             if match is not None:
                 start = max(0, match.start - 20)
@@ -137,4 +153,16 @@ class BodyCheck:
                     f"...{snippet(text[start:start + 100])}... matches /{match.pattern}/",
                     match.groups,
                 )
+        return None
+
+
+def _patterns(opts: Options, key: str, case_sensitive: bool, dot_nl: bool) -> PatternSet | None:
+    raw = opts.str_list(key)
+    if not raw:
+        return None
+    try:
+        return PatternSet(["(?s)" + p for p in raw] if dot_nl else raw,
+                          case_sensitive=case_sensitive)
+    except PatternError as error:
+        opts.problem(key, str(error))
         return None
