@@ -655,7 +655,9 @@ def parse_params(value: str) -> tuple[str, list[tuple[str, str]]]:
     for match in _PARAM.finditer(";" + rest if sep else ""):
         name, raw = match.group(1).lower(), match.group(2).strip()
         if raw[:1] == '"':
-            raw = _UNQUOTE.sub(r"\1", raw[1:-1] if raw.endswith('"') and len(raw) > 1 else raw[1:])
+            raw = raw[1:-1] if raw.endswith('"') and len(raw) > 1 else raw[1:]
+            if "\\" in raw:  # a quoted-pair (RFC 5322 §3.2.1); most values have none
+                raw = _UNQUOTE.sub(r"\1", raw)
         extended = extended or name.endswith("*") or "*" in name
         params.append((name, raw))
     if extended:
