@@ -4,6 +4,7 @@
     python3 bench/run.py --quick         # 1 round, smaller counts: a smoke test
     python3 bench/run.py --workloads 10k --rounds 5 --peers baseline,smtpfilter
     python3 bench/run.py --peers smtpfilter,smtpfilter@main   # this checkout beside main
+    python3 bench/run.py --workloads 10k-attach,1m-attach,25m-attach --peers smtpfilter,smtpfilter@main
 
 Harness (bench/README.md explains the figures): Postfix's ``smtp-source`` → peer on 127.0.0.1 →
 ``smtp-sink`` playing 10026. Peers, interleaved round by round on the same ports and workloads:
@@ -16,6 +17,12 @@ Harness (bench/README.md explains the figures): Postfix's ``smtp-source`` → pe
   git revision REF (a branch, tag or commit), checked out with a temporary ``git worktree add``
   and run with PYTHONPATH pointing there (same interpreter and libraries): two versions side by
   side in one run, interleaved like every other peer. The worktree is removed afterwards.
+
+Workloads ``10k``, ``1m``, ``25m`` and ``cpu`` run the shipped rules that read headers only
+(every rules/*.yaml but 30-attachments.yaml): a rule set without body rules must cost what it
+cost before issue 14. ``10k-attach``, ``1m-attach`` and ``25m-attach`` send real MIME messages
+(bench/mime_messages.py: text+html; a 700 KB attachment; ten attachments, one a zip) with all
+shipped rules, 30-attachments.yaml included (a revision without it runs what it has).
 
 Per run: msgs/s (smtp-source wall time), p50/p99 latency of a probe session sending one 2 KB
 message at a time beside the load, CPU ms per message of the peer's processes, peak RSS of the
@@ -51,8 +58,15 @@ WORKLOADS = {
     # CPU-bound: 10 KB messages judged by 300 extra header rules (bench/heavy_rules.py), so the
     # filter, not the harness, is what saturates a core: this is where --workers should scale.
     "cpu": {"messages": 600, "size": 10 * 1024, "sessions": 20, "heavy": True},
+    # Issue 14: MIME messages from bench/mime_messages.py (smtp-source -F), all shipped rules.
+    "10k-attach": {"messages": 2000, "size": 0, "sessions": 20, "file": "10k"},
+    "1m-attach": {"messages": 200, "size": 0, "sessions": 10, "file": "1m"},
+    "25m-attach": {"messages": 1, "size": 0, "sessions": 1, "file": "25m"},
 }
-QUICK = {"10k": {"messages": 400}, "1m": {"messages": 40}, "25m": {}, "cpu": {"messages": 200}}
+QUICK = {"10k": {"messages": 400}, "1m": {"messages": 40}, "25m": {}, "cpu": {"messages": 200},
+         "10k-attach": {"messages": 400}, "1m-attach": {"messages": 40}, "25m-attach": {}}
+# The shipped rule file that reads bodies: left out of the header-only workloads.
+ATTACHMENT_RULES = "30-attachments.yaml"
 ALL_PEERS = ["baseline", "naive", "smtpfilter", "smtpfilter-2w"]
 
 
@@ -187,22 +201,33 @@ class Bench:
         self.checkouts = Checkouts(workdir)
         self.heavy_rules = workdir / "heavy.yaml"
         self.heavy_rules.write_text(heavy_rules_yaml(300))
-        self._configs: dict[tuple[Path, bool], Path] = {}
+        self._configs: dict[tuple[Path, bool, bool], Path] = {}
 
-    def config(self, root: Path, heavy: bool) -> Path:
-        """The config for a peer running ``root``'s code: its own shipped rules."""
-        key = (root, heavy)
+    def message_file(self, name: str) -> Path:
+        """An issue 14 workload message, LF lines as smtp-source -F reads them, made once."""
+        import mime_messages
+
+        path = self.workdir / f"mime-{name}.eml"
+        if not path.exists():
+            path.write_bytes(mime_messages.MESSAGES[name]())
+        return path
+
+    def config(self, root: Path, heavy: bool, attach: bool = False) -> Path:
+        """The config for a peer running ``root``'s code: its own shipped rules, without the
+        ones that read bodies unless ``attach``."""
+        key = (root, heavy, attach)
         if key not in self._configs:
             path = self.workdir / f"smtpfilter-{len(self._configs) + 1}.yaml"
+            shipped = [str(root / "rules")] if attach else [
+                str(f) for f in sorted((root / "rules").glob("*.yaml"))
+                if f.name != ATTACHMENT_RULES
+            ]
             if heavy:
-                path.write_text(
-                    f"rules: [{root / 'rules'}, {self.heavy_rules}]\nlog: {{level: info}}\n"
-                )
-            else:
-                path.write_text(
-                    f"rules: [{root / 'rules'}]\nlimits: {{message_size: 64m}}\n"
-                    "log: {level: info}\n"
-                )
+                shipped.append(str(self.heavy_rules))
+            path.write_text(
+                f"rules: [{', '.join(shipped)}]\nlimits: {{message_size: 64m}}\n"
+                "log: {level: info}\n"
+            )
             self._configs[key] = path
         return self._configs[key]
 
@@ -220,7 +245,7 @@ class Bench:
         return process
 
     def start_peer(
-        self, peer: str, listen: int, forward: int, heavy: bool = False
+        self, peer: str, listen: int, forward: int, heavy: bool = False, attach: bool = False
     ) -> subprocess.Popen | None:
         if peer == "baseline":
             return None
@@ -231,7 +256,8 @@ class Bench:
             name, _, ref = peer.partition("@")
             root = self.checkouts.root(ref)
             command = [
-                sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config(root, heavy)),
+                sys.executable, "-m", "smtpfilter", "serve", "--config",
+                str(self.config(root, heavy, attach)),
                 "--listen", f"127.0.0.1:{listen}", "--forward", f"127.0.0.1:{forward}",
             ]
             if name.endswith("-2w"):
@@ -252,7 +278,8 @@ class Bench:
         target = sink_port
         proc = None
         try:
-            proc = self.start_peer(peer, peer_port, sink_port, spec.get("heavy", False))
+            proc = self.start_peer(peer, peer_port, sink_port, spec.get("heavy", False),
+                                   "file" in spec)
             if proc is not None:
                 target = peer_port
                 time.sleep(0.3)  # let start-up work (imports, rule compilation) settle
@@ -266,8 +293,9 @@ class Bench:
             source = subprocess.run(
                 [
                     "smtp-source", "-d", "-s", str(spec["sessions"]), "-m", str(spec["messages"]),
-                    "-l", str(spec["size"]), "-f", "bench@example.org", "-t", "rcpt@example.com",
-                    f"127.0.0.1:{target}",
+                    *(["-F", str(self.message_file(spec["file"]))] if "file" in spec
+                      else ["-l", str(spec["size"])]),
+                    "-f", "bench@example.org", "-t", "rcpt@example.com", f"127.0.0.1:{target}",
                 ],
                 capture_output=True,
                 timeout=900,
@@ -354,7 +382,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 round, fewer messages")
-    parser.add_argument("--workloads", default="10k,1m,25m,cpu")
+    parser.add_argument("--workloads", default="10k,1m,25m,cpu,10k-attach,1m-attach,25m-attach")
     parser.add_argument("--peers", default=",".join(ALL_PEERS))
     args = parser.parse_args()
     if not shutil.which("smtp-source") or not shutil.which("smtp-sink"):
@@ -383,7 +411,7 @@ def _run(bench: Bench, peers: list[str], workloads: list[str], rounds: int, quic
                 result = bench.run(peer, workload, spec)
                 collected.setdefault((workload, peer), []).append(result)
                 print(
-                    f"round {number + 1} {workload:>4} {peer:<14} {result.msgs_per_s:8.1f} msg/s "
+                    f"round {number + 1} {workload:>10} {peer:<14} {result.msgs_per_s:8.1f} msg/s "
                     f"cpu {fmt(result.cpu_ms_per_msg, 2)} ms/msg rss {fmt(result.peak_rss_mb)} MB "
                     f"lost {result.lost}{' FAILED' if result.failed else ''}",
                     file=sys.stderr,

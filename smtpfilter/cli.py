@@ -6,7 +6,7 @@
     smtpfilter test [--config PATH] [--received-hop N] [--client-ip IP] [--json] MESSAGE.eml...
     smtpfilter scan [--config PATH] [--received-hop N] [--json|--csv] MAILDIR|MBOX|DIRECTORY
     smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
-    smtpfilter import-header-checks [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
+    smtpfilter import-header-checks [--kind K] [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
     smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
@@ -425,7 +425,7 @@ def cmd_import_header_checks(args: argparse.Namespace) -> int:
         except OSError as error:
             print(f"smtpfilter: {spec}: {error.strerror}", file=sys.stderr)
             return EX_NOINPUT
-    conversion = convert(tables, prefix=args.prefix, reject_as=args.reject_as)
+    conversion = convert(tables, prefix=args.prefix, reject_as=args.reject_as, kind=args.kind)
     for note in conversion.notes:
         print(f"smtpfilter: {note}", file=sys.stderr)
     # The generated rules must load; if they do not, that is our bug, not the admin's table.
@@ -529,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--prefix", default="", help="prepended to every rule name")
     hc.add_argument("--reject-as", choices=("reject", "discard", "quarantine", "tag", "warn"),
                     default="reject", help="what REJECT lines become (after queue a reject bounces)")
+    hc.add_argument("--kind", choices=("header", "mime_header", "nested_header", "body"),
+                    default="header", help="which Postfix table class the tables are: "
+                    "header_checks (default), mime_header_checks, nested_header_checks or "
+                    "body_checks")
     hc.add_argument("--output", "-o", type=Path, help="write the YAML here instead of stdout")
     hc.set_defaults(func=cmd_import_header_checks)
 

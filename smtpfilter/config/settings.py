@@ -37,6 +37,7 @@ __all__ = [
     "MetricsConfig",
     "MilterConfig",
     "MilterListen",
+    "MimeConfig",
     "PolicyConfig",
     "QuarantineConfig",
     "TlsConfig",
@@ -177,6 +178,24 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MimeConfig:
+    """How far rules that look inside a message (attachment, body, mime_header, header_checks
+    with MIME tables) may go: hard bounds on what one message may cost. Reaching one is the
+    parse limit ``mime`` (the ``limits`` rule kind's MIME_LIMIT finding), never an error."""
+
+    max_parts: int = 1000  # MIME parts of any kind, multiparts included
+    # Multipart and message/rfc822 nesting; Postfix's mime_nesting_limit is 100.
+    max_depth: int = 30
+    header_size: int = 100 * 1024  # one part's header block (Postfix's header_size_limit)
+    boundary_length: int = 2048  # a boundary is cut here (Postfix's mime_boundary_length_limit)
+    text_size: int = 256 * 1024  # decoded bytes of one text part that body rules read
+    text_total: int = 2 * 1024 * 1024  # ...and of all text parts of one message
+    content_size: int = 16 * 1024 * 1024  # one attachment decoded whole (OLE2, zip members)
+    zip_entries: int = 2000  # entries of one zip directory (zipfile: ~3 us each)
+    archive_depth: int = 2  # 2: a zip inside a zip is listed, one level deeper is a limit
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus text on http://listen/metrics; None (the default) serves nothing."""
 
@@ -296,6 +315,7 @@ class Config:
     quarantine: QuarantineConfig = QuarantineConfig()
     metrics: MetricsConfig = MetricsConfig()
     milter: MilterConfig = MilterConfig()
+    mime: MimeConfig = MimeConfig()
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -330,6 +350,7 @@ _TOP_KEYS = (
     "quarantine",
     "metrics",
     "milter",
+    "mime",
 )
 
 
@@ -557,6 +578,23 @@ def _milter(opts: Options) -> MilterConfig:
     return config
 
 
+def _mime(opts: Options) -> MimeConfig:
+    d = MimeConfig()
+    config = MimeConfig(
+        max_parts=opts.integer("max_parts", d.max_parts, minimum=1),
+        max_depth=opts.integer("max_depth", d.max_depth, minimum=1),
+        header_size=opts.size("header_size", d.header_size),
+        boundary_length=opts.integer("boundary_length", d.boundary_length, minimum=1),
+        text_size=opts.size("text_size", d.text_size),
+        text_total=opts.size("text_total", d.text_total),
+        content_size=opts.size("content_size", d.content_size),
+        zip_entries=opts.integer("zip_entries", d.zip_entries, minimum=1),
+        archive_depth=opts.integer("archive_depth", d.archive_depth, minimum=1),
+    )
+    opts.finish()
+    return config
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -580,6 +618,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         quarantine=_quarantine(opts.section("quarantine"), base),
         metrics=_metrics(opts.section("metrics")),
         milter=_milter(opts.section("milter")),
+        mime=_mime(opts.section("mime")),
     )
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(

@@ -13,7 +13,9 @@ that it happened so the log can say so.
 A header section that goes on past ``header_limit`` is not read to its end, and what the rules do
 not read they cannot judge (issue 10: 1.12 MB of small headers hid an ``X-Mailer`` from every
 rule). :meth:`MessageContext.exceeded` names each parse limit a message went past, so the log
-says so and the ``limits`` rule kind can act on it; :data:`PARSE_LIMITS` lists them.
+says so and the ``limits`` rule kind can act on it; :data:`PARSE_LIMITS` lists them. Parsers
+that run later than this module (the MIME walk and archive listings of engine/mime.py, only when
+a rule reads the body) record theirs with :meth:`MessageContext.exceed`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ __all__ = [
     "parse_header_block",
 ]
 
-# Every parse limit a message can exceed, by kind, with the setting that sets it. The MIME
-# parser will add its own ("mime": parts, nesting depth, archive entries).
-PARSE_LIMITS = {"header": "limits.header_size"}
+# Every parse limit a message can exceed, by kind, with the setting(s) that set it. "mime":
+# MIME parts, nesting, part headers, zip directories and archive nesting (engine/mime.py),
+# reached only when a rule reads the body.
+PARSE_LIMITS = {"header": "limits.header_size", "mime": "the mime: section"}
 
 # RFC 5322 §3.6.8: field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable, no colon).
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
@@ -173,13 +176,13 @@ def parse_header_block(
 class LimitExceeded:
     """A parse limit one message went past: part of it the rules did not read."""
 
-    kind: str  # a key of PARSE_LIMITS: "header"
-    setting: str  # "limits.header_size"
+    kind: str  # a key of PARSE_LIMITS: "header", "mime"
+    setting: str  # "limits.header_size", "mime.max_parts"...
     reason: str  # for the log and the finding
 
     @property
     def finding(self) -> str:
-        """The finding a ``limits`` rule reports: HEADER_LIMIT (later MIME_LIMIT)."""
+        """The finding a ``limits`` rule reports: HEADER_LIMIT, MIME_LIMIT."""
         return f"{self.kind.upper()}_LIMIT"
 
 
@@ -196,12 +199,14 @@ class MessageContext:
     size: int
     # Values derived once per message and shared by the rules that need them (the parsed
     # Date, for the four shipped date rules).
-    memo: dict[str, object] = field(default_factory=dict)
+    memo: dict[object, object] = field(default_factory=dict)
     # False when ``data`` is CRLF lines NOT dot-stuffed: the milter receives the message so
     # (Postfix streams it unstuffed) and keeps that one copy rather than stuffing a second
     # one. Whoever reads the body (MIME, body rules) unstuffs only when this is True
     # (core.wire.from_wire); the header block is already parsed either way.
     stuffed: bool = True
+    # Limits reached by parsers that run on demand (the MIME walk), in the order reached.
+    overflows: list[LimitExceeded] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -226,8 +231,14 @@ class MessageContext:
             stuffed=stuffed,
         )
 
+    def exceed(self, kind: str, setting: str, reason: str) -> None:
+        """Record that a parser stopped at ``setting`` (once per setting)."""
+        if all(known.setting != setting for known in self.overflows):
+            self.overflows.append(LimitExceeded(kind, setting, reason))
+
     def exceeded(self) -> tuple[LimitExceeded, ...]:
-        """Every parse limit this message went past, in PARSE_LIMITS order."""
+        """Every parse limit this message went past so far: the header section's, then those
+        the on-demand parsers recorded (:meth:`exceed`)."""
         found = []
         if self.headers.truncated:
             found.append(
@@ -239,4 +250,4 @@ class MessageContext:
                     f"fields read)",
                 )
             )
-        return tuple(found)
+        return (*found, *self.overflows)

@@ -78,7 +78,6 @@ class Engine:
             header_limit=limits.header_size,
             stuffed=stuffed,
         )
-        log_exceeded(msg)
         try:
             decision = await asyncio.wait_for(
                 evaluate(self.ruleset, msg, self.policy), limits.scan_timeout
@@ -89,6 +88,10 @@ class Engine:
         except RuleFailure as failure:
             log.error("%s; answering 451", failure, exc_info=failure.__cause__)
             return msg, None, replies.R451_LOCAL_ERROR
+        finally:
+            # After the rules: the MIME walk and archive listings record their limits as the
+            # rules that need them run (core/message.py, MessageContext.exceed).
+            log_exceeded(msg)
         return msg, decision, None
 
     def settle(

@@ -31,6 +31,7 @@ def _options(case_sensitive: bool) -> "re2.Options":
 class Match:
     pattern: str
     groups: tuple[str, ...]
+    start: int = 0  # where the match begins in the text (a body rule quotes around it)
 
 
 class PatternSet:
@@ -59,7 +60,7 @@ class PatternSet:
             match = compiled.search(text)
             if match is not None:
                 groups = tuple(g or "" for g in match.groups())
-                return Match(pattern, groups)
+                return Match(pattern, groups, match.start())
         return None  # pragma: no cover - the combined pattern matched, so one of these does
 
     def match_all(self, text: str) -> bool:

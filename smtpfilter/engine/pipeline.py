@@ -4,6 +4,10 @@ Rules run in file order. Checks that wait on the network are started together be
 begins, so five DNS lists cost one round trip, not five; the walk then takes their results in
 order. The walk stops at the first verdict that forces an action (the rest cannot change the
 outcome), unless ``observe_all`` asks for every rule's finding (``smtpfilter test``).
+
+When a rule reads the body (``RuleSet.needs_body``), the MIME structure is walked once before
+the first rule (engine/mime.py, shared through the message's memo), so the limits it reaches
+are known to a ``limits`` rule wherever that rule stands; otherwise it is never walked.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Awaitable
 from smtpfilter.core.errors import RuleFailure
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Decision, Finding, Verdict
+from smtpfilter.engine.mime import walk_message
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
 
@@ -24,6 +29,12 @@ async def observe(
     ruleset: RuleSet, msg: MessageContext, *, observe_all: bool = False
 ) -> list[tuple[Rule, Finding | None]]:
     """Each rule's finding, in order, up to the first forcing verdict (or all of them)."""
+    if ruleset.needs_body:
+        try:
+            walk_message(msg, ruleset.mime)
+        except Exception as error:  # never by design: blame the first rule that needs it
+            first = next(r for r in ruleset.rules if getattr(r.check, "needs_body", False))
+            raise RuleFailure(first) from error
     pending: dict[str, asyncio.Future[Finding | None]] = {}
     for rule in ruleset.rules:
         if rule.is_async:

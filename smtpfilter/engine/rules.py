@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 from smtpfilter.config.options import ConfigError, Options, Problem
-from smtpfilter.config.settings import Config
+from smtpfilter.config.settings import Config, MimeConfig
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
 from smtpfilter.core.replies import starts_with_status
 from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
@@ -78,6 +78,8 @@ class RuleEnv:
     """
 
     dns: DnsService = field(default_factory=DnsService)
+    # The mime: limits of the MIME walk (engine/mime.py); a reload sets the new config's.
+    mime: MimeConfig = field(default_factory=MimeConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +91,10 @@ class RuleSet:
     warnings: tuple[Problem, ...] = ()  # usable, but worth telling the admin (file:line)
     # True when a rule kind declares ``needs_body = True`` (MIME, attachments, body patterns):
     # a front door that can skip collecting the body (a policy endpoint, a milter told to skip
-    # it) may do so only when this is False. Today's kinds read the header block only.
+    # it) may do so only when this is False, and only then is the MIME structure walked
+    # (engine/pipeline.py), so a set of header-only rules costs nothing more.
     needs_body: bool = False
+    mime: MimeConfig = field(default_factory=MimeConfig)  # the limits its checks were built with
     # The checks with a post-decision hook, ``settle(decision, delivered)``: called once per
     # message after the front door answered (engine/judge.py), so a rate limit counts only
     # mail that was otherwise accepted. Empty for today's kinds: nothing is called.
@@ -236,6 +240,7 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
         tuple(warnings),
         needs_body=any(getattr(rule.check, "needs_body", False) for rule in rules),
         settlers=tuple(rule.check for rule in rules if hasattr(rule.check, "settle")),
+        mime=env.mime,
     )
 
 
@@ -244,4 +249,5 @@ def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:
     unless a running server passes the one it keeps across reloads)."""
     if env is None:
         env = RuleEnv(DnsService(config.dns))
+    env.mime = config.mime  # the checks built now keep these; a set in use keeps its own
     return load_rules(config.rules, env)

@@ -13,6 +13,15 @@ PASS's accept skips the later rules of every file).
 
 Lines that produce no rule still shadow the lines below them, as they do in Postfix. What
 cannot be converted is reported with its file and line, and shows in the YAML as a comment.
+
+cleanup(8)'s other table classes (``--kind``): a ``mime_header_checks`` table becomes
+``check: mime_header`` rules (``classes: [mime_header]``: the Content-* headers and every header
+of multipart parts), a ``nested_header_checks`` table the same with ``classes:
+[nested_header]`` (the other headers of attached messages), and a ``body_checks`` table
+``check: body`` rules with ``form: postfix``: each body line as cleanup passes it, undecoded
+(base64 stays base64), in 2,048-byte pieces, the first 50 KB of each body segment. That keeps
+Postfix's meaning; a rule over the decoded text (the body kind's default form) may then be the
+better rule, but that is a change the admin makes knowingly.
 """
 
 from __future__ import annotations
@@ -30,9 +39,21 @@ __all__ = ["Conversion", "convert"]
 
 _MIME_NOTE = (
     "Postfix also checks this against the headers of every MIME part (mime_header_checks "
-    "defaults to header_checks), e.g. attachment names; smtpfilter reads the message's own "
-    "headers only: keep this line in Postfix too if it is meant for attachments"
+    "defaults to header_checks), e.g. attachment names; this rule reads the message's own "
+    "headers: import the table with --kind mime_header too if the line is meant for "
+    "attachments, or load it as a check: header_checks rule (README)"
 )
+# --kind: the rule kind, the extra option lines of each rule, what one lookup key is.
+KINDS = {
+    "header": ("header", ["    header: '*'", "    form: postfix"], "one logical header"),
+    "mime_header": ("mime_header", ["    header: '*'", "    form: postfix",
+                                    "    classes: [mime_header]"],
+                    "one logical MIME header (Content-*, and every header of a multipart part)"),
+    "nested_header": ("mime_header", ["    header: '*'", "    form: postfix",
+                                      "    classes: [nested_header]"],
+                      "one logical header of an attached message (message/rfc822)"),
+    "body": ("body", ["    form: postfix"], "one body line, undecoded (base64 stays base64)"),
+}
 
 
 @dataclass
@@ -112,7 +133,8 @@ def _quote(text: str) -> str:
 
 
 def convert(
-    tables: list[Table], *, prefix: str = "", reject_as: str = "reject", now: datetime | None = None
+    tables: list[Table], *, prefix: str = "", reject_as: str = "reject", now: datetime | None = None,
+    kind: str = "header",
 ) -> Conversion:
     notes: list[Note] = []
     for table in tables:
@@ -196,7 +218,7 @@ def convert(
             for previous, outcome in earlier:
                 if outcome is not None and outcome == rule.outcome and "$" not in (rule.text or ""):
                     continue  # same decision either way
-                if not _may_overlap(previous, line):
+                if kind != "body" and not _may_overlap(previous, line):  # body: no names
                     continue
                 if _outside(previous, line) or previous.unusable:
                     rule.warn_mode = (
@@ -211,35 +233,41 @@ def convert(
             if rule.warn_mode:
                 notes.append(Note(line.source, line.number, f"imported observe-only (mode: warn): "
                                   f"{rule.warn_mode}", skipped=False))
-            if (_name_of(line) or "").startswith("content-"):
+            if kind == "header" and (_name_of(line) or "").startswith("content-"):
                 notes.append(Note(line.source, line.number, _MIME_NOTE, skipped=False))
             rules.append(rule)
             earlier.append((line, rule.outcome))
     order = {table.source: index for index, table in enumerate(tables)}
     notes.sort(key=lambda note: (order.get(note.source, 0), note.line))
-    return Conversion(_render(tables, rules, skipped, now), notes, len(rules), match_lines)
+    return Conversion(_render(tables, rules, skipped, now, kind), notes, len(rules), match_lines)
 
 
 def _render(tables: list[Table], rules: list[_Rule], skipped: list[tuple[Line, str]],
-            now: datetime | None) -> str:
+            now: datetime | None, kind: str = "header") -> str:
+    check, options, key = KINDS[kind]
     now = now or datetime.now(timezone.utc)
     sources = ", ".join(f"{t.format}:{t.source}" for t in tables)
     out = [
         f"# Imported from {sources}",
-        f"# by smtpfilter import-header-checks, {now:%Y-%m-%d %H:%M} UTC.",
+        f"# by smtpfilter import-header-checks{'' if kind == 'header' else ' --kind ' + kind}, "
+        f"{now:%Y-%m-%d %H:%M} UTC.",
         "#",
-        "# One rule per table line, matched as Postfix's cleanup(8) matches it: one logical header",
-        "# at a time, exactly as written (form: postfix), case-insensitive unless the line said",
+        "# One rule per table line, matched as Postfix's cleanup(8) matches it: each key is",
+        f"# {key},",
+        "# exactly as written (form: postfix), case-insensitive unless the line said",
         "# otherwise. `unless` and `if` keep Postfix's rule that the first matching line wins",
-        "# for each header, and its if/endif blocks.",
-        "# One difference remains: Postfix tries each header in turn against the whole table;",
-        "# these rules try each line in turn against every header. They decide differently only",
-        "# when one message matches two lines with different actions on two different headers;",
+        "# for each key, and its if/endif blocks.",
+        "# One difference remains: Postfix tries each key in turn against the whole table;",
+        "# these rules try each line in turn against every key. They decide differently only",
+        "# when one message matches two lines with different actions on two different keys;",
         "# `check: header_checks` with the table itself keeps that order too (README).",
-        "# Remove the lines you import from Postfix's header_checks, or both will act on them.",
-        "# Postfix also applies header_checks to the headers of MIME parts (attachments);",
-        "# smtpfilter reads the message's own headers only.",
+        f"# Remove the lines you import from Postfix's {kind}_checks, or both will act on them.",
     ]
+    if kind == "header":
+        out += [
+            "# Postfix also applies header_checks to the headers of MIME parts (attachments)",
+            "# unless mime_header_checks is set: import the table with --kind mime_header too.",
+        ]
     if any(r.action in ("reject", "tempfail") for r in rules):
         out += [
             "#",
@@ -260,9 +288,8 @@ def _render(tables: list[Table], rules: list[_Rule], skipped: list[tuple[Line, s
             out.append(f"  # observe-only: {rule.warn_mode}; check the log, then remove mode")
         out.append(f"  - name: {rule.name}")
         out.append(f"    description: {_quote(rule.description)}")
-        out.append("    check: header")
-        out.append("    header: '*'")
-        out.append("    form: postfix")
+        out.append(f"    check: {check}")
+        out.extend(options)
         pattern = "^" if rule.line.pattern.negated else rule.line.pattern.re2
         out.append(f"    match: {_quote(pattern)}")
         for key, patterns in (("if", rule.require), ("unless", rule.unless)):

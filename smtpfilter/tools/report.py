@@ -139,6 +139,12 @@ def judged_report(judged: "Judged") -> str:
         + "".join(f", {e.setting} exceeded (the rest not read)" for e in msg.exceeded()),
         _received_line(judged),
     ]
+    for part in judged.parts:
+        lines.append(f"  part {part.path}: {clean(repr(part.name)) if part.name else '(no name)'}, "
+                     f"declared {clean(part.declared)}, "
+                     f"detected {clean(part.detected) or 'nothing known'}"
+                     + (f" [{', '.join(part.families)}]" if part.families else "")
+                     + (f", {part.members} zip members" if part.members else ""))
     width = max([len(rule.name) for rule, _ in judged.results] + [4])
     for rule, finding in judged.results:
         if finding is None:
@@ -146,7 +152,8 @@ def judged_report(judged: "Judged") -> str:
             continue
         action = rule.action.value if rule.action else "-"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
-        lines.append(f"  {rule.name:<{width}}  {finding.code}  score={rule.score:g}  "
+        shown = finding.code + (f"({clean(finding.label)})" if finding.label else "")
+        lines.append(f"  {rule.name:<{width}}  {shown}  score={rule.score:g}  "
                      f"action={action}{mode}")
         lines.append(f"  {'':<{width}}  {clean(finding.reason, 300)}")
     would = ""
@@ -177,6 +184,7 @@ def judged_json(judged: "Judged") -> dict:
                 "rule": rule.name,
                 "check": rule.kind,
                 "finding": finding.code if finding else None,
+                "label": finding.label if finding else None,
                 "reason": finding.reason if finding else None,
                 "score": rule.score if finding else 0,
                 "action": rule.action.value if rule.action else None,
@@ -194,6 +202,11 @@ def judged_json(judged: "Judged") -> dict:
             "headers": [f"{n}: {v}" for n, v in decision.headers],
         },
         "reply": judged.reply,
+        "parts": [
+            {"part": p.path, "name": p.name, "declared": p.declared, "detected": p.detected,
+             "families": list(p.families), "members": p.members}
+            for p in judged.parts
+        ],
     }
 
 
@@ -239,7 +252,7 @@ def scan_json(source: "Source", summary: "Summary") -> dict:
         "not_delivered": [
             {"file": f.label, "date": f.date, "from": f.sender, "subject": f.subject,
              "action": f.action, "would": f.intended if f.intended != f.action else None,
-             "rule": f.rule, "rules": f.rules, "reply": f.reply}
+             "rule": f.rule, "rules": f.rules, "reply": f.reply, "details": list(f.details)}
             for f in summary.flagged
         ],
     }
@@ -278,6 +291,13 @@ def scan_summary(source: "Source", summary: "Summary") -> str:
                          clean(f.subject, 60)])
         out.append(table(rows, ["FILE", "DATE", "FROM", "ACTION", "RULES", "SUBJECT"])
                    .rstrip("\n"))
+        detailed = [f for f in summary.flagged if f.details]
+        if detailed:
+            out.append("")
+            out.append("Part findings (which part, its name, its type):")
+            for f in detailed:
+                out.append(f"{f.label}")
+                out.extend(f"  {clean(detail, 300)}" for detail in f.details)
     else:
         out.append("Every message would be delivered.")
     return "\n".join(out) + "\n"

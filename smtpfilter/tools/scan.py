@@ -41,6 +41,8 @@ from smtpfilter.core.fields import received_address, received_date
 from smtpfilter.core.message import Header, HeaderBlock, MessageContext, parse_header_block
 from smtpfilter.core.text import printable
 from smtpfilter.core.verdict import Action, Decision, Finding
+from smtpfilter.engine.checks.attachment import detection_of
+from smtpfilter.engine.mime import MimeTree
 from smtpfilter.engine.pipeline import observe, verdicts_of
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
@@ -48,6 +50,7 @@ from smtpfilter.engine.rules import Rule, RuleSet
 __all__ = [
     "Flagged",
     "Judged",
+    "PartInfo",
     "Source",
     "Stored",
     "Summary",
@@ -275,6 +278,23 @@ class Flagged:
     rule: str
     rules: str
     reply: str
+    details: tuple[str, ...] = ()  # part-level findings: which part, its name, its type
+
+
+# Rule kinds whose findings are about one MIME part (their reasons name it).
+PART_KINDS = frozenset({"attachment", "body", "mime_header"})
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    """One attachment as the rules saw it: MIME path, name, declared and detected type."""
+
+    path: str  # "2", "3.1.2" (IMAP numbering; "0" the message itself)
+    name: str
+    declared: str
+    detected: str  # "pe: Windows PE exe", "zip", "" when nothing known
+    families: tuple[str, ...] = ()
+    members: int = 0  # zip members listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +305,7 @@ class Judged:
     decision: Decision | None
     reply: str
     error: str = ""
+    parts: tuple[PartInfo, ...] = ()  # attachments, when a rule read the MIME structure
 
     def flagged(self) -> Flagged:
         assert self.decision is not None and self.view is not None
@@ -301,6 +322,9 @@ class Judged:
             decision.rule or decision.intended_rule or "score",
             decision.rules_hit,
             self.reply,
+            tuple(f"{rule.name}: {printable(finding.reason)[:300]}"
+                  for rule, finding in self.results
+                  if finding is not None and rule.kind in PART_KINDS),
         )
 
 
@@ -318,11 +342,34 @@ async def judge(
     try:
         view = stored_view(stored, **view_options)
         results = await observe(ruleset, view.msg, observe_all=True)
+        parts = attachments_of(view.msg, ruleset)
     except Exception as error:  # one broken message must not end a scan of thousands
         return Judged(stored.label, None, [], None, "", f"{type(error).__name__}: {error}")
     decision = policy.decide(verdicts_of(results))
     reply = replies.for_decision(decision) or "(delivered: 10026's reply to '.' is relayed)"
-    return Judged(stored.label, view, results, decision, reply)
+    return Judged(stored.label, view, results, decision, reply, parts=parts)
+
+
+def attachments_of(msg: MessageContext, ruleset: RuleSet) -> tuple[PartInfo, ...]:
+    """The attachments of a message whose MIME structure a rule read, each with its detected
+    type (the rules' own detection when one ran, else one made now: it is cheap, the first
+    36 KB and a zip's directory)."""
+    tree = msg.memo.get("mime")
+    if not isinstance(tree, MimeTree):
+        return ()
+    found = []
+    for part in tree.attachments():
+        detection = detection_of(msg, part, False, ruleset.mime)
+        kind = detection.type
+        found.append(PartInfo(
+            part.path or "0",
+            part.names[0] if part.names else "",
+            part.ctype,
+            (kind.name + (f": {kind.detail}" if kind.detail else "")) if kind else "",
+            tuple(sorted(detection.families)),
+            len(detection.members) or (len(detection.listing.entries) if detection.listing else 0),
+        ))
+    return tuple(found)
 
 
 async def judge_all(

@@ -75,7 +75,10 @@ def ruleset(kinds: Iterable[str] | None = None, dns_port: int | None = None) -> 
     loaded = load_rules([CORPUS / "rules.yaml"], RuleEnv(DnsService(dns)))
     wanted = set(kinds) if kinds is not None else None
     rules = tuple(r for r in loaded.rules if wanted is None or r.kind in wanted)
-    return RuleSet(rules, loaded.files, loaded.env, loaded.warnings)
+    # The MIME structure is walked as for the whole corpus set (which reads bodies), so a
+    # limits rule alone still sees the MIME limits.
+    return RuleSet(rules, loaded.files, loaded.env, loaded.warnings,
+                   needs_body=loaded.needs_body, mime=loaded.mime)
 
 
 def context(name: str) -> MessageContext:

@@ -58,7 +58,7 @@ def test_finding_only_when_the_header_section_goes_past_the_limit(raw, finding):
 def test_the_check_is_registered_and_watches_every_limit_by_default():
     assert CHECK_KINDS["limits"] is LimitsCheck
     check, _ = build("{}")
-    assert check.describe() == "a parse limit was exceeded: limits.header_size"
+    assert check.describe() == "a parse limit was exceeded: limits.header_size, the mime: section"
     check, problems = build("limits: header\n")
     assert problems == [] and check.observe(msg(FILLER)).code == "HEADER_LIMIT"
 
@@ -66,7 +66,7 @@ def test_the_check_is_registered_and_watches_every_limit_by_default():
 @pytest.mark.parametrize(
     ("yaml", "words"),
     [
-        ("limits: mime\n", "'mime' is not a parse limit; known: header"),
+        ("limits: body\n", "'body' is not a parse limit; known: header, mime"),
         ("limits: []\n", "must not be empty"),
         ("limits: {header: 1}\n", "expected text or a list"),
     ],

@@ -17,11 +17,14 @@ from typing import Awaitable, ClassVar, Protocol
 from smtpfilter.config.options import Options
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Finding
+from smtpfilter.engine.checks.attachment import AttachmentCheck
+from smtpfilter.engine.checks.body import BodyCheck
 from smtpfilter.engine.checks.date import DateCheck
 from smtpfilter.engine.checks.dnsbl import DnsblCheck, RhsblCheck
 from smtpfilter.engine.checks.header import HeaderCheck
 from smtpfilter.engine.checks.header_checks import HeaderChecksCheck
 from smtpfilter.engine.checks.limits import LimitsCheck
+from smtpfilter.engine.checks.mime_header import MimeHeaderCheck
 
 __all__ = ["CHECK_KINDS", "Check"]
 
@@ -33,7 +36,8 @@ class Check(Protocol):
     # - ``needs_env = True``: it takes ``from_options(opts, env)`` with the loader's RuleEnv
     #   (shared services: the DNS resolver today; an auth verifier, a counter store next);
     # - ``needs_body = True``: it reads the body or the MIME structure, not only the header
-    #   block (RuleSet.needs_body: a rule set without such kinds costs nothing more);
+    #   block (RuleSet.needs_body: a rule set without such kinds costs nothing more); an
+    #   instance may set it too (header_checks reads the body only with MIME or body tables);
     # - ``table_actions = True``: its table's lines decide, the rule needs no action or score;
     # - a method ``settle(decision, delivered)``: called after the front door answered, with
     #   whether the message was finally delivered (RuleSet.settlers; rate limits).
@@ -52,4 +56,5 @@ CHECK_KINDS: dict[str, type] = {
     "rhsbl": RhsblCheck,
     "header_checks": HeaderChecksCheck,
     "limits": LimitsCheck,
+    "attachment": AttachmentCheck, "body": BodyCheck, "mime_header": MimeHeaderCheck,  # MIME
 }

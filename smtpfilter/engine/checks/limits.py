@@ -15,10 +15,13 @@ rule, and a sender who knows it hides there: 1.12 MB of small headers put an ``X
 MaxBulk.Mailer`` out of the shipped discard rule's sight (issue 10). This kind turns "a limit
 was exceeded" into a finding, so such mail is at least tagged instead of passing as clean.
 
-Findings: ``HEADER_LIMIT`` (the header section goes on past ``limits.header_size``). The MIME
-parser will add ``MIME_LIMIT`` (parts, nesting depth, archive entries) under the name ``mime``:
-the option names kinds of limit, and a rule that leaves it out watches them all, new ones
-included. The limits themselves, and which ones a message exceeded, are
+Findings: ``HEADER_LIMIT`` (the header section goes on past ``limits.header_size``) and
+``MIME_LIMIT`` (kind ``mime``: more parts, deeper nesting, a longer part header, a bigger zip
+directory, deeper archives, a larger attachment to decode or more text than the ``mime:``
+section allows). MIME limits exist only where a rule reads the MIME structure: the walk runs
+before the first rule when one does (engine/pipeline.py), archive limits as the attachment
+rules that list archives run, so a ``limits`` rule placed after them sees those too. The option
+names kinds of limit, and a rule that leaves it out watches them all, new ones included. The limits themselves, and which ones a message exceeded, are
 :data:`smtpfilter.core.message.PARSE_LIMITS` and
 :meth:`smtpfilter.core.message.MessageContext.exceeded`;
 the filter logs an exceeded limit whether or not a rule watches it.
