@@ -31,10 +31,12 @@ from typing import Iterable
 from smtpfilter.config.options import ConfigError, Options, Problem
 from smtpfilter.config.settings import Config
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+from smtpfilter.core.message import MessageContext
 from smtpfilter.core.replies import starts_with_status
 from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
 from smtpfilter.engine.checks import CHECK_KINDS, Check
 from smtpfilter.engine.resolver import DnsService
+from smtpfilter.engine.state import StateService
 
 __all__ = ["Rule", "RuleEnv", "RuleSet", "load_rules", "rule_files", "rules_for"]
 
@@ -78,6 +80,7 @@ class RuleEnv:
     """
 
     dns: DnsService = field(default_factory=DnsService)
+    state: StateService = field(default_factory=StateService)  # rate-limit counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,18 +94,19 @@ class RuleSet:
     # a front door that can skip collecting the body (a policy endpoint, a milter told to skip
     # it) may do so only when this is False. Today's kinds read the header block only.
     needs_body: bool = False
-    # The checks with a post-decision hook, ``settle(decision, delivered)``: called once per
-    # message after the front door answered (engine/judge.py), so a rate limit counts only
-    # mail that was otherwise accepted. Empty for today's kinds: nothing is called.
+    # The checks with a post-decision hook, ``settle(msg, decision, delivered)``: called once
+    # per message after the front door answered (engine/judge.py), so a rate limit counts
+    # only mail that was otherwise accepted. Empty unless such a rule is loaded.
     settlers: tuple[Check, ...] = ()
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def settle(self, decision: Decision, delivered: bool) -> None:
-        """Tell the checks that asked what finally became of one message."""
+    def settle(self, msg: MessageContext, decision: Decision | None, delivered: bool) -> None:
+        """Tell the checks that asked what finally became of one message (``decision`` None:
+        none was made, the message was deferred)."""
         for check in self.settlers:
-            check.settle(decision, delivered)  # type: ignore[attr-defined]
+            check.settle(msg, decision, delivered)  # type: ignore[attr-defined]
 
 
 def rule_files(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
@@ -239,9 +243,12 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
     )
 
 
-def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:
-    """The rules ``config`` names, their DNS lists using ``config.dns`` (a fresh environment
-    unless a running server passes the one it keeps across reloads)."""
+def rules_for(
+    config: Config, env: RuleEnv | None = None, *, private_state: bool = False
+) -> RuleSet:
+    """The rules ``config`` names, their DNS lists using ``config.dns`` and their counters
+    ``config.state`` (a fresh environment unless a running server passes the one it keeps
+    across reloads; ``private_state``: counters in memory whatever ``state.redis`` says)."""
     if env is None:
-        env = RuleEnv(DnsService(config.dns))
+        env = RuleEnv(DnsService(config.dns), StateService(config.state, private=private_state))
     return load_rules(config.rules, env)

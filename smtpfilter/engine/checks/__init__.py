@@ -22,6 +22,7 @@ from smtpfilter.engine.checks.dnsbl import DnsblCheck, RhsblCheck
 from smtpfilter.engine.checks.header import HeaderCheck
 from smtpfilter.engine.checks.header_checks import HeaderChecksCheck
 from smtpfilter.engine.checks.limits import LimitsCheck
+from smtpfilter.engine.checks.ratelimit import RatelimitCheck
 
 __all__ = ["CHECK_KINDS", "Check"]
 
@@ -35,8 +36,8 @@ class Check(Protocol):
     # - ``needs_body = True``: it reads the body or the MIME structure, not only the header
     #   block (RuleSet.needs_body: a rule set without such kinds costs nothing more);
     # - ``table_actions = True``: its table's lines decide, the rule needs no action or score;
-    # - a method ``settle(decision, delivered)``: called after the front door answered, with
-    #   whether the message was finally delivered (RuleSet.settlers; rate limits).
+    # - a method ``settle(msg, decision, delivered)``: called after the front door answered,
+    #   with whether the message was finally delivered (RuleSet.settlers; rate limits).
     @classmethod
     def from_options(cls, opts: Options) -> "Check": ...
 
@@ -52,4 +53,5 @@ CHECK_KINDS: dict[str, type] = {
     "rhsbl": RhsblCheck,
     "header_checks": HeaderChecksCheck,
     "limits": LimitsCheck,
+    "ratelimit": RatelimitCheck,
 }
