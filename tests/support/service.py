@@ -95,9 +95,12 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 class FilterProcess:
-    def __init__(self, config: Path, *, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, config: Path, *, args: tuple[str, ...] = (), command: str = "serve"
+    ) -> None:
         self.config = config
         self.args = args
+        self.command = command  # serve, or another daemon: policy
         # Socket paths are limited to 108 bytes: keep them short, outside pytest's deep tmp_path.
         self._dir = Path(tempfile.mkdtemp(prefix="sf-"))
         self.log_path = self._dir / "stderr.log"
@@ -115,7 +118,8 @@ class FilterProcess:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(self.notify_path))
         self._notify.setblocking(False)
-        command = [sys.executable, "-m", "smtpfilter", "serve", "--config", str(self.config), *self.args]
+        command = [sys.executable, "-m", "smtpfilter", self.command, "--config", str(self.config),
+                   *self.args]
         pass_fds: tuple[int, ...] = ()
         if listen_socket is not None:
             pass_fds = (listen_socket.fileno(),)
