@@ -13,7 +13,7 @@ import pytest
 
 from smtpfilter.config.settings import load_config
 from smtpfilter.engine.rules import RuleEnv, load_rules
-from smtpfilter.engine.state import StateService
+from smtpfilter.engine.state import RedisStore, StateService
 from smtpfilter.frontdoors.smtp.server import Server
 from tests.integration.test_metrics import http, samples
 from tests.support.client import send_message
@@ -138,3 +138,26 @@ async def test_a_message_10026_refuses_is_not_counted(start, sink, redis_server)
     sink.script = script
     assert [(await send(server))[0].code for _ in range(5)] == [451] * 5  # 10026's deferrals
     assert [(await send(server))[0].code for _ in range(4)] == [250, 250, 250, 451]
+
+
+async def test_pipe_counts_in_redis_before_it_exits(tmp_path, sink, redis_server):  # noqa: F811
+    """pipe(8) runs one process per message: each settles its reservation (confirm) inside its
+    event loop before exiting, so the third message of a client over 2/1h is deferred (75)."""
+    from tests.integration.test_pipe import run_pipe
+
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - {name: CLIENT_RATE, check: ratelimit, key: client_ip, rate: 2/1h, action: tempfail}\n")
+    config = tmp_path / "smtpfilter.yaml"
+    config.write_text(f"forward: 127.0.0.1:{sink.port}\nhostname: filter.test\nrules: [rules.yaml]\n"
+                      f"state: {{redis: '{redis_server.url}'}}\n")
+    args = (f"--config={config}", "--client-address=192.0.2.7", "--sender=a@example.org", "--",
+            "b@example.com")
+    statuses = [(await run_pipe(*args))[0] for _ in range(3)]
+    assert statuses == [0, 0, 75]
+    assert len(sink.messages) == 2
+    store = RedisStore(redis_server.url)
+    try:  # counted, not merely reserved (a pending entry would vanish after state.hold)
+        usage = await store.show("CLIENT_RATE:192.0.2.7", 3600)
+    finally:
+        await store.close()
+    assert [entry.pending for entry in usage.entries] == [False, False]
