@@ -34,7 +34,10 @@ What happens per request (``protocol_state``):
 - any other state: ``DUNNO``.
 
 A message abandoned before END-OF-MESSAGE (RSET, QUIT, a later reject, a lost connection)
-releases its reservations when the next instance starts or the connection closes. With
+releases its reservations when the next instance starts or the connection closes. Postfix
+reports neither RSET nor QUIT, so until that smtpd process sends its next request or exits
+(``max_idle``, 100 s, closes its policy connection) an abandoned message's reservations still
+count for others: conservative, never an overrun. With
 ``policy_service.count_at: rcpt`` (no smtpd_end_of_data_restrictions hook) reservations are
 confirmed at RCPT instead: a message Postfix refuses later still counts. Postfix closes an idle
 policy connection after ``smtpd_policy_service_max_idle`` (300 s) and any after

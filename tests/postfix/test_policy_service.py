@@ -65,35 +65,42 @@ def mail_system():
             shutil.rmtree(root, ignore_errors=True)
 
 
-def send(port: int, rcpts: list[str], *, source: str, abort: bool = False) -> list[tuple[int, bytes]]:
-    """One SMTP transaction from ``source``: the RCPT replies and, unless aborted, DATA's."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as client:
-        client.ehlo("client.example.net")
-        assert client.mail("sender@sender.test")[0] == 250
-        replies = [client.rcpt(r) for r in rcpts]
-        if abort or not any(code == 250 for code, _ in replies):
-            client.rset()
-            return replies
-        replies.append(client.data(b"Subject: test\r\n\r\nhello\r\n"))
+def transaction(client: smtplib.SMTP, rcpts: list[str], *, abort: bool = False) -> list[tuple[int, bytes]]:
+    """One SMTP transaction: the RCPT replies and, unless aborted (RSET), DATA's."""
+    assert client.mail("sender@sender.test")[0] == 250
+    replies = [client.rcpt(r) for r in rcpts]
+    if abort or not any(code == 250 for code, _ in replies):
+        client.rset()
+        return replies
+    replies.append(client.data(b"Subject: test\r\n\r\nhello\r\n"))
     return replies
+
+
+def session(port: int, source: str) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    client.ehlo("client.example.net")
+    return client
 
 
 def test_limits_reach_the_client_through_postfix(mail_system):
     postfix, sink, policy, port = mail_system
-    # Aborted transactions (RCPT accepted, then RSET) are not counted.
-    for _ in range(3):
-        assert [c for c, _ in send(port, ["a@one.test"], source="127.0.0.2", abort=True)] == [250]
-    # Three messages with two recipients each: client_ip counts once per message.
-    for i in range(3):
-        codes = [c for c, _ in send(port, [f"a@d{i}.test", f"b@d{i}.test"], source="127.0.0.2")]
-        assert codes == [250, 250, 250], codes
-    # The fourth from 127.0.0.2: 450 at RCPT, from the policy's DEFER_IF_PERMIT.
-    [(code, text)] = send(port, ["a@d9.test"], source="127.0.0.2")
+    # One SMTP session, so one smtpd and one policy connection: Postfix tells the policy
+    # service nothing about RSET; the next transaction's first request (a new instance)
+    # releases what the aborted one reserved.
+    with session(port, "127.0.0.2") as client:
+        for _ in range(3):  # aborted transactions (RCPT accepted, then RSET): not counted
+            assert [c for c, _ in transaction(client, ["a@one.test"], abort=True)] == [250]
+        for i in range(3):  # two recipients each: client_ip counts once per message
+            codes = [c for c, _ in transaction(client, [f"a@d{i}.test", f"b@d{i}.test"])]
+            assert codes == [250, 250, 250], codes
+        # The fourth from 127.0.0.2: 450 at RCPT, from the policy's DEFER_IF_PERMIT.
+        [(code, text)] = transaction(client, ["a@d9.test"])
     assert code == 450 and b"4.7.1" in text, text
     assert b"CLIENT_RATE(127.0.0.2 4/3 per 1h)" in text, text
     # Another client: a recipient domain over its own limit gets the REJECT (Postfix's 554),
     # before the queue: the client hears it, nobody gets a bounce.
-    replies = send(port, ["x@d0.test", "y@fresh.test"], source="127.0.0.3")
+    with session(port, "127.0.0.3") as client:
+        replies = transaction(client, ["x@d0.test", "y@fresh.test"])
     assert replies[0][0] == 554 and b"DOMAIN_RATE(d0.test 3/2 per 1h)" in replies[0][1], replies
     assert replies[1][0] == 250 and replies[2][0] == 250, replies
     postfix.wait_log(r"to=<y@fresh\.test>.*status=sent")
@@ -105,4 +112,5 @@ def test_limits_reach_the_client_through_postfix(mail_system):
     assert problems == [], problems
     policy.wait_log(r"policy: .*rcpts=y@fresh\.test refused=x@d0\.test "
                     r"rules=DOMAIN_RATE\(d0\.test 3/2 per 1h\) outcome=counted")
+    policy.wait_log(r"policy: .*rcpts=a@one\.test refused=- rules=- outcome=abandoned", count=3)
     assert "Traceback" not in policy.log()
