@@ -112,7 +112,7 @@ def make_check(port: int) -> DnsblCheck:
     config = DnsConfig(nameservers=(HostPort("127.0.0.1", port),), timeout=2.0, message_timeout=5.0)
     problems: list = []
     opts = Options(load_text(f'sites: "{SITES}"\nthreshold: 3\n'), problems, rule="BENCH")
-    check = DnsblCheck.from_options(opts, RuleEnv(DnsService(config)))
+    check = DnsblCheck.from_options(opts, RuleEnv(dns=DnsService(config)))
     assert not problems, problems
     return check
 

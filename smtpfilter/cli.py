@@ -8,6 +8,8 @@
     smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
     smtpfilter import-header-checks [--kind K] [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
     smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
+    smtpfilter policy [--config PATH] [--listen HOST:PORT]
+    smtpfilter ratelimit show|reset [--config PATH] RULE:VALUE...
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
 RestartPreventExitStatus=78 keeps a broken config from restart-looping). ``pipe`` is different:
@@ -44,11 +46,11 @@ EX_NOINPUT = 66
 EX_CONFIG = 78
 
 
-def _load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
+def _load(args: argparse.Namespace, *, private_state: bool = False) -> tuple[Config, RuleSet]:
     config = load_config(args.config).with_overrides(
         listen=getattr(args, "listen", None), forward=getattr(args, "forward", None)
     )
-    return config, rules_for(config)
+    return config, rules_for(config, private_state=private_state)
 
 
 def _print_warnings(ruleset: RuleSet) -> None:
@@ -75,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(config.log)
     for warning in ruleset.warnings:  # in the log, now that there is one (syslog, journald)
         log.warning("%s", warning)
+    if args.workers > 1 and _ratelimit_rules(ruleset) and not ruleset.env.state.shared:
+        log.warning("%s", _multiplied(args.workers))
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
     # systemd socket activation (smtpfilter.socket): take the port systemd holds for us.
     inherited = sdnotify.listen_sockets()
@@ -188,6 +192,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
         print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
     _check_quarantine(config, ruleset)
+    _check_ratelimit(config, ruleset)
     if config.metrics.listen is not None:
         print(f"metrics: http://{config.metrics.listen}/metrics")
     return EX_OK
@@ -210,6 +215,31 @@ def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
         print(f"smtpfilter: warning: quarantine: {problem} (checked as uid {os.getuid()}); "
               f"the filter answers 451 to messages it cannot quarantine, and Postfix keeps "
               f"them queued", file=sys.stderr)
+
+
+def _ratelimit_rules(ruleset: RuleSet) -> list:
+    return [rule for rule in ruleset.rules if rule.kind == "ratelimit"]
+
+
+def _multiplied(workers: int | str) -> str:
+    return (f"ratelimit rules count in each process's memory (no state.redis): with serve "
+            f"--workers {workers} every limit is multiplied by {workers}, and every MX host "
+            f"counts on its own; set state.redis to share one count")
+
+
+def _check_ratelimit(config: Config, ruleset: RuleSet) -> None:
+    rules = _ratelimit_rules(ruleset)
+    if not rules:
+        return
+    if config.state.redis:
+        print(f"rate limits: counted in {config.state.redis}")
+    else:
+        print(f"smtpfilter: warning: {_multiplied('N')}", file=sys.stderr)
+    for rule in rules:
+        if rule.check.key == "sasl_user":
+            print(f"smtpfilter: warning: {rule.where}: rule {rule.name}: key sasl_user is known "
+                  f"to the policy service (smtpfilter policy) and the milter only; the content "
+                  f"filter and pipe skip this rule", file=sys.stderr)
 
 
 # --- test and scan -------------------------------------------------------------------------
@@ -241,7 +271,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from smtpfilter.tools.scan import judge, open_source
 
     try:
-        config, ruleset = _load(args)
+        config, ruleset = _load(args, private_state=True)  # never the live rate-limit counters
     except ConfigError as error:
         _report_config_error(error, "cannot test")
         return EX_CONFIG
@@ -292,7 +322,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from smtpfilter.tools.scan import Summary, judge_all, open_source
 
     try:
-        config, ruleset = _load(args)
+        config, ruleset = _load(args, private_state=True)  # never the live rate-limit counters
     except ConfigError as error:
         _report_config_error(error, "cannot scan")
         return EX_CONFIG
@@ -448,6 +478,82 @@ def cmd_import_header_checks(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# --- policy and ratelimit ------------------------------------------------------------------
+def cmd_policy(args: argparse.Namespace) -> int:
+    from smtpfilter.frontdoors.policyd import PolicyDaemon
+    from smtpfilter.service.lifecycle import run
+
+    try:
+        config = load_config(args.config)
+        listen = args.listen or str(config.policy_service.listen)
+        config = config.with_overrides(listen=listen)
+        ruleset = rules_for(config)
+    except ConfigError as error:
+        _report_config_error(error, "not starting")
+        return EX_CONFIG
+    setup_logging(config.log)
+    for warning in ruleset.warnings:
+        log.warning("%s", warning)
+    if not _ratelimit_rules(ruleset):
+        log.warning("no ratelimit rules in %s: every request is answered DUNNO",
+                    ", ".join(ruleset.files) or "the rules")
+    daemon = PolicyDaemon(config, ruleset, config_path=args.config,
+                          overrides={"listen": listen})
+    try:
+        run(daemon.serve(), config.event_loop)
+    except OSError as error:
+        print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
+        return 71  # EX_OSERR
+    return EX_OK
+
+
+def cmd_ratelimit(args: argparse.Namespace) -> int:
+    from smtpfilter.engine.state import StateError, format_period
+
+    try:
+        config, ruleset = _load(args)
+    except ConfigError as error:
+        _report_config_error(error, "cannot reach the counters")
+        return EX_CONFIG
+    rules = {rule.name: rule for rule in _ratelimit_rules(ruleset)}
+    keys = []
+    for text in args.keys:
+        name, sep, value = text.partition(":")
+        rule = rules.get(name)
+        if not sep or not value or rule is None:
+            known = ", ".join(rules) or "none in the rules"
+            print(f"smtpfilter: {text!r}: expected RULE:VALUE with a ratelimit rule "
+                  f"({known}), e.g. CLIENT_RATE:81.2.69.10", file=sys.stderr)
+            return EX_USAGE
+        keys.append((rule, f"{name}:{rule.check.normalise(value)}"))
+    if not ruleset.env.state.shared:
+        print("smtpfilter: warning: no state.redis: the counters live in each serve process's "
+              "memory, which this command cannot reach; showing an empty store", file=sys.stderr)
+    state = ruleset.env.state
+
+    async def each() -> int:
+        try:
+            for rule, key in keys:
+                if args.operation == "reset":
+                    removed = await state.reset(key)
+                    print(f"{key}: {'reset' if removed else 'nothing counted'}")
+                    continue
+                usage = await state.show(key, rule.check.limit.period)
+                print(f"{key}: {usage.count}/{rule.check.limit.count} in the last "
+                      f"{format_period(rule.check.limit.period)} ({rule.check.describe()})")
+                for entry in usage.entries:
+                    pending = "  (pending: its message is not yet delivered)" if entry.pending else ""
+                    print(f"  {entry.age:10.1f}s ago{pending}")
+        except StateError as error:
+            print(f"smtpfilter: {error}", file=sys.stderr)
+            return 69  # EX_UNAVAILABLE
+        finally:
+            await state.aclose()
+        return EX_OK
+
+    return asyncio.run(each())
+
+
 # --- entry point ---------------------------------------------------------------------------
 def _positive(text: str) -> int:
     value = int(text)
@@ -550,6 +656,24 @@ def build_parser() -> argparse.ArgumentParser:
         op = with_config(quarantine.add_parser(operation, help=what))
         op.add_argument("ids", nargs="+", metavar="ID")
         op.set_defaults(func=cmd_quarantine)
+
+    policy = with_config(sub.add_parser(
+        "policy", help="Postfix policy service for rate limits at RCPT (check_policy_service)"))
+    policy.add_argument("--listen", metavar="HOST:PORT",
+                        help="override policy_service.listen (127.0.0.1:10040)")
+    policy.set_defaults(func=cmd_policy)
+
+    ratelimit = sub.add_parser(
+        "ratelimit", help="show or reset a rate-limit counter"
+    ).add_subparsers(dest="operation", required=True)
+    for operation, what in (
+        ("show", "the counted messages of RULE:VALUE (age, pending or counted)"),
+        ("reset", "forget everything counted for RULE:VALUE"),
+    ):
+        op = with_config(ratelimit.add_parser(operation, help=what))
+        op.add_argument("keys", nargs="+", metavar="RULE:VALUE",
+                        help="a ratelimit rule and a key value, e.g. CLIENT_RATE:81.2.69.10")
+        op.set_defaults(func=cmd_ratelimit)
 
     # Listed for --help only: main() hands "pipe" to smtpfilter.frontdoors.pipe before parsing, whose
     # parser never exits with argparse's status 2 (see the module docstring).

@@ -40,6 +40,8 @@ __all__ = [
     "MimeConfig",
     "PolicyConfig",
     "QuarantineConfig",
+    "PolicyServiceConfig",
+    "StateConfig",
     "TlsConfig",
     "in_networks",
     "load_config",
@@ -261,6 +263,34 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where rate-limit counters live (engine/state.py): this process's memory, or a Redis or
+    Valkey server shared by every worker and every MX host (``redis``: a redis://, rediss:// or
+    unix:// URL as redis-py reads it). Every call is bounded by ``timeout`` and never retried;
+    after a failure the server is left alone for ``retry``, and the rules fail open (or 451
+    with ``on_error: tempfail``). ``hold``: how long a reservation counts when its message is
+    never settled (the process died)."""
+
+    redis: str | None = None
+    timeout: float = 0.5
+    retry: float = 2.0
+    hold: float = 600.0
+    prefix: str = "smtpfilter:rl:"
+    on_error: str = "ignore"  # ignore (skip the rule, logged and counted) | tempfail (451)
+    connections: int = 32  # per process; a message waits up to ``timeout`` for a free one
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyServiceConfig:
+    """``smtpfilter policy``: Postfix's check_policy_service (SMTPD_POLICY_README)."""
+
+    listen: HostPort = HostPort("127.0.0.1", 10040)
+    # end-of-message: count at END-OF-MESSAGE (needs the smtpd_end_of_data_restrictions hook);
+    # rcpt: count when RCPT passes (without that hook; a message refused later still counts).
+    count_at: str = "end-of-message"
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     cert: Path
     key: Path
@@ -316,6 +346,8 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     milter: MilterConfig = MilterConfig()
     mime: MimeConfig = MimeConfig()
+    state: StateConfig = StateConfig()
+    policy_service: PolicyServiceConfig = PolicyServiceConfig()
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -351,6 +383,8 @@ _TOP_KEYS = (
     "metrics",
     "milter",
     "mime",
+    "state",
+    "policy_service",
 )
 
 
@@ -595,6 +629,77 @@ def _mime(opts: Options) -> MimeConfig:
     return config
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _state(opts: Options) -> StateConfig:
+    d = StateConfig()
+    url = opts.str("redis")
+    config = StateConfig(
+        redis=url or None,
+        timeout=opts.duration("timeout", d.timeout, positive=True),
+        retry=opts.duration("retry", d.retry, positive=True),
+        hold=opts.duration("hold", d.hold, positive=True),
+        prefix=opts.str("prefix", d.prefix),
+        on_error=opts.choice("on_error", ("ignore", "tempfail"), d.on_error),
+        connections=opts.integer("connections", d.connections, minimum=1),
+    )
+    opts.finish()
+    if url is not None:
+        problem = _redis_url_problem(url)
+        if problem:
+            opts.problem("redis", f"{url!r}: {problem}")
+            config = replace(config, redis=None)
+    return config
+
+
+def _check_state(opts: Options, config: Config) -> None:
+    state, limits = config.state, config.limits
+    if state.redis is not None and state.timeout >= limits.scan_timeout:
+        opts.problem("state", f"timeout ({state.timeout:g}s) must be shorter than "
+                     f"limits.scan_timeout ({limits.scan_timeout:g}s), or a slow Redis turns "
+                     f"every message into a scan timeout (451) instead of a skipped rule")
+    if state.hold <= limits.scan_timeout + limits.data_timeout:
+        # A reservation must outlive the message it was made for: from the rules to 10026's
+        # answer to "." (engine/state.py: then it is confirmed or released).
+        opts.problem("state", f"hold ({state.hold:g}s) must be longer than "
+                     f"limits.scan_timeout + limits.data_timeout "
+                     f"({limits.scan_timeout + limits.data_timeout:g}s)")
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why redis-py could not use ``url``, or None (its syntax: redis://[[user]:password@]host
+    [:port][/db], rediss:// for TLS, unix:///path/to/socket[?db=N])."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        return str(error)
+    if parts.scheme not in _REDIS_SCHEMES:
+        return "expected redis://host:port/db, rediss://host:port/db or unix:///path"
+    if parts.scheme == "unix":
+        return None if parts.path.startswith("/") else "unix:// needs an absolute socket path"
+    if not parts.hostname:
+        return "missing host, e.g. redis://127.0.0.1:6379/0"
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"the database after the host is a number, not {db!r}"
+    del port  # parsed for its ValueError only
+    return None
+
+
+def _policy_service(opts: Options) -> PolicyServiceConfig:
+    d = PolicyServiceConfig()
+    config = PolicyServiceConfig(
+        listen=_hostport(opts, "listen", d.listen),
+        count_at=opts.choice("count_at", ("end-of-message", "rcpt"), d.count_at),
+    )
+    opts.finish()
+    return config
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -619,7 +724,10 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         metrics=_metrics(opts.section("metrics")),
         milter=_milter(opts.section("milter")),
         mime=_mime(opts.section("mime")),
+        state=_state(opts.section("state")),
+        policy_service=_policy_service(opts.section("policy_service")),
     )
+    _check_state(opts, config)
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(
             "dns",

@@ -84,15 +84,26 @@ class Engine:
             )
         except TimeoutError:
             log.warning("rules took longer than %gs (limits.scan_timeout)", limits.scan_timeout)
+            self._give_back(msg)
             return msg, None, replies.R451_SCAN_TIMEOUT
         except RuleFailure as failure:
             log.error("%s; answering 451", failure, exc_info=failure.__cause__)
+            self._give_back(msg)
             return msg, None, replies.R451_LOCAL_ERROR
+        except BaseException:  # cancelled (the client left): the front door never sees msg
+            self._give_back(msg)
+            raise
         finally:
             # After the rules: the MIME walk and archive listings record their limits as the
             # rules that need them run (core/message.py, MessageContext.exceed).
             log_exceeded(msg)
         return msg, decision, None
+
+    def _give_back(self, msg: MessageContext) -> None:
+        """No decision: whatever the rules reserved for this message is not counted (a later
+        settle of the same message finds nothing)."""
+        if self.ruleset.settlers:
+            self.ruleset.settle(msg, None, False)
 
     def settle(
         self,
@@ -103,9 +114,11 @@ class Engine:
         reply: str,
         started: float,
         *extra: str,
+        msg: MessageContext | None = None,
     ) -> None:
         """After the front door answered ``reply`` (time.monotonic() ``started``): the summary
-        line, the observer (metrics, counters) and the rules' post-decision hooks."""
+        line, the observer (metrics, counters) and the rules' post-decision hooks, which need
+        ``msg``, the message :meth:`judge` returned (None when it never got that far)."""
         elapsed = time.monotonic() - started
         if self.observer is not None:
             self.observer(decision, reply, elapsed)
@@ -124,8 +137,8 @@ class Engine:
                         verdict.finding.reason,
                         verdict.score,
                     )
-            if self.ruleset.settlers:
-                self.ruleset.settle(decision, outcome_of(decision, reply) == "delivered")
+        if msg is not None and self.ruleset.settlers:
+            self.ruleset.settle(msg, decision, outcome_of(decision, reply) == "delivered")
 
 
 def outcome_of(decision: Decision | None, reply: str) -> str:

@@ -31,10 +31,12 @@ from typing import Iterable
 from smtpfilter.config.options import ConfigError, Options, Problem
 from smtpfilter.config.settings import Config, MimeConfig
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+from smtpfilter.core.message import MessageContext
 from smtpfilter.core.replies import starts_with_status
 from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
 from smtpfilter.engine.checks import CHECK_KINDS, Check
 from smtpfilter.engine.resolver import DnsService
+from smtpfilter.engine.state import StateService
 
 __all__ = ["Rule", "RuleEnv", "RuleSet", "load_rules", "rule_files", "rules_for"]
 
@@ -63,7 +65,7 @@ class Rule:
         return Verdict(self.name, finding, self.score, self.action, self.mode, self.text)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RuleEnv:
     """What rule kinds share beyond their own options: one per process, kept across reloads.
 
@@ -80,6 +82,7 @@ class RuleEnv:
     dns: DnsService = field(default_factory=DnsService)
     # The mime: limits of the MIME walk (engine/mime.py); a reload sets the new config's.
     mime: MimeConfig = field(default_factory=MimeConfig)
+    state: StateService = field(default_factory=StateService)  # rate-limit counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,18 +98,19 @@ class RuleSet:
     # (engine/pipeline.py), so a set of header-only rules costs nothing more.
     needs_body: bool = False
     mime: MimeConfig = field(default_factory=MimeConfig)  # the limits its checks were built with
-    # The checks with a post-decision hook, ``settle(decision, delivered)``: called once per
-    # message after the front door answered (engine/judge.py), so a rate limit counts only
-    # mail that was otherwise accepted. Empty for today's kinds: nothing is called.
+    # The checks with a post-decision hook, ``settle(msg, decision, delivered)``: called once
+    # per message after the front door answered (engine/judge.py), so a rate limit counts
+    # only mail that was otherwise accepted. Empty unless such a rule is loaded.
     settlers: tuple[Check, ...] = ()
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def settle(self, decision: Decision, delivered: bool) -> None:
-        """Tell the checks that asked what finally became of one message."""
+    def settle(self, msg: MessageContext, decision: Decision | None, delivered: bool) -> None:
+        """Tell the checks that asked what finally became of one message (``decision`` None:
+        none was made, the message was deferred)."""
         for check in self.settlers:
-            check.settle(decision, delivered)  # type: ignore[attr-defined]
+            check.settle(msg, decision, delivered)  # type: ignore[attr-defined]
 
 
 def rule_files(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
@@ -244,10 +248,15 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
     )
 
 
-def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:
-    """The rules ``config`` names, their DNS lists using ``config.dns`` (a fresh environment
-    unless a running server passes the one it keeps across reloads)."""
+def rules_for(
+    config: Config, env: RuleEnv | None = None, *, private_state: bool = False
+) -> RuleSet:
+    """The rules ``config`` names, their DNS lists using ``config.dns`` and their counters
+    ``config.state`` (a fresh environment unless a running server passes the one it keeps
+    across reloads; ``private_state``: counters in memory whatever ``state.redis`` says)."""
     if env is None:
-        env = RuleEnv(DnsService(config.dns))
+        env = RuleEnv(
+            dns=DnsService(config.dns), state=StateService(config.state, private=private_state)
+        )
     env.mime = config.mime  # the checks built now keep these; a set in use keeps its own
     return load_rules(config.rules, env)

@@ -47,6 +47,7 @@ from typing import Sequence
 from smtpfilter.config.settings import Config, ConfigError, load_config
 from smtpfilter.core import replies, wire
 from smtpfilter.core.envelope import Client, Envelope, Recipient, without_ipv6_prefix
+from smtpfilter.core.message import MessageContext
 from smtpfilter.core.replies import Reply
 from smtpfilter.core.text import reply_text
 from smtpfilter.core.verdict import Action, Decision
@@ -154,13 +155,17 @@ def envelope_of(sender: str, recipients: Sequence[str], client: Client) -> Envel
 
 
 async def filter_message(
-    engine: Engine, data: bytes, envelope: Envelope, client: Client
+    engine: Engine, data: bytes, envelope: Envelope, client: Client,
+    judged: list[MessageContext] | None = None,
 ) -> tuple[Outcome, Decision | None]:
-    """Judge one message (wire form) and deliver it to 10026 if the decision says so."""
+    """Judge one message (wire form) and deliver it to 10026 if the decision says so;
+    ``judged`` gets the message the engine judged (for Engine.settle)."""
     config = engine.config
     msg, decision, failure = await engine.judge(
         envelope, client, data, received_at=datetime.now(timezone.utc)
     )
+    if judged is not None:
+        judged.append(msg)
     if decision is None:
         return Outcome.from_reply(failure or replies.R451_LOCAL_ERROR), None
     if decision.action is Action.QUARANTINE:
@@ -259,17 +264,23 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
         envelope = envelope_of(args.sender, args.recipients, client)
         engine = Engine(config, ruleset)
 
-        async def judge() -> tuple[Outcome, Decision | None]:
+        async def judge() -> Outcome:
+            judged: list[MessageContext] = []
+            result, decision = Outcome.from_reply(replies.R451_LOCAL_ERROR), None
             try:
-                return await filter_message(engine, data, envelope, client)
+                result, decision = await filter_message(engine, data, envelope, client, judged)
+                return result
             finally:
+                # Inside the loop: a rate limit confirms or releases its reservation here, and
+                # the state's aclose() waits for that before the process exits.
+                engine.settle(
+                    envelope, client, len(data), decision, result.text, started,
+                    f"status={result.status}", msg=judged[0] if judged else None,
+                )
                 await ruleset.env.dns.aclose()
+                await ruleset.env.state.aclose()
 
-        outcome, decision = asyncio.run(judge())
-        engine.settle(
-            envelope, client, len(data), decision, outcome.text, started,
-            f"status={outcome.status}",
-        )
+        outcome = asyncio.run(judge())
         return outcome.status
     except SystemExit as exit:  # --help, when run by hand
         if exit.code in (0, None):

@@ -46,7 +46,7 @@ _PRUNE_INTERVAL = 5.0
 # Settings a reload cannot apply to a running process: where it listens, who it is, which event
 # loop runs it and how it logs; it says so and keeps them. The others (rules, policy, limits,
 # DNS, the 10026 pool's timeouts and size, quarantine) apply to what starts after the reload.
-RESTART_ONLY = ("listen", "forward", "hostname", "tls", "log", "metrics", "event_loop")
+RESTART_ONLY = ("listen", "forward", "hostname", "tls", "log", "metrics", "event_loop", "state")
 
 
 def run(main, event_loop: str = "auto"):
@@ -323,6 +323,7 @@ class Daemon:
         if self.metrics is not None:
             await self.metrics.close()
         await self.env.dns.aclose()
+        await self.env.state.aclose()  # after the last message settled its rate limits
         await self.runtime.pool.close()
         if self._server is not None:
             await self._server.wait_closed()

@@ -150,6 +150,16 @@ class Metrics:
         self.zone_up = Gauge(
             "smtpfilter_dns_zone_up", "1 when a DNS list is in use, 0 when its health probe "
             "disabled it.", ["zone"], registry=own, multiprocess_mode="livemin")
+        # Rate limits whose counter store (state.redis) failed: the rule was skipped (fail
+        # open) or the message got 451 (on_error: tempfail). Read from the store at sample().
+        self.ratelimit_unchecked = Counter(
+            "smtpfilter_ratelimit_unchecked", "Rate-limit rule checks not made because the "
+            "counter store failed or was left alone after a failure (state.retry).",
+            registry=own)
+        self.ratelimit_errors = Counter(
+            "smtpfilter_ratelimit_store_errors", "Calls to the rate-limit counter store "
+            "(Redis) that failed or timed out (state.timeout).", registry=own)
+        self._ratelimit_seen = (0, 0)
         start_time = Gauge(
             "smtpfilter_start_time_seconds", "When this process started (Unix time).",
             registry=own, multiprocess_mode="min")
@@ -203,6 +213,14 @@ class Metrics:
         dns = runtime.ruleset.env.dns
         for zone in dns.watched().values():
             self.zone_up.labels(zone.shown).set(1 if dns.health.usable(zone.name) else 0)
+        state = runtime.ruleset.env.state
+        unchecked, errors = state.unchecked, state.errors
+        seen_unchecked, seen_errors = self._ratelimit_seen
+        if unchecked > seen_unchecked:
+            self.ratelimit_unchecked.inc(unchecked - seen_unchecked)
+        if errors > seen_errors:
+            self.ratelimit_errors.inc(errors - seen_errors)
+        self._ratelimit_seen = (max(unchecked, seen_unchecked), max(errors, seen_errors))
 
     def render(self) -> bytes:
         """The exposition, with this process's gauges sampled now."""

@@ -405,3 +405,20 @@ def test_check_kinds_are_restored():
 
 
 _ = Finding  # the probe finds nothing; the other rules make the findings
+
+
+async def test_a_rate_limit_counts_what_the_milter_lets_postfix_keep(milter):
+    """Rate limits count a message once it is otherwise accepted (Engine.settle with the
+    judged message): through the milter as through SMTP mode, the third message of a client
+    allowed two is deferred, and a message the rules reject does not use up the budget."""
+    rules = (RULES + "  - {name: CLIENT_RATE, check: ratelimit, key: client_ip, rate: 2/1h,"
+             " action: tempfail}\n")
+    daemon = await milter(rules=rules)
+    mta = await session(daemon)
+    outcomes = []
+    for subject in (b" one", b" reject-me", b" two", b" three"):
+        await mta.send(connect_and_helo(), message(headers=((b"Subject", subject),)))
+        [(cmd, data)] = (await mta.replies_until_final())[-1:]
+        outcomes.append((cmd, data[:3]))
+    assert outcomes == [(b"c", b""), (b"y", b"550"), (b"c", b""), (b"y", b"451")]
+    await mta.close()

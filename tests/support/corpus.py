@@ -72,7 +72,7 @@ def ruleset(kinds: Iterable[str] | None = None, dns_port: int | None = None) -> 
     dns = DnsConfig(
         nameservers=(HostPort("127.0.0.1", dns_port or 9),), timeout=1.0, message_timeout=2.0
     )
-    loaded = load_rules([CORPUS / "rules.yaml"], RuleEnv(DnsService(dns)))
+    loaded = load_rules([CORPUS / "rules.yaml"], RuleEnv(dns=DnsService(dns)))
     wanted = set(kinds) if kinds is not None else None
     rules = tuple(r for r in loaded.rules if wanted is None or r.kind in wanted)
     # The MIME structure is walked as for the whole corpus set (which reads bodies), so a

@@ -95,10 +95,12 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 class FilterProcess:
-    def __init__(self, config: Path, *, args: tuple[str, ...] = (), command: str = "serve") -> None:
+    def __init__(
+        self, config: Path, *, args: tuple[str, ...] = (), command: str = "serve"
+    ) -> None:
         self.config = config
         self.args = args
-        self.command = command  # "serve", or "milter"
+        self.command = command  # serve, or another daemon: policy
         # Socket paths are limited to 108 bytes: keep them short, outside pytest's deep tmp_path.
         self._dir = Path(tempfile.mkdtemp(prefix="sf-"))
         self.log_path = self._dir / "stderr.log"

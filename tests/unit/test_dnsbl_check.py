@@ -35,7 +35,7 @@ def service(dns_server):
 def build(kind, yaml: str, service: DnsService):
     problems: list = []
     opts = Options(load_text(yaml, "rule.yaml"), problems, rule="T")
-    check = kind.from_options(opts, RuleEnv(service))
+    check = kind.from_options(opts, RuleEnv(dns=service))
     opts.finish(("name", "check", "action", "score", "text", "mode"))
     assert [str(p) for p in problems] == []
     return check
@@ -363,7 +363,7 @@ async def test_rhsbl_health_uses_the_domain_test_points(service, dns_server):
 def test_option_problems_name_the_rule(yaml, problem):
     problems: list = []
     opts = Options(load_text(yaml, "rule.yaml"), problems, rule="T")
-    DnsblCheck.from_options(opts, RuleEnv(DnsService(resolver=StaticResolver())))
+    DnsblCheck.from_options(opts, RuleEnv(dns=DnsService(resolver=StaticResolver())))
     opts.finish(("name", "check", "action", "score", "text", "mode"))
     if problem is None:
         assert problems == []
@@ -374,7 +374,7 @@ def test_option_problems_name_the_rule(yaml, problem):
 def test_rhsbl_refuses_an_allowlist_on_forgeable_names():
     problems: list = []
     opts = Options(load_text('sites: "dbl.rhsbl.test"\nallowlist_threshold: -1\n'), problems, rule="T")
-    RhsblCheck.from_options(opts, RuleEnv(DnsService(resolver=StaticResolver())))
+    RhsblCheck.from_options(opts, RuleEnv(dns=DnsService(resolver=StaticResolver())))
     assert any("forgeable" in str(p) for p in problems)
 
 

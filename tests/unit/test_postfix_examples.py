@@ -34,7 +34,7 @@ def entry(block: str) -> list[str]:
 
 def test_blocks_of_each_mode_exist():
     assert set(MASTER) == {"scan", "reinject", "outside-only", "before-queue", "pipe"}
-    assert set(MAIN) == {"after-queue", "per-domain", "per-domain-map", "pipe", "milter"}
+    assert set(MAIN) == {"after-queue", "per-domain", "per-domain-map", "pipe", "milter", "policy"}
 
 
 def test_scan_transport():

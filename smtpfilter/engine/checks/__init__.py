@@ -25,6 +25,7 @@ from smtpfilter.engine.checks.header import HeaderCheck
 from smtpfilter.engine.checks.header_checks import HeaderChecksCheck
 from smtpfilter.engine.checks.limits import LimitsCheck
 from smtpfilter.engine.checks.mime_header import MimeHeaderCheck
+from smtpfilter.engine.checks.ratelimit import RatelimitCheck
 
 __all__ = ["CHECK_KINDS", "Check"]
 
@@ -39,8 +40,8 @@ class Check(Protocol):
     #   block (RuleSet.needs_body: a rule set without such kinds costs nothing more); an
     #   instance may set it too (header_checks reads the body only with MIME or body tables);
     # - ``table_actions = True``: its table's lines decide, the rule needs no action or score;
-    # - a method ``settle(decision, delivered)``: called after the front door answered, with
-    #   whether the message was finally delivered (RuleSet.settlers; rate limits).
+    # - a method ``settle(msg, decision, delivered)``: called after the front door answered,
+    #   with whether the message was finally delivered (RuleSet.settlers; rate limits).
     @classmethod
     def from_options(cls, opts: Options) -> "Check": ...
 
@@ -57,4 +58,5 @@ CHECK_KINDS: dict[str, type] = {
     "header_checks": HeaderChecksCheck,
     "limits": LimitsCheck,
     "attachment": AttachmentCheck, "body": BodyCheck, "mime_header": MimeHeaderCheck,  # MIME
+    "ratelimit": RatelimitCheck,
 }

@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 
 from smtpfilter.core import replies
 from smtpfilter.core.envelope import Client, Envelope, Recipient
+from smtpfilter.core.message import MessageContext
 from smtpfilter.core.errors import QuarantineError
 from smtpfilter.core.verdict import Action, Decision
 from smtpfilter.core.wire import fold_header
@@ -273,6 +274,7 @@ class MilterSession:
         envelope.xforward = client.xforward()  # what a quarantine release sends to 10026
         self.messages += 1
         decision: Decision | None = None
+        msg: MessageContext | None = None
         summary = replies.R451_LOCAL_ERROR
         size = len(self._data)
         try:
@@ -285,7 +287,7 @@ class MilterSession:
                 packet = reply_packet(replies.R451_LOCAL_ERROR)
             else:
                 async with asyncio.timeout(engine.config.milter.timeout):
-                    decision, summary, packet = await self._judge(
+                    msg, decision, summary, packet = await self._judge(
                         engine, envelope, client, received_at
                     )
         except TimeoutError:
@@ -300,43 +302,46 @@ class MilterSession:
             packet = reply_packet(summary)
         finally:
             self._reset_message()
-        engine.settle(envelope, client, size, decision, summary, started)
+        # msg: rules with a post-decision hook (rate limits) count what Postfix goes on with.
+        engine.settle(envelope, client, size, decision, summary, started, msg=msg)
         return packet
 
     async def _judge(
         self, engine: Engine, envelope: Envelope, client: Client, received_at: datetime
-    ) -> tuple[Decision | None, str, bytes]:
-        """(decision, the reply for the summary line, the milter packets to send)."""
+    ) -> tuple[MessageContext, Decision | None, str, bytes]:
+        """(the message, decision, the reply for the summary line, the milter packets)."""
         msg, decision, failure = await engine.judge(
             envelope, client, self._data, received_at=received_at, stuffed=False
         )
         if decision is None:
             reply = failure or replies.R451_LOCAL_ERROR
-            return None, reply, reply_packet(reply)
+            return msg, None, reply, reply_packet(reply)
         rule = decision.rule or "score"
         action = decision.action
         if action is Action.DISCARD:
-            return decision, replies.for_decision(decision) or R250_CONTINUE, p.DISCARD
+            return msg, decision, replies.for_decision(decision) or R250_CONTINUE, p.DISCARD
         if action is Action.QUARANTINE:
             if engine.config.milter.quarantine == "store":
                 reply = await quarantine.store_message(engine.config, msg, envelope, decision)
                 # Stored: the client gets 250 and Postfix forgets the message (SMFIR_DISCARD);
                 # not stored: 451, the client keeps it.
-                return decision, reply, p.DISCARD if reply[:1] == "2" else reply_packet(reply)
+                return msg, decision, reply, (
+                    p.DISCARD if reply[:1] == "2" else reply_packet(reply)
+                )
             out = self._strip_own_headers()
             out.append(p.reply_quarantine(f"smtpfilter: {rule}"))
             out.append(p.CONTINUE)
-            return decision, held(rule), b"".join(out)
+            return msg, decision, held(rule), b"".join(out)
         if not decision.delivers:  # reject, tempfail
             reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
-            return decision, reply, reply_packet(reply)
+            return msg, decision, reply, reply_packet(reply)
         out = self._strip_own_headers()
         lead = self.agreed is None or bool(self.agreed.steps & p.Step.HDR_LEADSPC)
         for name, value in decision.headers:
             text = milter_header(name, value)
             out.append(p.reply_add_header(name, text if lead else text[1:]))
         out.append(p.CONTINUE)
-        return decision, R250_CONTINUE, b"".join(out)
+        return msg, decision, R250_CONTINUE, b"".join(out)
 
     def _strip_own_headers(self) -> list[bytes]:
         """SMFIR_CHGHEADER with an empty value for every incoming copy of our own headers

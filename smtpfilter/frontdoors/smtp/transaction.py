@@ -21,6 +21,7 @@ from smtpfilter.config.settings import in_networks as _in_networks
 from smtpfilter.core import replies, wire
 from smtpfilter.core.envelope import Client, Envelope, Recipient
 from smtpfilter.core.errors import DownstreamError
+from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Action, Decision
 from smtpfilter.core.wire import outgoing
 from smtpfilter.delivery import quarantine
@@ -206,9 +207,10 @@ class FilterHandler:
         client = envelope.client()
         decision: Decision | None = None
         reply = replies.R451_LOCAL_ERROR
+        judged: list[MessageContext] = []  # the message the engine judged, for settle
         try:
             reply, decision = await self._judge_and_deliver(
-                engine, session, envelope, client, data, received_at
+                engine, session, envelope, client, data, received_at, judged
             )
         except asyncio.CancelledError:
             # The client went away (EOF cancels us): 10026 must not get "." now.
@@ -220,7 +222,8 @@ class FilterHandler:
             self._drop(session)
             reply = replies.R451_LOCAL_ERROR
         finally:
-            engine.settle(envelope, client, len(data), decision, reply, started)
+            engine.settle(envelope, client, len(data), decision, reply, started,
+                          msg=judged[0] if judged else None)
         return reply
 
     async def _judge_and_deliver(
@@ -231,6 +234,7 @@ class FilterHandler:
         client: Client,
         data: bytearray,
         received_at: datetime,
+        judged: list[MessageContext],
     ) -> tuple[str, Decision | None]:
         config = engine.config
         conn = session.downstream
@@ -243,6 +247,7 @@ class FilterHandler:
         msg, decision, failure = await engine.judge(
             envelope, client, data, received_at=received_at
         )
+        judged.append(msg)
         if decision is None:
             await self.reset(session)  # the scan timed out or a rule failed: 451
             return failure or replies.R451_LOCAL_ERROR, None
