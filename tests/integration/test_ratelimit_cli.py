@@ -122,7 +122,7 @@ def test_check_config_warns_about_memory_counters_and_sasl_user(tmp_path, capsys
     ("state: {redis: 'http://127.0.0.1'}\n", "c.yaml:2: state.redis: 'http://127.0.0.1': expected redis://"),
     ("state: {redis: 'redis://127.0.0.1:99999/0'}\n", "c.yaml:2: state.redis: 'redis://127.0.0.1:99999/0': Port out of range"),
     ("state: {redis: 'redis://127.0.0.1/x'}\n", "the database after the host is a number"),
-    ("state: {timeout: 2m}\n", "c.yaml:2: state: timeout (120s) must be shorter than limits.scan_timeout"),
+    ("state: {redis: 'redis://127.0.0.1:6379/0', timeout: 2m}\n", "c.yaml:2: state: timeout (120s) must be shorter than limits.scan_timeout"),
     ("state: {hold: 1m}\n", "hold (60s) must be longer than limits.scan_timeout + limits.data_timeout"),
     ("state: {on_error: fail}\n", "state.on_error: 'fail' is not one of ignore, tempfail"),
     ("policy_service: {count_at: data}\n", "policy_service.count_at: 'data' is not one of"),
