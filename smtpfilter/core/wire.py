@@ -12,12 +12,12 @@ bare CR or LF.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from smtpfilter.core.text import reply_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from smtpfilter.core.message import MessageContext
+    from smtpfilter.core.message import Header, MessageContext
 
 __all__ = [
     "END_OF_DATA",
@@ -106,20 +106,26 @@ def fold_header(name: str, value: str, width: int = 78) -> bytes:
 
 
 def outgoing(
-    msg: "MessageContext", add: tuple[tuple[str, str], ...] = (), strip: tuple[str, ...] = ()
+    msg: "MessageContext",
+    add: tuple[tuple[str, str], ...] = (),
+    strip: tuple[str, ...] = (),
+    drop: Iterable["Header"] = (),
 ) -> list[bytes | memoryview]:
     """The wire bytes for 10026: our headers first, the original bytes after, unchanged except
-    that incoming copies of our own headers (``strip``) are cut out so nobody can pre-forge them.
-    Returned as slices of the original buffer: a large message is never copied."""
+    that incoming copies of our own headers (``strip``, by name) and the given header fields
+    (``drop``, these instances only: a forged Authentication-Results among genuine ones) are cut
+    out so nobody can pre-forge them. Returned as slices of the original buffer: a large message
+    is never copied."""
     parts: list[bytes | memoryview] = []
     if add:
         parts.append(b"".join(fold_header(name, value) for name, value in add))
     view = memoryview(msg.data)
     position = 0
-    if strip:
-        names = {name.lower() for name in strip}
+    names = {name.lower() for name in strip}
+    dropped = {header.start for header in drop}  # offsets in msg.data: one field each
+    if names or dropped:
         for header in msg.headers:
-            if header.lname in names:
+            if header.lname in names or header.start in dropped:
                 parts.append(view[position : header.start])
                 position = header.end
     parts.append(view[position:])

@@ -33,6 +33,7 @@ from smtpfilter.config.settings import Config
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
 from smtpfilter.core.replies import starts_with_status
 from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
+from smtpfilter.engine.auth import Authenticator
 from smtpfilter.engine.checks import CHECK_KINDS, Check
 from smtpfilter.engine.resolver import DnsService
 
@@ -78,6 +79,13 @@ class RuleEnv:
     """
 
     dns: DnsService = field(default_factory=DnsService)
+    # SPF, DKIM and DMARC (engine/auth/), asking through ``dns``'s cache; configured with
+    # ``authentication:`` at start and reload like ``dns``.
+    auth: Authenticator = None  # type: ignore[assignment]  # made in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.auth is None:
+            self.auth = Authenticator(self.dns.lookup)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,4 +252,5 @@ def rules_for(config: Config, env: RuleEnv | None = None) -> RuleSet:
     unless a running server passes the one it keeps across reloads)."""
     if env is None:
         env = RuleEnv(DnsService(config.dns))
+        env.auth.configure(config.authentication)
     return load_rules(config.rules, env)

@@ -146,7 +146,8 @@ def judged_report(judged: "Judged") -> str:
             continue
         action = rule.action.value if rule.action else "-"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
-        lines.append(f"  {rule.name:<{width}}  {finding.code}  score={rule.score:g}  "
+        shown = finding.label or finding.code  # "fail p=reject example.com", or IN_PAST
+        lines.append(f"  {rule.name:<{width}}  {shown}  score={rule.score:g}  "
                      f"action={action}{mode}")
         lines.append(f"  {'':<{width}}  {clean(finding.reason, 300)}")
     would = ""

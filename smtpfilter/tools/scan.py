@@ -41,7 +41,7 @@ from smtpfilter.core.fields import received_address, received_date
 from smtpfilter.core.message import Header, HeaderBlock, MessageContext, parse_header_block
 from smtpfilter.core.text import printable
 from smtpfilter.core.verdict import Action, Decision, Finding
-from smtpfilter.engine.pipeline import observe, verdicts_of
+from smtpfilter.engine.pipeline import conclude, observe
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
 
@@ -320,7 +320,7 @@ async def judge(
         results = await observe(ruleset, view.msg, observe_all=True)
     except Exception as error:  # one broken message must not end a scan of thousands
         return Judged(stored.label, None, [], None, "", f"{type(error).__name__}: {error}")
-    decision = policy.decide(verdicts_of(results))
+    decision = await conclude(ruleset, view.msg, policy, results)
     reply = replies.for_decision(decision) or "(delivered: 10026's reply to '.' is relayed)"
     return Judged(stored.label, view, results, decision, reply)
 

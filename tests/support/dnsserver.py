@@ -419,6 +419,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 #   1.2.3.9   dnswl 127.0.5.2 only                       → -4
 #   1.2.3.10  zen 127.0.0.2 with a hostile TXT record    → listed, TXT must be sanitised
 #   2a00:1450:4001:82a::200e   zen 127.0.0.3             → listed (IPv6)
+# And the sender-authentication records of two corpus messages (16-dkim-signed.eml,
+# 17-forged-dmarc.eml): SPF, the DKIM key "corpus" that signed them (its private key was used
+# once to sign them and thrown away), DMARC p=reject.
 SITES = (
     "zen.dnsbl.test=127.0.0.[2..11]*3, bl.dnsbl.test*2, "
     "list.dnswl.test=127.0.[0..255].[2..3]*-4"
@@ -426,8 +429,28 @@ SITES = (
 IPV6_LISTED = "2a00:1450:4001:82a::200e"
 
 
+CORPUS_DKIM_KEY = (
+    "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtuYj6ptxh0+ZdHKzd3wHkNN3vfYB"
+    "iBRjHiEaOeBQj4YNXyJI503i34/Eet/p2+OCl7K+rtACvYs6ykJ+K2buIJ2n35JnovgXmS4EqiPbcg4zsb9QDjC2rk"
+    "ibk/33kI265nDfzXP/O8Vm5AUt7+HyOYrSMatCyKYAEskEN4Zxat6Fyo7AXeYCDNGIUfkyPPkeaubod34Q/WOWv3PG"
+    "MQIkxL03kmNw5yVeJTKdnmSXK65Ty+EUGohKjWteGk5/0RbT6sa339qcrRN1Uioj97/IxoOEOMwpnvEvalYVXvWXSA"
+    "KYVBHQmAQ6en06XEjwXry0yBZTH6qkcL/hcgFzO3xLVwIDAQAB"
+)
+
+
 def serve_test_lists(server: DnsServer) -> None:
-    """Add the test lists above (and the broken ones the health tests need) to ``server``."""
+    """Add the test lists above (and the broken ones the health tests need) and the corpus's
+    authentication records to ``server``."""
+    key = " ".join(f'"{CORPUS_DKIM_KEY[i:i + 255]}"' for i in range(0, len(CORPUS_DKIM_KEY), 255))
+    for domain, network in (("signed.example", "192.0.2.0/24"), ("bank.example", "198.51.100.0/24")):
+        server.add_zone(
+            domain,
+            f"""
+            @                TXT  "v=spf1 ip4:{network} -all"
+            corpus._domainkey TXT {key}
+            _dmarc           TXT  "v=DMARC1; p=reject; rua=mailto:dmarc@{domain}"
+            """,
+        )
     v6 = ".".join(reversed(ipaddress.ip_address(IPV6_LISTED).exploded.replace(":", "")))
     server.add_zone(
         "zen.dnsbl.test",

@@ -18,10 +18,13 @@ from smtpfilter.config.options import Options
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Finding
 from smtpfilter.engine.checks.date import DateCheck
+from smtpfilter.engine.checks.dkim import DkimCheck
+from smtpfilter.engine.checks.dmarc import DmarcCheck
 from smtpfilter.engine.checks.dnsbl import DnsblCheck, RhsblCheck
 from smtpfilter.engine.checks.header import HeaderCheck
 from smtpfilter.engine.checks.header_checks import HeaderChecksCheck
 from smtpfilter.engine.checks.limits import LimitsCheck
+from smtpfilter.engine.checks.spf import SpfCheck
 
 __all__ = ["CHECK_KINDS", "Check"]
 
@@ -52,4 +55,5 @@ CHECK_KINDS: dict[str, type] = {
     "rhsbl": RhsblCheck,
     "header_checks": HeaderChecksCheck,
     "limits": LimitsCheck,
+    "spf": SpfCheck, "dkim": DkimCheck, "dmarc": DmarcCheck,  # sender authentication (engine/auth)
 }
