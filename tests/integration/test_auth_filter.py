@@ -202,3 +202,18 @@ async def test_pipe_front_door_adds_the_same_header(tmp_path, sink, zones):
         ("spf", "pass"), ("dkim", "pass"), ("dmarc", "pass")
     ]
     assert rest == wire(content).replace(FORGED.encode(), KEPT.encode())
+
+
+async def test_dry_run_delivers_with_the_header_and_without_forged_ones(start_filter, sink, zones):
+    """The header is not a verdict: dry_run delivers what DMARC_REJECT would quarantine, with
+    the header on top, and a forged header never survives, whatever the mode."""
+    server = await start_filter(rules=RULES, config=config(zones, extra="dry_run: true\n"))
+    sent = wire(message(from_="CEO <ceo@reject.test>", extra=FORGED))
+    reply = await send_message(server.port, sent, mail_from="ceo@reject.test",
+                               xforward=xforward(BAD_IP))
+    assert reply.code == 250 and "queued" in reply.text
+    top, rest = split_top(sink.messages[0].data)
+    assert [(r.method, r.result) for r in results_of(top).results] == [
+        ("spf", "fail"), ("dkim", "none"), ("dmarc", "fail")
+    ]
+    assert rest == sent.replace(FORGED.encode(), KEPT.encode())

@@ -47,7 +47,8 @@ class SpfCheck:
         if outcome is None or outcome.result not in self.results:
             return None
         domain = outcome.domain or "-"
-        reason = f"SPF {outcome.result} for {outcome.identity} {domain}: {outcome.reason}"
+        identity = "HELO" if outcome.identity == "helo" else "MAIL FROM"
+        reason = f"SPF {outcome.result} for {identity} {outcome.sender or domain} ({outcome.reason})"
         return Finding(
             outcome.result.upper(),
             reason,
