@@ -217,3 +217,20 @@ async def test_dry_run_delivers_with_the_header_and_without_forged_ones(start_fi
         ("spf", "fail"), ("dkim", "none"), ("dmarc", "fail")
     ]
     assert rest == sent.replace(FORGED.encode(), KEPT.encode())
+
+
+async def test_sighup_applies_a_new_authserv_id(start_filter, sink, zones):
+    """A reload takes the new id for the header and for what counts as forged; messages keep
+    the generation they started with (service/runtime.py)."""
+    server = await start_filter(rules=RULES, config=config(zones))
+    path = server.config_path
+    text = path.read_text().replace(f"authserv_id: {AUTHSERV_ID}", "authserv_id: mx2.receiver.test")
+    path.write_text(text)
+    assert server.reload()
+    forged = "Authentication-Results: mx2.receiver.test; dmarc=pass\r\n"
+    sent = wire(message(from_="a@none.test", extra=FORGED + forged))
+    assert (await send_message(server.port, sent, mail_from="a@none.test",
+                               xforward=xforward(GOOD_IP))).code == 250
+    top, rest = split_top(sink.messages[0].data)
+    assert top.startswith(b"Authentication-Results: mx2.receiver.test; spf=pass")
+    assert rest == sent.replace(forged.encode(), b"")  # the old id's fields are no longer ours

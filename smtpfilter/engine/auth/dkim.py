@@ -351,12 +351,16 @@ async def verify_message(
         else:
             work.append((p, checked))
     if work:
-        if big:
-            verified = await asyncio.to_thread(
-                lambda: [_verify(verifier, p, key, testing, accept_partial_body) for p, (key, testing) in work]
-            )
-        else:
-            verified = [_verify(verifier, p, key, testing, accept_partial_body) for p, (key, testing) in work]
+
+        def verify_all() -> list[DkimSignature]:
+            return [
+                _verify(verifier, p, key, testing, accept_partial_body)
+                for p, (key, testing) in work
+            ]
+
+        # The CPU part (canonicalisation, hashing, RSA) of a big message in a worker thread, so
+        # the event loop keeps serving other sessions meanwhile.
+        verified = await asyncio.to_thread(verify_all) if big else verify_all()
         for (p, _), signature in zip(work, verified):
             results[p.index] = signature
     signatures = tuple(results[p.index] for p in prepared)

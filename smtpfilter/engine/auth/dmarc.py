@@ -273,7 +273,11 @@ async def _evaluate_one(
         f"DKIM d={s.domain}" for s in dkim.signatures
         if s.result is DkimResult.TEMPERROR and _aligned(from_domain, s.domain, record.adkim, org)
     ]
-    if spf is not None and spf.result is SpfResult.TEMPERROR and _aligned(from_domain, spf.domain, record.aspf, org):
+    if (
+        spf is not None
+        and spf.result is SpfResult.TEMPERROR
+        and _aligned(from_domain, spf.domain, record.aspf, org)
+    ):
         uncertain.append(f"SPF {spf.domain}")
     if uncertain:
         return DmarcOutcome(DmarcResult.TEMPERROR, from_domain,

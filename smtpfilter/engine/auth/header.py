@@ -76,7 +76,9 @@ def authentication_results(
         for signature in dkim.signatures:
             note = ""
             if comments:
-                detail = f"{signature.key_bits}-bit key" if signature.result == "pass" and signature.key_bits else signature.reason
+                detail = signature.reason
+                if signature.result == "pass" and signature.key_bits:
+                    detail = f"{signature.key_bits}-bit key"
                 note = _comment(detail)
             props = []
             if signature.domain:

@@ -695,11 +695,16 @@ async def check_message(
     try:
         ip = _parse_ip(client_ip)
     except ValueError:
-        return SpfOutcome(SpfResult.NONE, "mailfrom", "", mail_from, f"client address {client_ip[:60]!r} is not an IP address")
+        return SpfOutcome(
+            SpfResult.NONE, "mailfrom", "", mail_from,
+            f"client address {client_ip[:60]!r} is not an IP address",
+        )
     helo = (helo or "").strip()
     if mail_from:
         domain = _domain_part(mail_from)
-        return await check_host(ip, domain, mail_from, helo=helo, query=query, limits=limits, receiver=receiver)
+        return await check_host(
+            ip, domain, mail_from, helo=helo, query=query, limits=limits, receiver=receiver
+        )
     # RFC 7208 §2.4: with a null reverse-path the HELO identity is checked as postmaster@helo.
     if not helo or helo.startswith("["):
         return SpfOutcome(SpfResult.NONE, "helo", "", "", "null sender and no usable HELO name")
