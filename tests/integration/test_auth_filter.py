@@ -234,3 +234,23 @@ async def test_sighup_applies_a_new_authserv_id(start_filter, sink, zones):
     top, rest = split_top(sink.messages[0].data)
     assert top.startswith(b"Authentication-Results: mx2.receiver.test; spf=pass")
     assert rest == sent.replace(forged.encode(), b"")  # the old id's fields are no longer ours
+
+
+@pytest.mark.parametrize("with_rules", [True, False], ids=["rules", "header-only"])
+async def test_authentication_runs_beside_the_dns_lists(start_filter, sink, zones, with_rules):
+    """The DNS list answers slowly; SPF's first query must not wait for it: both arrive at the
+    DNS server together, whether a rule or only the header asks for authentication."""
+    zones.fault("zen.dnsbl.test", delay=0.6)
+    rules = """
+    rules:
+      - {name: DNSBL, check: dnsbl, sites: zen.dnsbl.test, score: 1}
+    """ + ("  - {name: SPF_FAIL, check: spf, results: [fail], score: 1}\n" if with_rules else "")
+    server = await start_filter(rules=rules, config=config(zones))
+    sent = wire(message(from_="a@none.test"))
+    reply = await send_message(server.port, sent, mail_from="a@none.test",
+                               xforward=xforward("1.2.3.7"))  # public: the DNS list asks
+    assert reply.code == 250
+    arrived = {(q.name, q.rdtype): q.at for q in reversed(zones.queries)}  # the first of each
+    dnsbl = arrived[("7.3.2.1.zen.dnsbl.test", "A")]
+    spf = arrived[("none.test", "TXT")]
+    assert abs(spf - dnsbl) < 0.3, spf - dnsbl

@@ -227,10 +227,16 @@ class Authenticator:
         if is_local(msg):
             return None
         settings: AuthenticationConfig = state["settings"]
-        return await check_message(
+        outcome = await check_message(
             msg.client.addr, msg.client.helo, msg.mail_from, query=state["dns"].query,
             receiver=settings.authserv_id or "unknown",
         )
+        if outcome is not None:
+            log.debug("queue_id=%s SPF %s for %s %s: %s (%d DNS-querying terms, %d void)",
+                      msg.client.ident or "-", outcome.result, outcome.identity,
+                      outcome.sender or "-", outcome.reason, outcome.lookups,
+                      outcome.void_lookups)
+        return outcome
 
     async def _dkim(self, msg: MessageContext, state: dict) -> DkimOutcome:
         settings: AuthenticationConfig = state["settings"]
@@ -263,9 +269,13 @@ class Authenticator:
             for task in prefetch:
                 task.cancel()
         org = self.org
-        return await evaluate(
+        outcome = await evaluate(
             from_values, spf, dkim, query=dns.query, org=org, sample=self._sample
         )
+        log.debug("queue_id=%s DMARC %s for %s: %s (p=%s, applied %s)", msg.client.ident or "-",
+                  outcome.result, outcome.from_domain or "-", outcome.reason,
+                  outcome.policy or "-", outcome.disposition or "-")
+        return outcome
 
 
 async def _guarded(kind: str, work: Awaitable):

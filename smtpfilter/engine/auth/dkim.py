@@ -337,7 +337,7 @@ async def verify_message(
         return DkimOutcome()
     prepared = [_prepare(verifier, index, allow_sha1) for index in range(min(total, max_signatures))]
     if total > max_signatures:
-        log.info("DKIM: %d signatures, verifying the first %d", total, max_signatures)
+        log.debug("DKIM: %d signatures, verifying the first %d", total, max_signatures)
     pending = [p for p in prepared if p.failure is None]
     # Keys concurrently: one round trip for all signatures (and shared with other messages
     # through the cache).

@@ -247,7 +247,7 @@ async def _evaluate_one(
     try:
         record = parse_record(text)
     except DmarcSyntaxError as problem:
-        log.info("DMARC record at _dmarc.%s is unusable: %s", record_domain, problem)
+        log.debug("DMARC record at _dmarc.%s is unusable: %s", record_domain, problem)
         return DmarcOutcome(DmarcResult.PERMERROR, from_domain, f"_dmarc.{record_domain}: {problem}",
                             record_domain=record_domain, org_domain=org_domain)
     policy = record.p
