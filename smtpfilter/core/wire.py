@@ -122,11 +122,13 @@ def outgoing(
     view = memoryview(msg.data)
     position = 0
     names = {name.lower() for name in strip}
-    dropped = {header.start for header in drop}  # offsets in msg.data: one field each
-    if names or dropped:
-        for header in msg.headers:
-            if header.lname in names or header.start in dropped:
-                parts.append(view[position : header.start])
-                position = header.end
+    cuts = {(h.start, h.end) for h in msg.headers if h.lname in names}
+    # By their offsets in msg.data: a field to drop may lie past the header block the rules
+    # read (limits.header_size), found by a longer parse of the same bytes.
+    cuts.update((h.start, h.end) for h in drop)
+    for start, end in sorted(cuts):
+        if start >= position:
+            parts.append(view[position:start])
+            position = end
     parts.append(view[position:])
     return [p for p in parts if len(p)]

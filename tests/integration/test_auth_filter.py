@@ -254,3 +254,17 @@ async def test_authentication_runs_beside_the_dns_lists(start_filter, sink, zone
     dnsbl = arrived[("7.3.2.1.zen.dnsbl.test", "A")]
     spf = arrived[("none.test", "TXT")]
     assert abs(spf - dnsbl) < 0.3, spf - dnsbl
+
+
+async def test_a_forged_header_past_the_header_limit_is_removed_too(start_filter, sink, zones):
+    """Past limits.header_size the rules read nothing, but a forged Authentication-Results hidden
+    there still goes: the header section is read to its end for it."""
+    server = await start_filter(rules=RULES, config=config(zones, extra="limits: {header_size: 4k}\n"))
+    padding = "".join(f"X-Padding-{i}: {'x' * 60}\r\n" for i in range(100))  # about 8 KB
+    sent = wire(message(from_="a@none.test", extra=padding + FORGED))
+    reply = await send_message(server.port, sent, mail_from="a@none.test",
+                               xforward=xforward(GOOD_IP))
+    assert reply.code == 250
+    top, rest = split_top(sink.messages[0].data)
+    assert top.startswith(b"Authentication-Results: mx.receiver.test; spf=pass")
+    assert rest == sent.replace(FORGED.encode(), KEPT.encode())

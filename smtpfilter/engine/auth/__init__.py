@@ -47,7 +47,7 @@ from smtpfilter.engine.auth.dmarc import (
     evaluate,
     from_domains,
 )
-from smtpfilter.engine.auth.header import NAME, authentication_results, forged
+from smtpfilter.engine.auth.header import NAME, authentication_results, forged_in
 from smtpfilter.engine.auth.spf import SpfOutcome, SpfResult, check_message, valid_domain
 from smtpfilter.engine.resolver import Lookup
 
@@ -220,7 +220,7 @@ class Authenticator:
     @staticmethod
     def forged(msg: MessageContext, authserv_id: str | None) -> tuple[Header, ...]:
         """Incoming A-R fields that carry our authserv-id (RFC 8601 §5): to be cut out."""
-        return forged(msg.headers, authserv_id)
+        return forged_in(msg, authserv_id)
 
     # --- the three computations ---------------------------------------------------------------
     async def _spf(self, msg: MessageContext, state: dict) -> SpfOutcome | None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from smtpfilter.core.message import parse_header_block
+
 if TYPE_CHECKING:  # pragma: no cover
-    from smtpfilter.core.message import Header, HeaderBlock
+    from smtpfilter.core.message import Header, HeaderBlock, MessageContext
     from smtpfilter.engine.auth.dkim import DkimOutcome
     from smtpfilter.engine.auth.dmarc import DmarcOutcome
     from smtpfilter.engine.auth.spf import SpfOutcome
@@ -158,7 +160,20 @@ def carries_id(value: str, authserv_id: str) -> bool:
 
 
 def forged(headers: "HeaderBlock", authserv_id: str | None) -> tuple["Header", ...]:
-    """The incoming Authentication-Results fields that name ``authserv_id``: to be removed."""
+    """The incoming Authentication-Results fields of ``headers`` that name ``authserv_id``."""
     if not authserv_id:
         return ()
     return tuple(h for h in headers.get_all(NAME) if carries_id(h.text, authserv_id))
+
+
+def forged_in(msg: "MessageContext", authserv_id: str | None) -> tuple["Header", ...]:
+    """The incoming Authentication-Results fields of ``msg`` that name ``authserv_id``: to be
+    removed, all of them. A header section longer than limits.header_size is read to its end
+    for this (once, only for such a message): a forged field hidden past the limit must not
+    survive either."""
+    if not authserv_id:
+        return ()
+    headers = msg.headers
+    if headers.truncated:
+        headers = parse_header_block(msg.data, len(msg.data) + 1)
+    return forged(headers, authserv_id)
