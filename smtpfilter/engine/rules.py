@@ -71,8 +71,8 @@ class RuleEnv:
     A kind that needs it says so with ``needs_env = True`` and gets it as
     ``from_options(opts, env)``; the other kinds keep ``from_options(opts)``.
 
-    This is where shared services go: today the DNS resolver, cache and zone health; next the
-    sender-authentication verifier (SPF/DKIM/DMARC, engine/auth/) and the counter store of rate
+    This is where shared services go: the DNS resolver, cache and zone health, the
+    sender-authentication verifier (SPF/DKIM/DMARC, engine/auth/); next the counter store of rate
     limits (in memory or Redis, engine/state.py). Each is a field with a default that costs
     nothing until a rule uses it, built from the config by :func:`rules_for`, and closed by the
     daemon that owns the env (service/lifecycle.py closes ``dns``).
