@@ -27,6 +27,7 @@ from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
 from smtpfilter.core.verdict import Action
 
 __all__ = [
+    "AuthenticationConfig",
     "Config",
     "ConfigError",
     "DnsConfig",
@@ -198,6 +199,25 @@ class MimeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthenticationConfig:
+    """Sender authentication (SPF, DKIM, DMARC: engine/auth/) and our Authentication-Results.
+
+    With ``authserv_id`` every delivered message gets one Authentication-Results header
+    (RFC 8601) and incoming ones naming that id are removed; without it, neither happens, and
+    the spf, dkim and dmarc rule kinds work all the same.
+    """
+
+    authserv_id: str | None = None
+    timeout: float = 10.0  # all SPF, DKIM and DMARC DNS of one message
+    psl_file: Path | None = None  # the Public Suffix List; None: the one publicsuffixlist ships
+    dkim_min_key_bits: int = 1024  # RFC 8301 §3.2: smaller RSA keys are permerror
+    dkim_max_signatures: int = 5  # RFC 6376 §6.1: verifiers may limit them; the rest ignored
+    # A signature whose l= leaves part of the body unsigned (RFC 6376 §8.2): "policy" (it
+    # verifies but vouches for nothing appended), or "pass" as most verifiers say.
+    dkim_partial_body: str = "policy"
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus text on http://listen/metrics; None (the default) serves nothing."""
 
@@ -348,6 +368,7 @@ class Config:
     mime: MimeConfig = MimeConfig()
     state: StateConfig = StateConfig()
     policy_service: PolicyServiceConfig = PolicyServiceConfig()
+    authentication: AuthenticationConfig = AuthenticationConfig()
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -385,6 +406,7 @@ _TOP_KEYS = (
     "mime",
     "state",
     "policy_service",
+    "authentication",
 )
 
 
@@ -700,6 +722,36 @@ def _policy_service(opts: Options) -> PolicyServiceConfig:
     return config
 
 
+def _authentication(opts: Options, base: Path) -> AuthenticationConfig:
+    d = AuthenticationConfig()
+    authserv_id = opts.str("authserv_id")
+    if authserv_id is not None and (
+        not authserv_id or any(not (c.isalnum() or c in "-._") for c in authserv_id)
+    ):
+        # RFC 8601 §2.5: "typically a domain name"; it is matched against incoming fields to
+        # remove forged ones, so nothing that would need quoting.
+        opts.problem("authserv_id", f"{authserv_id!r} is not a host name (letters, digits, "
+                     f"'-', '.'), e.g. mx.example.org")
+        authserv_id = None
+    psl_file = opts.str("psl_file")
+    psl_path = base / psl_file if psl_file else None
+    if psl_path is not None and not psl_path.is_file():
+        opts.problem("psl_file", f"{psl_path} does not exist (Debian: apt install publicsuffix, "
+                     f"/usr/share/publicsuffix/public_suffix_list.dat)")
+    dkim = opts.section("dkim")
+    config = AuthenticationConfig(
+        authserv_id=authserv_id,
+        timeout=opts.duration("timeout", d.timeout, positive=True),
+        psl_file=psl_path,
+        dkim_min_key_bits=dkim.integer("min_key_bits", d.dkim_min_key_bits, minimum=512),
+        dkim_max_signatures=dkim.integer("max_signatures", d.dkim_max_signatures, minimum=1),
+        dkim_partial_body=dkim.choice("partial_body", ("policy", "pass"), d.dkim_partial_body),
+    )
+    dkim.finish()
+    opts.finish()
+    return config
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -726,8 +778,16 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         mime=_mime(opts.section("mime")),
         state=_state(opts.section("state")),
         policy_service=_policy_service(opts.section("policy_service")),
+        authentication=_authentication(opts.section("authentication"), base),
     )
     _check_state(opts, config)
+    if opts.has("authentication") and config.authentication.timeout >= config.limits.scan_timeout:
+        opts.problem(
+            "authentication",
+            f"authentication.timeout ({config.authentication.timeout:g}s) must be shorter than "
+            f"limits.scan_timeout ({config.limits.scan_timeout:g}s): slow DNS must end in "
+            f"temperror for the rules, not in a scan timeout (451)",
+        )
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(
             "dns",

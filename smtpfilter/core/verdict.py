@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from smtpfilter.core.message import Header
 
 __all__ = ["Action", "Decision", "Finding", "Mode", "Verdict", "FINAL_ACTIONS"]
 
@@ -101,6 +105,10 @@ class Decision:
     intended: Action | None = None
     headers: tuple[tuple[str, str], ...] = field(default=())
     intended_rule: str | None = None  # the rule behind ``intended``, when a rule forced it
+    # Incoming header fields to cut out of what is delivered (by their offsets,
+    # core.wire.outgoing): Authentication-Results that carry our authserv-id (RFC 8601 §5).
+    # Other fields of the same name stay; our own verdict headers are stripped by name anyway.
+    drop: tuple["Header", ...] = ()
 
     @property
     def delivers(self) -> bool:

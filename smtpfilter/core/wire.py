@@ -12,12 +12,12 @@ bare CR or LF.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from smtpfilter.core.text import reply_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from smtpfilter.core.message import MessageContext
+    from smtpfilter.core.message import Header, MessageContext
 
 __all__ = [
     "END_OF_DATA",
@@ -106,21 +106,29 @@ def fold_header(name: str, value: str, width: int = 78) -> bytes:
 
 
 def outgoing(
-    msg: "MessageContext", add: tuple[tuple[str, str], ...] = (), strip: tuple[str, ...] = ()
+    msg: "MessageContext",
+    add: tuple[tuple[str, str], ...] = (),
+    strip: tuple[str, ...] = (),
+    drop: Iterable["Header"] = (),
 ) -> list[bytes | memoryview]:
     """The wire bytes for 10026: our headers first, the original bytes after, unchanged except
-    that incoming copies of our own headers (``strip``) are cut out so nobody can pre-forge them.
-    Returned as slices of the original buffer: a large message is never copied."""
+    that incoming copies of our own headers (``strip``, by name) and the given header fields
+    (``drop``, these instances only: a forged Authentication-Results among genuine ones) are cut
+    out so nobody can pre-forge them. Returned as slices of the original buffer: a large message
+    is never copied."""
     parts: list[bytes | memoryview] = []
     if add:
         parts.append(b"".join(fold_header(name, value) for name, value in add))
     view = memoryview(msg.data)
     position = 0
-    if strip:
-        names = {name.lower() for name in strip}
-        for header in msg.headers:
-            if header.lname in names:
-                parts.append(view[position : header.start])
-                position = header.end
+    names = {name.lower() for name in strip}
+    cuts = {(h.start, h.end) for h in msg.headers if h.lname in names}
+    # By their offsets in msg.data: a field to drop may lie past the header block the rules
+    # read (limits.header_size), found by a longer parse of the same bytes.
+    cuts.update((h.start, h.end) for h in drop)
+    for start, end in sorted(cuts):
+        if start >= position:
+            parts.append(view[position:start])
+            position = end
     parts.append(view[position:])
     return [p for p in parts if len(p)]

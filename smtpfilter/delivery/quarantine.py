@@ -20,8 +20,10 @@ still has it: we have not answered 250), a crash after it leaves a complete entr
 250 sent; any failure is 451 and Postfix keeps the message. A crash between the fsync and the 250
 leaves a copy here that Postfix will offer again: a duplicate, never a loss.
 
-Release sends exactly the bytes we received (less incoming copies of our own verdict headers,
-which delivery strips too), verified against the stored SHA-256, so an edited file is refused.
+Release sends exactly the bytes we received (less incoming copies of our own verdict headers and
+Authentication-Results naming our authserv-id, which delivery strips too), verified against the
+stored SHA-256, so an edited file is refused; the headers the decision added (our
+Authentication-Results, computed at receipt) are kept in the metadata and go on top.
 The file I/O is blocking; the filter runs it in a thread (``asyncio.to_thread``) so a large
 message never stalls the event loop.
 """
@@ -51,6 +53,7 @@ from smtpfilter.core.verdict import Decision
 from smtpfilter.core.wire import outgoing
 from smtpfilter.delivery.deliver import deliver
 from smtpfilter.delivery.downstream import DownstreamPool
+from smtpfilter.engine.auth.header import forged_in
 
 __all__ = [
     "Entry",
@@ -326,6 +329,8 @@ async def store_message(
         "envelope": envelope_meta(envelope),
         "verdict": verdict_of(decision),
     }
+    if decision.headers:  # our Authentication-Results, as judged at receipt: added on release
+        meta["headers"] = [list(header) for header in decision.headers]
     store = Quarantine(config.quarantine.directory)
     try:
         # Copied in the thread; a milter's content (not dot-stuffed) is stuffed there too.
@@ -362,7 +367,10 @@ async def release(config: Config, entry_id: str) -> ReleaseResult:
     envelope = _envelope_from_meta(stored)
     result = ReleaseResult(entry)
     msg = MessageContext.build(data, received_at=datetime.now(timezone.utc))
-    parts = outgoing(msg, (), config.headers.own)
+    added = tuple((str(name), str(value)) for name, value in entry.meta.get("headers", ()))
+    parts = outgoing(
+        msg, added, config.headers.own, forged_in(msg, config.authentication.authserv_id)
+    )
     sent = await deliver(DownstreamPool.for_config(config, keep_idle=False), envelope, parts)
     result.refused = [(rcpt.address, str(answer)) for rcpt, answer in sent.refused]
     if sent.error is not None:

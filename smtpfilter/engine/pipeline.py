@@ -8,6 +8,10 @@ outcome), unless ``observe_all`` asks for every rule's finding (``smtpfilter tes
 When a rule reads the body (``RuleSet.needs_body``), the MIME structure is walked once before
 the first rule (engine/mime.py, shared through the message's memo), so the limits it reaches
 are known to a ``limits`` rule wherever that rule stands; otherwise it is never walked.
+
+Sender authentication (SPF, DKIM, DMARC: engine/auth/) is computed once per message whatever
+asks for it: the spf, dkim and dmarc rules, and with ``authentication.authserv_id`` the
+Authentication-Results header, whose computation starts with the DNS lists, before the walk.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from smtpfilter.core.errors import RuleFailure
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.verdict import Decision, Finding, Verdict
 from smtpfilter.engine.mime import walk_message
+from smtpfilter.engine.auth import Authenticator
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
 
-__all__ = ["RuleFailure", "evaluate", "observe"]
+__all__ = ["RuleFailure", "conclude", "evaluate", "observe"]
 
 
 async def observe(
@@ -69,8 +74,31 @@ def verdicts_of(results: list[tuple[Rule, Finding | None]]) -> list[Verdict]:
     return [rule.verdict(finding) for rule, finding in results if finding is not None]
 
 
+async def conclude(
+    ruleset: RuleSet,
+    msg: MessageContext,
+    policy: Policy,
+    results: list[tuple[Rule, Finding | None]],
+) -> Decision:
+    """The policy's Decision on these findings, with our Authentication-Results header when
+    the config asks for one (the results the rules already awaited are not computed again)."""
+    decision = policy.decide(verdicts_of(results))
+    if policy.wants_authentication(decision):
+        auth: Authenticator = ruleset.env.auth
+        found = await auth.results(msg)
+        value = found.header_value(policy.authserv_id)  # type: ignore[arg-type]
+        decision = policy.authenticated(decision, value, auth.forged(msg, policy.authserv_id))
+    return decision
+
+
 async def evaluate(
     ruleset: RuleSet, msg: MessageContext, policy: Policy, *, observe_all: bool = False
 ) -> Decision:
-    results = await observe(ruleset, msg, observe_all=observe_all)
-    return policy.decide(verdicts_of(results))
+    auth: Authenticator = ruleset.env.auth
+    if policy.authserv_id is not None:
+        auth.begin(msg)  # SPF, DKIM and DMARC start now, beside the DNS lists
+    try:
+        results = await observe(ruleset, msg, observe_all=observe_all)
+        return await conclude(ruleset, msg, policy, results)
+    finally:
+        auth.finish(msg)  # decided (or timed out): what still runs for it stops

@@ -12,16 +12,25 @@ made is kept as ``intended`` (and ``intended_rule``) for the log ("would=reject 
 and the message is delivered untouched (dry_run) or as the enforced rules decide (mode: warn).
 What a warn-mode rule "would" do is found by deciding again with it enforced, so its score
 counts toward the thresholds and an earlier tag does not hide a later reject.
+
+The headers we add are chosen here too: X-Spam-Flag and the status header by the decision, and
+with ``authentication.authserv_id`` one Authentication-Results header (RFC 8601) at the top of
+every message that is delivered or quarantined, incoming ones naming our id removed
+(:meth:`Policy.authenticated`; the results come from engine/auth through the pipeline).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from smtpfilter.config.settings import Config, HeadersConfig, PolicyConfig
 from smtpfilter.core.replies import render_text
 from smtpfilter.core.verdict import Action, Decision, Mode, Verdict
+from smtpfilter.engine.auth.header import NAME as AUTHENTICATION_RESULTS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from smtpfilter.core.message import Header
 
 __all__ = ["Policy"]
 
@@ -32,16 +41,47 @@ def _score(value: float) -> str:
 
 class Policy:
     def __init__(
-        self, config: PolicyConfig, headers: HeadersConfig, *, dry_run: bool = False
+        self,
+        config: PolicyConfig,
+        headers: HeadersConfig,
+        *,
+        dry_run: bool = False,
+        authserv_id: str | None = None,
     ) -> None:
         self.thresholds = config.thresholds  # ascending by score
         self.headers = headers
         self.dry_run = dry_run
+        self.authserv_id = authserv_id  # None: no Authentication-Results header
 
     @classmethod
     def for_config(cls, config: Config) -> "Policy":
-        """The policy a configuration describes: the one place its three settings meet."""
-        return cls(config.policy, config.headers, dry_run=config.dry_run)
+        """The policy a configuration describes: the one place its settings meet."""
+        return cls(
+            config.policy,
+            config.headers,
+            dry_run=config.dry_run,
+            authserv_id=config.authentication.authserv_id,
+        )
+
+    def wants_authentication(self, decision: Decision) -> bool:
+        """Whether ``decision`` gets our Authentication-Results: every message that is
+        delivered now or stored in the quarantine for delivery later."""
+        return self.authserv_id is not None and (
+            decision.delivers or decision.action is Action.QUARANTINE
+        )
+
+    def authenticated(
+        self, decision: Decision, value: str, forged: tuple["Header", ...]
+    ) -> Decision:
+        """``decision`` with our Authentication-Results (``value``) first among our headers, at
+        the top of the message as RFC 8601 §5 asks of a trace-like field, and the incoming
+        fields that carry our authserv-id (``forged``) to be removed: a sender must never be
+        able to show a reader a "pass" in our name."""
+        return replace(
+            decision,
+            headers=((AUTHENTICATION_RESULTS, value), *decision.headers),
+            drop=forged,
+        )
 
     def by_score(self, score: float) -> tuple[Action, float] | None:
         reached = None

@@ -1,4 +1,7 @@
-"""The network side of the DNS list checks: one resolver, one cache, one zone-health monitor.
+"""DNS for the rules: one resolver, one cache, one zone-health monitor.
+
+The DNS list checks (A and TXT) and sender authentication (engine/auth/: TXT, A, AAAA, MX, PTR)
+ask through the same cache.
 
 One :class:`DnsService` serves the whole process: every session and every rule shares its cache,
 and it survives SIGHUP reloads. It is plain in-process asyncio state: no file, no lock, nothing
@@ -60,8 +63,11 @@ _ERROR_LOG_INTERVAL = 60.0
 class Lookup:
     """One DNS answer: the records (A addresses or TXT strings), or why there are none.
 
-    ``records == ()`` and ``error is None``: the name does not exist (NXDOMAIN) or has no record
-    of that type (NODATA); for a DNS list both mean "not listed".
+    ``records == ()`` and ``error is None``: the name does not exist (NXDOMAIN, ``nxdomain``) or
+    has no record of that type (NODATA); for a DNS list both mean "not listed", and so they do
+    for SPF's void lookups (RFC 7208 §4.6.4). Records are the rdata in presentation form: an
+    address for A/AAAA, ``10 mx.example.org.`` for MX, ``host.example.org.`` for PTR, and for
+    TXT the strings of one record joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
     """
 
     name: str
@@ -69,6 +75,8 @@ class Lookup:
     records: tuple[str, ...] = ()
     ttl: float = 0.0
     error: str | None = None  # "timeout", "SERVFAIL", ...: no usable answer
+    # NXDOMAIN rather than NODATA: DMARCbis (RFC 9989) np= tells them apart.
+    nxdomain: bool = False
 
     @property
     def found(self) -> bool:
@@ -193,7 +201,7 @@ class DnspythonResolver:
             async with asyncio.timeout(self.timeout):
                 answer = await self._resolve(_absolute(name), rdtype)
         except dns.resolver.NXDOMAIN as nx:
-            return Lookup(name, rdtype, (), _negative_ttl(nx))
+            return Lookup(name, rdtype, (), _negative_ttl(nx), nxdomain=True)
         except (TimeoutError, dns.exception.Timeout):
             return Lookup(name, rdtype, error="timeout")
         except dns.resolver.NoNameservers as failure:
@@ -306,7 +314,7 @@ class StaticResolver:
         if isinstance(value, str):
             return Lookup(name, rdtype, error=value)
         if value is None:
-            return Lookup(name, rdtype, (), self.ttl)
+            return Lookup(name, rdtype, (), self.ttl, nxdomain=True)
         return Lookup(name, rdtype, tuple(value), self.ttl)  # type: ignore[arg-type]
 
 

@@ -34,6 +34,7 @@ from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.replies import starts_with_status
 from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
+from smtpfilter.engine.auth import Authenticator
 from smtpfilter.engine.checks import CHECK_KINDS, Check
 from smtpfilter.engine.resolver import DnsService
 from smtpfilter.engine.state import StateService
@@ -72,8 +73,8 @@ class RuleEnv:
     A kind that needs it says so with ``needs_env = True`` and gets it as
     ``from_options(opts, env)``; the other kinds keep ``from_options(opts)``.
 
-    This is where shared services go: today the DNS resolver, cache and zone health; next the
-    sender-authentication verifier (SPF/DKIM/DMARC, engine/auth/) and the counter store of rate
+    This is where shared services go: the DNS resolver, cache and zone health, the
+    sender-authentication verifier (SPF/DKIM/DMARC, engine/auth/); next the counter store of rate
     limits (in memory or Redis, engine/state.py). Each is a field with a default that costs
     nothing until a rule uses it, built from the config by :func:`rules_for`, and closed by the
     daemon that owns the env (service/lifecycle.py closes ``dns``).
@@ -83,6 +84,13 @@ class RuleEnv:
     # The mime: limits of the MIME walk (engine/mime.py); a reload sets the new config's.
     mime: MimeConfig = field(default_factory=MimeConfig)
     state: StateService = field(default_factory=StateService)  # rate-limit counters
+    # SPF, DKIM and DMARC (engine/auth/), asking through ``dns``'s cache; configured with
+    # ``authentication:`` at start and reload like ``dns``.
+    auth: Authenticator = None  # type: ignore[assignment]  # made in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.auth is None:
+            self.auth = Authenticator(self.dns.lookup)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,5 +266,6 @@ def rules_for(
         env = RuleEnv(
             dns=DnsService(config.dns), state=StateService(config.state, private=private_state)
         )
+        env.auth.configure(config.authentication)
     env.mime = config.mime  # the checks built now keep these; a set in use keeps its own
     return load_rules(config.rules, env)

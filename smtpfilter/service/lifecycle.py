@@ -110,6 +110,7 @@ class Daemon:
         # survive reloads.
         self.env = ruleset.env
         self.env.dns.configure(config.dns)
+        self.env.auth.configure(config.authentication)
         self._sock = sock
         self._handed_over = handed_over
         self._server: Listener | None = None
@@ -294,6 +295,7 @@ class Daemon:
         # One assignment: a message in flight already holds the old engine (rules, policy).
         self.runtime.swap(config, ruleset)
         self.env.dns.configure(config.dns)
+        self.env.auth.configure(config.authentication)
         self.runtime.pool.configure(config)  # 10026 timeouts and pool size, for new connections
         for warning in ruleset.warnings:  # usable rules, but the admin should know
             log.warning("reload: %s", warning)

@@ -152,7 +152,7 @@ def judged_report(judged: "Judged") -> str:
             continue
         action = rule.action.value if rule.action else "-"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
-        shown = finding.code + (f"({clean(finding.label)})" if finding.label else "")
+        shown = clean(finding.label) if finding.label else finding.code  # "invoice.pdf.exe", IN_PAST
         lines.append(f"  {rule.name:<{width}}  {shown}  score={rule.score:g}  "
                      f"action={action}{mode}")
         lines.append(f"  {'':<{width}}  {clean(finding.reason, 300)}")

@@ -43,7 +43,7 @@ from smtpfilter.core.text import printable
 from smtpfilter.core.verdict import Action, Decision, Finding
 from smtpfilter.engine.checks.attachment import detection_of
 from smtpfilter.engine.mime import MimeTree
-from smtpfilter.engine.pipeline import observe, verdicts_of
+from smtpfilter.engine.pipeline import conclude, observe, verdicts_of
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
 
@@ -345,7 +345,7 @@ async def judge(
         parts = attachments_of(view.msg, ruleset)
     except Exception as error:  # one broken message must not end a scan of thousands
         return Judged(stored.label, None, [], None, "", f"{type(error).__name__}: {error}")
-    decision = policy.decide(verdicts_of(results))
+    decision = await conclude(ruleset, view.msg, policy, results)
     reply = replies.for_decision(decision) or "(delivered: 10026's reply to '.' is relayed)"
     return Judged(stored.label, view, results, decision, reply, parts=parts)
 

@@ -19,7 +19,8 @@ from tests.support.redisserver import redis_server  # noqa: F401  (fixture)
 from tests.support.service import REPO, FilterProcess, free_port
 
 README = (REPO / "README.md").read_text()
-SECTION = README[README.index("## Rate limits\n"):README.index("## Scores and policy\n")]
+_START = README.index("## Rate limits\n")
+SECTION = README[_START:README.index("\n## ", _START + 1)]  # up to the next section
 YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", SECTION, re.S)
 COMMANDS = [line for block in re.findall(r"```sh\n(.*?)```", SECTION, re.S)
             for line in block.splitlines() if line.startswith("smtpfilter ")]

@@ -25,7 +25,13 @@ own, under the wildcard's parent).
 Faults, per zone or per exact name: DROP (read the query, never answer), SERVFAIL, REFUSED,
 TRUNCATE (UDP answers carry only the TC bit, so a resolver must retry over TCP), and a delay in
 seconds before any answer; ``times=N`` limits a fault to the next N queries (``times=1`` with
-DROP is one lost datagram).
+DROP is one lost datagram); ``rdtype=`` limits it to queries of one type for one exact name (the
+SPF test suite's "TIMEOUT": this type times out, others answer).
+
+CNAMEs inside the served zones are followed as an authoritative server does (RFC 1034 §3.6.2).
+``start(host, port)`` listens on a given address and port: the SPF and DKIM differential tests
+run tools that read only /etc/resolv.conf (no port), so they need a server on port 53 of a
+private loopback address.
 """
 
 from __future__ import annotations
@@ -86,26 +92,42 @@ class DnsServer:
         self.queries: list[Query] = []
         self._zones: dict[dns.name.Name, _Zone] = {}
         self._behaviour: dict[str, _Behaviour] = {}
+        self._typed: dict[tuple[str, str], _Behaviour] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._pending: set[asyncio.Task] = set()
         self.port = 0
+        self.host = "127.0.0.1"
         self.arrived = asyncio.Event()  # set whenever a query arrives
 
     # --- lifecycle -----------------------------------------------------------------------
-    async def start(self) -> "DnsServer":
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "DnsServer":
+        """Listen on ``host`` (UDP and TCP, one port): a free port, or ``port``."""
         loop = asyncio.get_running_loop()
+        self.host = host
+        if port:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(host, port)
+            )
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
+            except OSError:
+                transport.close()
+                raise
+            self._udp = transport  # type: ignore[assignment]
+            self.port = port
+            return self
         # UDP and TCP must share one port number (a resolver falls back to TCP on the same
         # port). Take a free UDP port from the kernel, then try TCP on it; a few attempts cover
         # the rare case where another test holds that TCP port.
         for _attempt in range(20):
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=("127.0.0.1", 0)
+                lambda: _UdpProtocol(self), local_addr=(host, 0)
             )
             port = transport.get_extra_info("sockname")[1]
             try:
-                self._tcp = await asyncio.start_server(self._serve_tcp, "127.0.0.1", port)
+                self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
             except OSError:
                 transport.close()
                 continue
@@ -160,10 +182,19 @@ class DnsServer:
         *,
         delay: float = 0.0,
         times: int | None = None,
+        rdtype: str | None = None,
     ) -> None:
         """Misbehave for a zone (and every name under it) or one exact name; None clears.
-        ``times``: only for the next that many queries, then behave again."""
+        ``times``: only for the next that many queries, then behave again. ``rdtype``: only
+        queries of that type for exactly that name."""
         key = where.lower().rstrip(".")
+        if rdtype is not None:
+            typed = (key, rdtype.upper())
+            if fault is None and not delay:
+                self._typed.pop(typed, None)
+            else:
+                self._typed[typed] = _Behaviour(fault, delay, times)
+            return
         if fault is None and not delay:
             self._behaviour.pop(key, None)
         else:
@@ -171,6 +202,10 @@ class DnsServer:
 
     def clear_faults(self) -> None:
         self._behaviour.clear()
+        self._typed.clear()
+
+    def clear_zones(self) -> None:
+        self._zones.clear()
 
     # --- what arrived --------------------------------------------------------------------
     def count(self, name: str | None = None, rdtype: str | None = None) -> int:
@@ -214,7 +249,8 @@ class DnsServer:
         rdtype = dns.rdatatype.to_text(question.rdtype) if question is not None else "?"
         self.queries.append(Query(qname, rdtype, transport, time.monotonic()))
         self.arrived.set()
-        return self._behaviour_for(qname)
+        typed = self._typed.get((qname, rdtype))
+        return typed if typed is not None else self._behaviour_for(qname)
 
     def _answer(self, query: dns.message.Message, behaviour: _Behaviour | None, transport: str) -> bytes | None:
         """The wire answer to ``query``, or None for no answer at all."""
@@ -259,11 +295,27 @@ class DnsServer:
             response.set_rcode(dns.rcode.NXDOMAIN)
             response.authority.append(zone.soa)
             return
-        rdataset = node.get_rdataset(question.rdclass, question.rdtype)
+        name = question.name
+        # Follow CNAMEs inside the zones we serve (RFC 1034 §3.6.2); a chain longer than 8
+        # stops with what it has, which a resolver reports as an error.
+        for _hop in range(8):
+            rdataset = node.get_rdataset(question.rdclass, question.rdtype)
+            cname = node.get_rdataset(question.rdclass, dns.rdatatype.CNAME)
+            if rdataset is not None or cname is None or question.rdtype == dns.rdatatype.CNAME:
+                break
+            rrset = dns.rrset.RRset(name, cname.rdclass, cname.rdtype)
+            rrset.update(cname)
+            response.answer.append(rrset)
+            name = cname[0].target
+            target_zone = self._zone_for(name)
+            node = target_zone.zone.get_node(name) if target_zone is not None else None
+            if node is None:
+                return
         if rdataset is None:
-            response.authority.append(zone.soa)  # NODATA: the name exists, not this type
+            if not response.answer:
+                response.authority.append(zone.soa)  # NODATA: the name exists, not this type
             return
-        rrset = dns.rrset.RRset(question.name, rdataset.rdclass, rdataset.rdtype)
+        rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype)
         rrset.update(rdataset)
         response.answer.append(rrset)
 
@@ -367,6 +419,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 #   1.2.3.9   dnswl 127.0.5.2 only                       → -4
 #   1.2.3.10  zen 127.0.0.2 with a hostile TXT record    → listed, TXT must be sanitised
 #   2a00:1450:4001:82a::200e   zen 127.0.0.3             → listed (IPv6)
+# And the sender-authentication records of two corpus messages (22-dkim-signed.eml,
+# 23-forged-dmarc.eml): SPF, the DKIM key "corpus" that signed them (its private key was used
+# once to sign them and thrown away), DMARC p=reject.
 SITES = (
     "zen.dnsbl.test=127.0.0.[2..11]*3, bl.dnsbl.test*2, "
     "list.dnswl.test=127.0.[0..255].[2..3]*-4"
@@ -374,8 +429,28 @@ SITES = (
 IPV6_LISTED = "2a00:1450:4001:82a::200e"
 
 
+CORPUS_DKIM_KEY = (
+    "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtuYj6ptxh0+ZdHKzd3wHkNN3vfYB"
+    "iBRjHiEaOeBQj4YNXyJI503i34/Eet/p2+OCl7K+rtACvYs6ykJ+K2buIJ2n35JnovgXmS4EqiPbcg4zsb9QDjC2rk"
+    "ibk/33kI265nDfzXP/O8Vm5AUt7+HyOYrSMatCyKYAEskEN4Zxat6Fyo7AXeYCDNGIUfkyPPkeaubod34Q/WOWv3PG"
+    "MQIkxL03kmNw5yVeJTKdnmSXK65Ty+EUGohKjWteGk5/0RbT6sa339qcrRN1Uioj97/IxoOEOMwpnvEvalYVXvWXSA"
+    "KYVBHQmAQ6en06XEjwXry0yBZTH6qkcL/hcgFzO3xLVwIDAQAB"
+)
+
+
 def serve_test_lists(server: DnsServer) -> None:
-    """Add the test lists above (and the broken ones the health tests need) to ``server``."""
+    """Add the test lists above (and the broken ones the health tests need) and the corpus's
+    authentication records to ``server``."""
+    key = " ".join(f'"{CORPUS_DKIM_KEY[i:i + 255]}"' for i in range(0, len(CORPUS_DKIM_KEY), 255))
+    for domain, network in (("signed.example", "192.0.2.0/24"), ("bank.example", "198.51.100.0/24")):
+        server.add_zone(
+            domain,
+            f"""
+            @                TXT  "v=spf1 ip4:{network} -all"
+            corpus._domainkey TXT {key}
+            _dmarc           TXT  "v=DMARC1; p=reject; rua=mailto:dmarc@{domain}"
+            """,
+        )
     v6 = ".".join(reversed(ipaddress.ip_address(IPV6_LISTED).exploded.replace(":", "")))
     server.add_zone(
         "zen.dnsbl.test",

@@ -73,7 +73,7 @@ def test_every_problem_is_reported_with_file_line_and_rule(tmp_path):
             check: date
             missing: true
           - name: KIND
-            check: spf
+            check: sfp
             action: reject
         """,
     )
@@ -83,7 +83,7 @@ def test_every_problem_is_reported_with_file_line_and_rule(tmp_path):
     assert "rules.yaml:6" in text and "UPPER_SNAKE_CASE" in text
     assert "rule BAD_ACTION: action: 'bounce' is not one of" in text
     assert "rule NOTHING: a rule needs an action, a score, or both" in text
-    assert "rule KIND: check: unknown rule kind 'spf'" in text
+    assert "rule KIND: check: unknown rule kind 'sfp'" in text
 
 
 @pytest.mark.parametrize(

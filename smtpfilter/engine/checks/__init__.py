@@ -20,12 +20,15 @@ from smtpfilter.core.verdict import Finding
 from smtpfilter.engine.checks.attachment import AttachmentCheck
 from smtpfilter.engine.checks.body import BodyCheck
 from smtpfilter.engine.checks.date import DateCheck
+from smtpfilter.engine.checks.dkim import DkimCheck
+from smtpfilter.engine.checks.dmarc import DmarcCheck
 from smtpfilter.engine.checks.dnsbl import DnsblCheck, RhsblCheck
 from smtpfilter.engine.checks.header import HeaderCheck
 from smtpfilter.engine.checks.header_checks import HeaderChecksCheck
 from smtpfilter.engine.checks.limits import LimitsCheck
 from smtpfilter.engine.checks.mime_header import MimeHeaderCheck
 from smtpfilter.engine.checks.ratelimit import RatelimitCheck
+from smtpfilter.engine.checks.spf import SpfCheck
 
 __all__ = ["CHECK_KINDS", "Check"]
 
@@ -59,4 +62,5 @@ CHECK_KINDS: dict[str, type] = {
     "limits": LimitsCheck,
     "attachment": AttachmentCheck, "body": BodyCheck, "mime_header": MimeHeaderCheck,  # MIME
     "ratelimit": RatelimitCheck,
+    "spf": SpfCheck, "dkim": DkimCheck, "dmarc": DmarcCheck,  # sender authentication (engine/auth)
 }
