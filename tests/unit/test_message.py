@@ -40,13 +40,27 @@ def test_dot_stuffed_header_line_is_unstuffed_for_rules():
         (b"\nSubject: in the body\n", [], False),  # empty header section
         (b"Subject: only headers, no body\n", ["Subject"], False),
         (b"", [], False),
+        # RFC 5322 §4.5.3 obs-optional: whitespace between the name and the colon is still a
+        # header for Postfix's is_header_buf() (issue 12: it used to end the header section).
+        (b"X-Foo : bar\nX-Tab\t:baz\nX-Mailer:  MaxBulk\n\n", ["X-Foo", "X-Tab", "X-Mailer"], False),
+        (b"Subject: x\nX-\x7fDel: y\nX-Mailer: hidden\n\n", ["Subject"], True),
+        (b"Subject: x\nX-\xc3\xa9: y\nX-Mailer: hidden\n\n", ["Subject"], True),
+        (b"Subject: x\n : indented colon\n\n", ["Subject"], False),  # a continuation
     ],
-    ids=["no-colon", "space-in-name", "leading-continuation", "empty-name", "no-headers", "no-body", "empty"],
+    ids=["no-colon", "space-in-name", "leading-continuation", "empty-name", "no-headers", "no-body",
+         "empty", "obs-optional", "del-in-name", "8bit-in-name", "continuation-with-colon"],
 )
 def test_header_section_ends_where_postfix_ends_it(raw, names, malformed):
     parsed = block(raw)
     assert [h.name for h in parsed] == names
     assert (parsed.malformed_at is not None) == malformed
+
+
+def test_obs_optional_header_is_named_without_its_whitespace():
+    parsed = block(b"Date: Mon, 4 Mar 2024 10:00:00 +0000\nX-Foo \t : bar\nX-Mailer : MaxBulk\n\n")
+    [mailer] = parsed.get_all("x-mailer")
+    assert mailer.text == "MaxBulk" and mailer.line == "X-Mailer: MaxBulk"
+    assert parsed.get_all("x-foo")[0].raw == b" bar"  # the value as written after the colon
 
 
 def test_eight_bit_and_encoded_words():
