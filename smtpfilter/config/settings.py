@@ -136,14 +136,43 @@ class PolicyConfig:
 
 @dataclass(frozen=True, slots=True)
 class HeadersConfig:
+    """The headers we add, and what becomes of incoming ones of the same names.
+
+    Incoming ``strip`` headers are removed from every message we deliver: by default our
+    status header, which nobody else writes, so that a sender cannot pre-forge our verdict.
+    An incoming ``flag`` (X-Spam-Flag, which many spam filters write) is kept as it is, so a
+    DKIM signature that covers it still verifies; only when we add our own flag is it renamed
+    to ``original_flag``, so that the message carries one X-Spam-Flag, ours, whichever
+    occurrence a mail reader looks at (README, "Headers").
+    """
+
     flag: str = "X-Spam-Flag"  # "YES" on tagged messages
     status: str = "X-Smtpfilter-Status"  # "Yes, score=6 rules=..." ("No, ..." with add_status: always)
     add_status: str = "tagged"  # tagged | always | never
+    strip: tuple[str, ...] | None = None  # None: (status,)
+    original_flag: str = "X-Original-Spam-Flag"  # "": an upstream flag stays beside ours
 
     @property
-    def own(self) -> tuple[str, ...]:
-        """Header names we write: incoming copies are removed so senders cannot forge them."""
-        return tuple(n for n in (self.flag, self.status) if n)
+    def stripped(self) -> tuple[str, ...]:
+        """Incoming headers removed from every message we deliver."""
+        if self.strip is not None:
+            return self.strip
+        return (self.status,) if self.status else ()
+
+    def incoming(
+        self, added: tuple[tuple[str, str], ...]
+    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """(strip, rename) for core.wire.outgoing, for a message we deliver with ``added``."""
+        stripped = self.stripped
+        flag = self.flag.lower()
+        if (
+            self.flag
+            and self.original_flag
+            and any(name.lower() == flag for name, _ in added)
+            and flag not in {name.lower() for name in stripped}
+        ):
+            return stripped, ((self.flag, self.original_flag),)
+        return stripped, ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,17 +382,29 @@ def _policy(opts: Options) -> PolicyConfig:
     return PolicyConfig(tuple(sorted(thresholds, key=lambda t: t[0])))
 
 
+def _is_header_name(name: str) -> bool:
+    # RFC 5322 §3.6.8 ftext: printable ASCII but the colon.
+    return bool(name) and ":" not in name and all("!" <= c <= "~" for c in name)
+
+
 def _headers(opts: Options) -> HeadersConfig:
     d = HeadersConfig()
     flag = opts.str("flag", d.flag)
     status = opts.str("status", d.status)
-    for key, name in (("flag", flag), ("status", status)):
-        if name and (":" in name or any(not ("!" <= c <= "~") for c in name)):
+    original = opts.str("original_flag", d.original_flag)
+    strip = opts.str_list("strip")
+    for key, name in (("flag", flag), ("status", status), ("original_flag", original)):
+        if name and not _is_header_name(name):
             opts.problem(key, f"{name!r} is not a header name")
+    for name in strip or ():
+        if not _is_header_name(name):
+            opts.problem("strip", f"{name!r} is not a header name")
     config = HeadersConfig(
         flag=flag,
         status=status,
         add_status=opts.choice("add_status", ("tagged", "always", "never"), d.add_status),
+        strip=tuple(strip) if strip is not None else None,
+        original_flag=original,
     )
     opts.finish()
     return config

@@ -106,21 +106,34 @@ def fold_header(name: str, value: str, width: int = 78) -> bytes:
 
 
 def outgoing(
-    msg: "MessageContext", add: tuple[tuple[str, str], ...] = (), strip: tuple[str, ...] = ()
+    msg: "MessageContext",
+    add: tuple[tuple[str, str], ...] = (),
+    strip: tuple[str, ...] = (),
+    rename: tuple[tuple[str, str], ...] = (),
 ) -> list[bytes | memoryview]:
     """The wire bytes for 10026: our headers first, the original bytes after, unchanged except
-    that incoming copies of our own headers (``strip``) are cut out so nobody can pre-forge them.
+    that incoming headers named in ``strip`` are cut out (copies of our own verdict, so nobody
+    can pre-forge it) and those named in ``rename`` (old, new) get the new name, their value
+    untouched (an upstream X-Spam-Flag beside our own: HeadersConfig.incoming).
     Returned as slices of the original buffer: a large message is never copied."""
     parts: list[bytes | memoryview] = []
     if add:
         parts.append(b"".join(fold_header(name, value) for name, value in add))
     view = memoryview(msg.data)
     position = 0
-    if strip:
+    if strip or rename:
         names = {name.lower() for name in strip}
+        renamed = {old.lower(): new.encode("ascii") for old, new in rename}
         for header in msg.headers:
             if header.lname in names:
                 parts.append(view[position : header.start])
                 position = header.end
+            elif header.lname in renamed:
+                # Everything up to the colon is the name as written (with a stuffing dot or
+                # the obs-optional spaces before the colon): replaced whole.
+                colon = msg.data.index(b":", header.start, header.end)
+                parts.append(view[position : header.start])
+                parts.append(renamed[header.lname])
+                position = colon
     parts.append(view[position:])
     return [p for p in parts if len(p)]

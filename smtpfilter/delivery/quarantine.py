@@ -359,7 +359,7 @@ async def release(config: Config, entry_id: str) -> ReleaseResult:
     envelope = _envelope_from_meta(stored)
     result = ReleaseResult(entry)
     msg = MessageContext.build(data, received_at=datetime.now(timezone.utc))
-    parts = outgoing(msg, (), config.headers.own)
+    parts = outgoing(msg, (), *config.headers.incoming(()))
     sent = await deliver(DownstreamPool.for_config(config, keep_idle=False), envelope, parts)
     result.refused = [(rcpt.address, str(answer)) for rcpt, answer in sent.refused]
     if sent.error is not None:

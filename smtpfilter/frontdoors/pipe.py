@@ -170,7 +170,7 @@ async def filter_message(
     if not decision.delivers:
         reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
         return Outcome.from_reply(reply), decision
-    parts = outgoing(msg, decision.headers, config.headers.own)
+    parts = outgoing(msg, decision.headers, *config.headers.incoming(decision.headers))
     return await reinject(config, parts, envelope, size=msg.size), decision
 
 

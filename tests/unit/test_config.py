@@ -78,6 +78,8 @@ def test_overrides():
         ("dry_run: yes\n", "expected true or false"),
         ("- a list\n", "expected a mapping"),
         ("log: {target: file}\n", "not one of"),
+        ("headers: {strip: ['X Bad']}\n", "'X Bad' is not a header name"),
+        ("headers: {original_flag: 'X-Orig:'}\n", "is not a header name"),
     ],
 )
 def test_config_problems(tmp_path, text, problem):

@@ -101,3 +101,25 @@ def test_outgoing_prepends_and_strips_without_copying_the_rest():
     parts = outgoing(msg, (("X-Spam-Flag", "YES"),), ("X-Spam-Flag",))
     assert b"".join(bytes(p) for p in parts) == b"X-Spam-Flag: YES\r\nSubject: s\r\n\r\nbody\r\n"
     assert any(isinstance(p, memoryview) for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("added", "expected"),
+    [
+        # We tag: their flag is renamed, whatever its spelling, value and folding untouched.
+        ((("X-Spam-Flag", "YES"),),
+         b"X-Spam-Flag: YES\r\nX-Original-Spam-Flag: NO\r\nSubject: s\r\n"
+         b"X-Original-Spam-Flag:maybe\r\n folded\r\n\r\nbody\r\n"),
+        # We do not: their flag stays byte for byte (a DKIM signature may cover it).
+        ((), b"x-spam-flag : NO\r\nSubject: s\r\nX-Spam-Flag:maybe\r\n folded\r\n\r\nbody\r\n"),
+    ],
+    ids=["tagged", "untagged"],
+)
+def test_outgoing_renames_an_upstream_flag_only_beside_ours(added, expected):
+    from smtpfilter.config.settings import HeadersConfig
+
+    wire = to_wire(b"x-spam-flag : NO\nX-Smtpfilter-Status: No\nSubject: s\n"
+                   b"X-Spam-Flag:maybe\n folded\n\nbody\n")
+    msg = MessageContext.build(wire, received_at=datetime.now(timezone.utc))
+    parts = outgoing(msg, added, *HeadersConfig().incoming(added))
+    assert b"".join(bytes(p) for p in parts) == expected

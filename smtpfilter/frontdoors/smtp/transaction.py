@@ -265,7 +265,7 @@ class FilterHandler:
             await self.reset(session)  # FILTER_README: abort the 10026 side, never send "."
             return replies.for_decision(decision) or replies.R451_LOCAL_ERROR, decision
 
-        parts = outgoing(msg, decision.headers, config.headers.own)
+        parts = outgoing(msg, decision.headers, *config.headers.incoming(decision.headers))
         try:
             result = await conn.data(parts)
         except DownstreamError as error:
