@@ -134,10 +134,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             what = "per line"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
         print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
+    _check_message_size(config)
     _check_quarantine(config, ruleset)
     if config.metrics.listen is not None:
         print(f"metrics: http://{config.metrics.listen}/metrics")
     return EX_OK
+
+
+def _check_message_size(config: Config) -> None:
+    size = config.limits.message_size
+    shown = f"{size} bytes" if size else "no limit"
+    if config.limits.follows_postfix:
+        print(f"message size: {shown}, Postfix's message_size_limit ({config.postfix.read})")
+    else:
+        print(f"message size: {shown} (limits.message_size)")
+    problem = config.size_disagreement()
+    if problem:
+        print(f"smtpfilter: warning: {config.source}: {problem}", file=sys.stderr)
 
 
 def _check_quarantine(config: Config, ruleset: RuleSet) -> None:

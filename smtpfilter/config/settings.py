@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpfilter.config.options import ConfigError, Options, Problem
+from smtpfilter.config.postconf import Postconf, PostconfError
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
 from smtpfilter.core.verdict import Action
 
@@ -36,6 +37,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "PolicyConfig",
+    "PostfixConfig",
     "QuarantineConfig",
     "TlsConfig",
     "load_config",
@@ -109,7 +111,11 @@ DEFAULT_FORWARD = HostPort("127.0.0.1", 10026)  # FILTER_README's after-filter s
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    message_size: int = 10_240_000  # Postfix's message_size_limit default; announced as SIZE
+    # Announced as SIZE and checked at MAIL; 0: no fixed maximum. By default it is Postfix's
+    # message_size_limit (follows_postfix, read at start and reload): after the queue a
+    # smaller limit of ours makes Postfix bounce mail it has already accepted (issue 12).
+    message_size: int = 10_240_000  # Postfix's own default
+    follows_postfix: bool = True  # False: limits.message_size set in the config
     header_size: int = 1 << 20  # how much of the header section the rules look at
     # Per process. At least the scan transport's maxproc (20 in master.cf.example) after queue,
     # the port-25 smtpd's (default_process_limit, 100) before queue; idle sessions make room.
@@ -125,6 +131,16 @@ class Limits:
     # SIGTERM: how long messages in flight may take to finish (systemd's TimeoutStopSec,
     # 90 s by default, must be longer).
     shutdown_timeout: float = 30.0
+
+    @property
+    def data_size(self) -> int:
+        """The most DATA we read (0: no limit). Following Postfix, only a guard for memory at
+        twice its limit: what Postfix queued fits its limit in its own measure, and it never
+        hands us more, while our count (the wire bytes: CRLF line ends, dot-stuffing, the
+        headers Postfix and its milters added) is a little larger; a 552 there would be a
+        bounce. A limit set in the config is exact: a 552 is what was asked for (before the
+        queue, the client gets it)."""
+        return self.message_size * 2 if self.follows_postfix else self.message_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +221,15 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostfixConfig:
+    """The Postfix instance we filter for, and what we read from its configuration."""
+
+    config_directory: Path | None = None  # None: postconf's default (/etc/postfix)
+    message_size_limit: int | None = None  # Postfix's, 0 = none; None: could not be read
+    read: str = "not read"  # how it was read, or why not (check-config and doctor say it)
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     cert: Path
     key: Path
@@ -258,6 +283,24 @@ class Config:
     log: LogConfig = LogConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     metrics: MetricsConfig = MetricsConfig()
+    postfix: PostfixConfig = PostfixConfig()
+
+    def size_disagreement(self) -> str | None:
+        """Why limits.message_size set below Postfix's message_size_limit turns accepted mail
+        into bounces after the queue, or None when the two agree."""
+        ours, theirs = self.limits.message_size, self.postfix.message_size_limit
+        if self.limits.follows_postfix or theirs is None or ours == 0:
+            return None
+        if theirs != 0 and ours >= theirs:
+            return None
+        shown = "no limit" if theirs == 0 else str(theirs)
+        return (
+            f"limits.message_size ({ours}) is below Postfix's message_size_limit ({shown}, "
+            f"{self.postfix.read}): after the queue, Postfix bounces the mail in between that "
+            f"it has already accepted (552 5.3.4 message size exceeds size limit of server); "
+            f"remove limits.message_size to follow Postfix, or raise both together. (Before "
+            f"the queue, smtpd_proxy_filter, a 552 to the sending client is right.)"
+        )
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -291,6 +334,7 @@ _TOP_KEYS = (
     "log",
     "quarantine",
     "metrics",
+    "postfix",
 )
 
 
@@ -346,8 +390,10 @@ def uvloop_available() -> bool:
 
 def _limits(opts: Options) -> Limits:
     d = Limits()
+    follows = opts.raw("message_size") in (None, "postfix")
     limits = Limits(
-        message_size=opts.size("message_size", d.message_size),
+        message_size=d.message_size if follows else opts.size("message_size", d.message_size),
+        follows_postfix=follows,
         header_size=opts.size("header_size", d.header_size),
         sessions=opts.integer("sessions", d.sessions, minimum=1),
         recipients=opts.integer("recipients", d.recipients, minimum=1),
@@ -505,6 +551,54 @@ def _metrics(opts: Options) -> MetricsConfig:
     return MetricsConfig(where)
 
 
+def _postfix(opts: Options, base: Path) -> PostfixConfig:
+    directory = opts.str("config_directory")
+    opts.finish()
+    if directory is not None and not directory:
+        opts.problem("config_directory", "must not be empty")
+        directory = None
+    path = base / directory if directory else None
+    try:
+        return read_postfix(path)
+    except PostconfError as error:
+        opts.problem("config_directory", f"cannot read Postfix's configuration: {error}")
+        return PostfixConfig(path)
+
+
+def read_postfix(config_directory: Path | None = None) -> PostfixConfig:
+    """Postfix's message_size_limit, with postconf (config/postconf.py); read at every load,
+    so a reload picks up a change.
+
+    Without postconf (no Postfix here) there is nothing to follow: None. Without a main.cf in
+    the default directory (Postfix installed but not configured, a test machine) Postfix's
+    built-in default is what it would use. A config_directory given explicitly must be
+    readable: PostconfError."""
+    postconf = Postconf(config_directory)
+    if postconf.program is None:
+        return PostfixConfig(config_directory, None, "postconf not found")
+    # Asked only when main.cf exists: postconf's fatal error on a missing one costs a second
+    # (msg_fatal sleeps before it exits, so that a daemon cannot respawn in a tight loop).
+    if postconf.main_cf().is_file():
+        text = postconf.value("message_size_limit")
+        read = f"{postconf.where} -h message_size_limit"
+    elif config_directory is not None:
+        raise PostconfError(f"{postconf.main_cf()}: no such file")
+    else:
+        text = postconf.value("message_size_limit", default=True)
+        read = f"postconf -d: Postfix's default, there is no {postconf.main_cf()}"
+    if not text.isdigit():
+        raise PostconfError(f"{postconf.where}: message_size_limit = {text!r} is not a number")
+    return PostfixConfig(config_directory, int(text), read)
+
+
+def _follow_postfix(config: Config) -> Config:
+    """limits.message_size: postfix → Postfix's message_size_limit (0, no limit, if unknown)."""
+    if not config.limits.follows_postfix:
+        return config
+    size = config.postfix.message_size_limit or 0
+    return replace(config, limits=replace(config.limits, message_size=size))
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -527,6 +621,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         log=_log(opts.section("log")),
         quarantine=_quarantine(opts.section("quarantine"), base),
         metrics=_metrics(opts.section("metrics")),
+        postfix=_postfix(opts.section("postfix"), base),
     )
     if config.dns.message_timeout >= config.limits.scan_timeout:
         opts.problem(
@@ -538,13 +633,16 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
     opts.finish(_TOP_KEYS)
     if problems:
         raise ConfigError(problems)
-    return config
+    return _follow_postfix(config)
 
 
 def load_config(path: Path | None) -> Config:
     """The config in ``path``, or the defaults when ``path`` is None."""
     if path is None:
-        return Config()
+        try:
+            return _follow_postfix(Config(postfix=read_postfix()))
+        except PostconfError as error:
+            raise ConfigError([Problem("postfix", str(error))]) from None
     try:
         data = load_file(path)
     except YamlError as error:

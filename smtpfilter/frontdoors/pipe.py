@@ -250,8 +250,9 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
         for warning in ruleset.warnings:  # a table line skipped, a table with nothing usable
             log.warning("%s", warning)
-        raw = stdin.read(config.limits.message_size + 1)
-        if len(raw) > config.limits.message_size:
+        limit = config.limits.data_size
+        raw = stdin.read(limit + 1) if limit else stdin.read()
+        if limit and len(raw) > limit:
             outcome = Outcome.from_reply(replies.R552_TOO_BIG)
             return outcome.status
         data = message_bytes(raw)

@@ -79,7 +79,8 @@ async def test_several_transactions_per_session_with_rset(start_filter, sink):
 
 
 async def test_ehlo_announces_what_we_can_do_and_nothing_else(start_filter):
-    server = await start_filter()
+    # An explicit size: by default it is Postfix's message_size_limit (test_check_config).
+    server = await start_filter(config="limits: {message_size: 10240000}\n")
     client = await Client.connect(server.port)
     assert client.banner.code == 220 and client.banner.text.startswith("filter.test ")
     reply = await client.ehlo()

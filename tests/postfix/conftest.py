@@ -180,7 +180,7 @@ def content(subject: str, *, days_old: float = 0, headers: tuple[str, ...] = (),
     return message_id, "\n".join(lines).encode()
 
 
-def filter_config(root: Path, ports: Ports, rules: str) -> Path:
+def filter_config(root: Path, ports: Ports, rules: str, extra: str = "") -> Path:
     rules_path = root / "rules.yaml"
     rules_path.write_text(textwrap.dedent(rules))
     config = root / "smtpfilter.yaml"
@@ -189,11 +189,23 @@ def filter_config(root: Path, ports: Ports, rules: str) -> Path:
         f"forward: 127.0.0.1:{ports.reinject}\n"
         "hostname: smtpfilter.example.test\n"
         f"rules: [{rules_path}]\n"
+        # The private instance's main.cf (its message_size_limit), as /etc/postfix would be.
+        f"postfix: {{config_directory: {root / 'etc'}}}\n" + textwrap.dedent(extra)
     )
     return config
 
 
-def configure(system: MailSystem, launcher: Path | None) -> None:
+def override(main_cf: str, settings: str) -> str:
+    """``main_cf`` with each ``name = value`` of ``settings`` in place of the same parameter
+    (a test's own settings; Postfix would take the last one anyway, with a warning)."""
+    for line in textwrap.dedent(settings).splitlines():
+        name, sep, _ = line.partition("=")
+        if sep and name.strip() and not line.startswith(("#", " ", "\t")):
+            main_cf = re.sub(rf"(?m)^{re.escape(name.strip())}\s*=.*\n(?:[ \t].*\n)*", "", main_cf)
+    return main_cf + "\n# --- this test's own settings\n" + textwrap.dedent(settings)
+
+
+def configure(system: MailSystem, launcher: Path | None, main_cf_extra: str = "") -> None:
     """The private instance's main.cf and master.cf: the base plus the mode's example blocks,
     with only machine-specific details rewritten."""
     ports, postfix = system.ports, system.postfix
@@ -224,6 +236,8 @@ def configure(system: MailSystem, launcher: Path | None) -> None:
     main_cf = postfix.base_main_cf(relay_port=ports.destination) + "".join(
         f"\n# --- main.cf.example: {name}\n{render(main_example[name])}" for name in main_blocks
     )
+    if main_cf_extra:
+        main_cf = override(main_cf, main_cf_extra)
     files = {}
     if system.mode == "per-domain":
         files["smtpfilter_domains"] = render(main_example["per-domain-map"])
@@ -246,10 +260,15 @@ def pipe_launcher(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture
 def mail_system(request) -> Iterator[Callable[..., MailSystem]]:
-    """``mail_system(mode, rules=ISSUE_RULES, start_filter=True)`` → a running MailSystem."""
+    """``mail_system(mode, rules=ISSUE_RULES, start_filter=True, main_cf="", config="")`` → a
+    running MailSystem; ``main_cf`` settings replace the instance's, ``config`` is added to
+    smtpfilter's."""
     systems: list[MailSystem] = []
 
-    def build(mode: str, rules: str = ISSUE_RULES, start_filter: bool = True) -> MailSystem:
+    def build(
+        mode: str, rules: str = ISSUE_RULES, start_filter: bool = True, *, main_cf: str = "",
+        config: str = "",
+    ) -> MailSystem:
         # Not pytest's tmp_path: its parents are 0700, and Postfix's unprivileged daemons,
         # smtp-sink and the pipe(8) user must all reach this tree.
         root = Path(tempfile.mkdtemp(prefix="smtpfilter-postfix-"))
@@ -261,11 +280,11 @@ def mail_system(request) -> Iterator[Callable[..., MailSystem]]:
             ports=ports,
             postfix=Postfix(root),
             destination=SmtpSink(root, ports.destination),
-            filter_config=filter_config(root, ports, rules),
+            filter_config=filter_config(root, ports, rules, config),
         )
         systems.append(system)
         launcher = request.getfixturevalue("pipe_launcher") if mode == "pipe" else None
-        configure(system, launcher)
+        configure(system, launcher, main_cf)
         problems = system.postfix.check()
         assert problems == "", f"postfix check on the {mode} example:\n{problems}"
         system.destination.start()

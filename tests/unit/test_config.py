@@ -22,7 +22,9 @@ def test_defaults_are_filter_readme():
     assert str(config.listen) == "127.0.0.1:10025"
     assert str(config.forward) == "127.0.0.1:10026"
     assert config.hostname.startswith("smtpfilter.")
-    assert config.limits.message_size == 10_240_000
+    # Postfix's message_size_limit (its default without a main.cf; no limit without Postfix).
+    assert config.limits.follows_postfix
+    assert config.limits.message_size == (config.postfix.message_size_limit or 0)
     assert config.tls is None
 
 

@@ -62,7 +62,13 @@ class FilterHandler:
     # --- limits the SMTP layer asks about ----------------------------------------------
     @property
     def message_size_limit(self) -> int:
+        """SIZE (RFC 1870), checked at MAIL; 0: no fixed maximum."""
         return self.rt.config.limits.message_size
+
+    @property
+    def data_size_limit(self) -> int:
+        """The most DATA we read before answering 552; 0: no limit (Limits.data_size)."""
+        return self.rt.config.limits.data_size
 
     @property
     def processing_time_limit(self) -> float:
@@ -113,7 +119,10 @@ class FilterHandler:
         def downstream_has(keyword: str) -> bool:
             return known is None or keyword.lower() in known
 
-        keywords = ["PIPELINING", f"SIZE {self.message_size_limit}", "ENHANCEDSTATUSCODES"]
+        # RFC 1870 §4: "SIZE" alone (or 0) announces no fixed maximum, as Postfix's smtpd does
+        # with message_size_limit = 0.
+        size = f"SIZE {self.message_size_limit}" if self.message_size_limit else "SIZE"
+        keywords = ["PIPELINING", size, "ENHANCEDSTATUSCODES"]
         if downstream_has("8BITMIME"):
             keywords.append("8BITMIME")
         if downstream_has("DSN"):
