@@ -45,6 +45,7 @@ def test_scan_transport():
     assert o["smtp_send_xforward_command"] == "yes"
     assert o["smtp_tls_security_level"] == "none"
     assert o["disable_mime_output_conversion"] == "yes"
+    assert o["smtp_line_length_limit"] == "0"  # lines over 998 octets pass unbroken (DKIM)
     assert o["smtp_generic_maps"] == ""
     seconds = int(o["smtp_data_done_timeout"].rstrip("s"))
     assert seconds >= 600  # never below Postfix's default: scan + re-injection must fit
