@@ -275,6 +275,19 @@ class FilterHandler:
             return replies.for_decision(decision) or replies.R451_LOCAL_ERROR, decision
 
         parts = outgoing(msg, decision.headers, *config.headers.incoming(decision.headers))
+        # Logged before the final "." leaves: once 10026 has it, the message may be queued there
+        # even if this process dies before it can answer Postfix, which then sends it again
+        # (FILTER_README's design: the one duplicate an after-queue filter cannot prevent).
+        # This line is what ties that first copy (10026's log: orig_queue_id=, XFORWARD IDENT)
+        # to the message Postfix retries (issue 12: a SIGKILL left no line for it). It does
+        # not start with "queue_id=": that is the summary line's, one per message.
+        log.info(
+            "handing over to %s: queue_id=%s from=<%s> size=%d",
+            config.forward,
+            client.ident or "-",
+            envelope.mail_from or "",
+            len(data),
+        )
         try:
             result = await conn.data(parts)
         except DownstreamError as error:
