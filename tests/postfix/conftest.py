@@ -36,11 +36,11 @@ NEEDED = ("postfix", "postconf", "postqueue", "postmap", "smtp-sink", "script")
 
 # mode: (master.cf.example blocks, main.cf.example blocks), as master.cf.example's table says.
 MODES = {
-    "after-queue": (("scan", "reinject"), ("after-queue",)),
-    "per-domain": (("scan", "reinject"), ("per-domain",)),
-    "outside-only": (("scan", "reinject", "outside-only"), ()),
-    "before-queue": (("before-queue",), ()),
-    "pipe": (("reinject", "pipe"), ("pipe",)),
+    "after-queue": (("scan", "reinject"), ("smuggling", "after-queue")),
+    "per-domain": (("scan", "reinject"), ("smuggling", "per-domain")),
+    "outside-only": (("scan", "reinject", "outside-only"), ("smuggling",)),
+    "before-queue": (("before-queue",), ("smuggling",)),
+    "pipe": (("reinject", "pipe"), ("smuggling", "pipe")),
 }
 
 # The relay hop to the final destination (smtp-sink) stands in for delivery to a mailbox, which
