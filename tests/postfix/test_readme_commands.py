@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import sys
 import subprocess
 from pathlib import Path
 
@@ -74,3 +75,30 @@ def test_without_systemd_and_raising_both_size_limits(mail_system, pipe_launcher
     assert not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
     assert "smtpfilter stopped" in log()
     assert not re.search(r"(?m)^(WARNING|ERROR|CRITICAL|Traceback)", log()), log()
+
+
+def test_step_4_switches_filtering_on_and_doctor_agrees(mail_system):
+    # The master.cf blocks are in (the README's "append"); main.cf is as before step 4.
+    system = mail_system("after-queue")
+    etc = system.postfix.config_dir
+    main_cf = etc / "main.cf"
+    main_cf.write_text(re.sub(r"(?m)^(content_filter|receive_override_options|"
+                              r"smtpd_forbid_bare_newline) = .*\n", "", main_cf.read_text()))
+    postconf, postfix = program("postconf"), program("postfix")
+    bash(f"{postfix} -c {etc} reload")
+
+    done = bash(substitute(shell_block("'smtpd_forbid_bare_newline = normalize'"), {
+        "postconf -e": f"{postconf} -c {etc} -e",
+        "postfix check": f"{postfix} -c {etc} check",
+        "postfix reload": f"{postfix} -c {etc} reload",
+        "[127.0.0.1]:10025": f"[127.0.0.1]:{system.ports.filter}",
+        "/opt/smtpfilter/bin/smtpfilter": f"{sys.executable} -m smtpfilter",
+        "/etc/smtpfilter/smtpfilter.yaml": str(system.filter_config),
+    }))
+    assert done.stdout.splitlines()[-1] == "no problems found", done.stdout
+    assert "after-queue: main.cf content_filter = scan:" in done.stdout
+
+    message_id, data = content("after step 4")
+    [onward] = system.sent_onward(system.submit(data))
+    system.delivered_finally(onward)
+    assert [d.header("Message-ID") for d in system.delivered()] == [message_id]
