@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpfilter.config.options import parse_duration
-from smtpfilter.config.postconf import Postconf, PostconfError, Service
+from smtpfilter.config.postconf import Postconf, Service
 from smtpfilter.config.settings import Config, HostPort
 from smtpfilter.postfix.tables import read_table
 

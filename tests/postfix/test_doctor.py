@@ -124,7 +124,7 @@ CASES = {
     ),
     "reinject-missing": (
         "after-queue",
-        ("master.cf", lambda s: lambda t: t.replace(f"\n{_reinject(s)} inet", f"\n127.0.0.1:10998 inet")),
+        ("master.cf", lambda s: lambda t: t.replace(f"\n{_reinject(s)} inet", "\n127.0.0.1:10998 inet")),
         "", "master.cf: no smtpd listens on 127.0.0.1:",
     ),
     "reinject-filters-again": (
