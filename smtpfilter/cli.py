@@ -7,12 +7,14 @@
     smtpfilter scan [--config PATH] [--received-hop N] [--json|--csv] MAILDIR|MBOX|DIRECTORY
     smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
     smtpfilter import-header-checks [--kind K] [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
+    smtpfilter doctor [--config PATH] [--postfix-config DIR]
     smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
     smtpfilter policy [--config PATH] [--listen HOST:PORT]
     smtpfilter ratelimit show|reset [--config PATH] RULE:VALUE...
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
-RestartPreventExitStatus=78 keeps a broken config from restart-looping). ``pipe`` is different:
+RestartPreventExitStatus=78 keeps a broken config from restart-looping); ``doctor`` exits 1
+when it found problems and 69 when it cannot read Postfix's configuration. ``pipe`` is different:
 pipe(8) bounces mail on any status but 0 and a few sysexits, so it only ever exits 0, 69
 (reject) or 75 (try again), usage errors included (smtpfilter.frontdoors.pipe).
 """
@@ -191,11 +193,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             what = "per line"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
         print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
+    _check_message_size(config)
     _check_quarantine(config, ruleset)
     _check_ratelimit(config, ruleset)
     if config.metrics.listen is not None:
         print(f"metrics: http://{config.metrics.listen}/metrics")
     return EX_OK
+
+
+def _check_message_size(config: Config) -> None:
+    size = config.limits.message_size
+    shown = f"{size} bytes" if size else "no limit"
+    if config.limits.follows_postfix:
+        print(f"message size: {shown}, Postfix's message_size_limit ({config.postfix.read})")
+    else:
+        print(f"message size: {shown} (limits.message_size)")
+    problem = config.size_disagreement()
+    if problem:
+        print(f"smtpfilter: warning: {config.source}: {problem}", file=sys.stderr)
 
 
 def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
@@ -554,6 +569,36 @@ def cmd_ratelimit(args: argparse.Namespace) -> int:
     return asyncio.run(each())
 
 
+# --- doctor --------------------------------------------------------------------------------
+EX_UNAVAILABLE = 69
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from smtpfilter.config.postconf import Postconf, PostconfError
+    from smtpfilter.tools.doctor import diagnose
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        _report_config_error(error, "cannot check Postfix against it")
+        return EX_CONFIG
+    directory = args.postfix_config or config.postfix.config_directory
+    try:
+        report = diagnose(config, Postconf(directory))
+    except PostconfError as error:
+        print(f"smtpfilter: cannot read Postfix's configuration: {error}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    print(f"{report.postfix}; smtpfilter {config.source or 'built-in defaults'}: listen "
+          f"{config.listen}, forward {config.forward}")
+    for route in report.routes:
+        print(route)
+    for finding in report.findings:
+        print(finding)
+    count = len(report.findings)
+    print(f"{count} problem(s)" if count else "no problems found")
+    return 1 if count else EX_OK
+
+
 # --- entry point ---------------------------------------------------------------------------
 def _positive(text: str) -> int:
     value = int(text)
@@ -641,6 +686,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "body_checks")
     hc.add_argument("--output", "-o", type=Path, help="write the YAML here instead of stdout")
     hc.set_defaults(func=cmd_import_header_checks)
+
+    doctor = with_config(sub.add_parser(
+        "doctor", help="check how Postfix is wired to smtpfilter (reads it with postconf, "
+        "changes nothing); exit 1 on problems"))
+    doctor.add_argument("--postfix-config", type=Path, metavar="DIR",
+                        help="Postfix's configuration directory (default: postfix."
+                        "config_directory of the config, else postconf's own, /etc/postfix)")
+    doctor.set_defaults(func=cmd_doctor)
 
     quarantine = sub.add_parser(
         "quarantine", help="list, show, release or delete quarantined messages"

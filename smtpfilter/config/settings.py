@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpfilter.config.options import ConfigError, Options, Problem
+from smtpfilter.config.postconf import Postconf, PostconfError
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
 from smtpfilter.core.verdict import Action
 
@@ -40,6 +41,7 @@ __all__ = [
     "MilterListen",
     "MimeConfig",
     "PolicyConfig",
+    "PostfixConfig",
     "QuarantineConfig",
     "PolicyServiceConfig",
     "StateConfig",
@@ -129,7 +131,11 @@ DEFAULT_FORWARD = HostPort("127.0.0.1", 10026)  # FILTER_README's after-filter s
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    message_size: int = 10_240_000  # Postfix's message_size_limit default; announced as SIZE
+    # Announced as SIZE and checked at MAIL; 0: no fixed maximum. By default it is Postfix's
+    # message_size_limit (follows_postfix, read at start and reload): after the queue a
+    # smaller limit of ours makes Postfix bounce mail it has already accepted (issue 12).
+    message_size: int = 10_240_000  # Postfix's own default
+    follows_postfix: bool = True  # False: limits.message_size set in the config
     header_size: int = 1 << 20  # how much of the header section the rules look at
     # Per process. At least the scan transport's maxproc (20 in master.cf.example) after queue,
     # the port-25 smtpd's (default_process_limit, 100) before queue; idle sessions make room.
@@ -146,6 +152,16 @@ class Limits:
     # 90 s by default, must be longer).
     shutdown_timeout: float = 30.0
 
+    @property
+    def data_size(self) -> int:
+        """The most DATA we read (0: no limit). Following Postfix, only a guard for memory at
+        twice its limit: what Postfix queued fits its limit in its own measure, and it never
+        hands us more, while our count (the wire bytes: CRLF line ends, dot-stuffing, the
+        headers Postfix and its milters added) is a little larger; a 552 there would be a
+        bounce. A limit set in the config is exact: a 552 is what was asked for (before the
+        queue, the client gets it)."""
+        return self.message_size * 2 if self.follows_postfix else self.message_size
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
@@ -156,14 +172,43 @@ class PolicyConfig:
 
 @dataclass(frozen=True, slots=True)
 class HeadersConfig:
+    """The headers we add, and what becomes of incoming ones of the same names.
+
+    Incoming ``strip`` headers are removed from every message we deliver: by default our
+    status header, which nobody else writes, so that a sender cannot pre-forge our verdict.
+    An incoming ``flag`` (X-Spam-Flag, which many spam filters write) is kept as it is, so a
+    DKIM signature that covers it still verifies; only when we add our own flag is it renamed
+    to ``original_flag``, so that the message carries one X-Spam-Flag, ours, whichever
+    occurrence a mail reader looks at (README, "Headers").
+    """
+
     flag: str = "X-Spam-Flag"  # "YES" on tagged messages
     status: str = "X-Smtpfilter-Status"  # "Yes, score=6 rules=..." ("No, ..." with add_status: always)
     add_status: str = "tagged"  # tagged | always | never
+    strip: tuple[str, ...] | None = None  # None: (status,)
+    original_flag: str = "X-Original-Spam-Flag"  # "": an upstream flag stays beside ours
 
     @property
-    def own(self) -> tuple[str, ...]:
-        """Header names we write: incoming copies are removed so senders cannot forge them."""
-        return tuple(n for n in (self.flag, self.status) if n)
+    def stripped(self) -> tuple[str, ...]:
+        """Incoming headers removed from every message we deliver."""
+        if self.strip is not None:
+            return self.strip
+        return (self.status,) if self.status else ()
+
+    def incoming(
+        self, added: tuple[tuple[str, str], ...]
+    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """(strip, rename) for core.wire.outgoing, for a message we deliver with ``added``."""
+        stripped = self.stripped
+        flag = self.flag.lower()
+        if (
+            self.flag
+            and self.original_flag
+            and any(name.lower() == flag for name, _ in added)
+            and flag not in {name.lower() for name in stripped}
+        ):
+            return stripped, ((self.flag, self.original_flag),)
+        return stripped, ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +356,15 @@ class PolicyServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostfixConfig:
+    """The Postfix instance we filter for, and what we read from its configuration."""
+
+    config_directory: Path | None = None  # None: postconf's default (/etc/postfix)
+    message_size_limit: int | None = None  # Postfix's, 0 = none; None: could not be read
+    read: str = "not read"  # how it was read, or why not (check-config and doctor say it)
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     cert: Path
     key: Path
@@ -369,6 +423,24 @@ class Config:
     state: StateConfig = StateConfig()
     policy_service: PolicyServiceConfig = PolicyServiceConfig()
     authentication: AuthenticationConfig = AuthenticationConfig()
+    postfix: PostfixConfig = PostfixConfig()
+
+    def size_disagreement(self) -> str | None:
+        """Why limits.message_size set below Postfix's message_size_limit turns accepted mail
+        into bounces after the queue, or None when the two agree."""
+        ours, theirs = self.limits.message_size, self.postfix.message_size_limit
+        if self.limits.follows_postfix or theirs is None or ours == 0:
+            return None
+        if theirs != 0 and ours >= theirs:
+            return None
+        shown = "no limit" if theirs == 0 else str(theirs)
+        return (
+            f"limits.message_size ({ours}) is below Postfix's message_size_limit ({shown}, "
+            f"{self.postfix.read}): after the queue, Postfix bounces the mail in between that "
+            f"it has already accepted (552 5.3.4 message size exceeds size limit of server); "
+            f"remove limits.message_size to follow Postfix, or raise both together. (Before "
+            f"the queue, smtpd_proxy_filter, a 552 to the sending client is right.)"
+        )
 
     def with_overrides(self, *, listen: str | None = None, forward: str | None = None) -> "Config":
         problems = []
@@ -407,6 +479,7 @@ _TOP_KEYS = (
     "state",
     "policy_service",
     "authentication",
+    "postfix",
 )
 
 
@@ -462,8 +535,10 @@ def uvloop_available() -> bool:
 
 def _limits(opts: Options) -> Limits:
     d = Limits()
+    follows = opts.raw("message_size") in (None, "postfix")
     limits = Limits(
-        message_size=opts.size("message_size", d.message_size),
+        message_size=d.message_size if follows else opts.size("message_size", d.message_size),
+        follows_postfix=follows,
         header_size=opts.size("header_size", d.header_size),
         sessions=opts.integer("sessions", d.sessions, minimum=1),
         recipients=opts.integer("recipients", d.recipients, minimum=1),
@@ -498,17 +573,29 @@ def _policy(opts: Options) -> PolicyConfig:
     return PolicyConfig(tuple(sorted(thresholds, key=lambda t: t[0])))
 
 
+def _is_header_name(name: str) -> bool:
+    # RFC 5322 §3.6.8 ftext: printable ASCII but the colon.
+    return bool(name) and ":" not in name and all("!" <= c <= "~" for c in name)
+
+
 def _headers(opts: Options) -> HeadersConfig:
     d = HeadersConfig()
     flag = opts.str("flag", d.flag)
     status = opts.str("status", d.status)
-    for key, name in (("flag", flag), ("status", status)):
-        if name and (":" in name or any(not ("!" <= c <= "~") for c in name)):
+    original = opts.str("original_flag", d.original_flag)
+    strip = opts.str_list("strip")
+    for key, name in (("flag", flag), ("status", status), ("original_flag", original)):
+        if name and not _is_header_name(name):
             opts.problem(key, f"{name!r} is not a header name")
+    for name in strip or ():
+        if not _is_header_name(name):
+            opts.problem("strip", f"{name!r} is not a header name")
     config = HeadersConfig(
         flag=flag,
         status=status,
         add_status=opts.choice("add_status", ("tagged", "always", "never"), d.add_status),
+        strip=tuple(strip) if strip is not None else None,
+        original_flag=original,
     )
     opts.finish()
     return config
@@ -752,6 +839,54 @@ def _authentication(opts: Options, base: Path) -> AuthenticationConfig:
     return config
 
 
+def _postfix(opts: Options, base: Path) -> PostfixConfig:
+    directory = opts.str("config_directory")
+    opts.finish()
+    if directory is not None and not directory:
+        opts.problem("config_directory", "must not be empty")
+        directory = None
+    path = base / directory if directory else None
+    try:
+        return read_postfix(path)
+    except PostconfError as error:
+        opts.problem("config_directory", f"cannot read Postfix's configuration: {error}")
+        return PostfixConfig(path)
+
+
+def read_postfix(config_directory: Path | None = None) -> PostfixConfig:
+    """Postfix's message_size_limit, with postconf (config/postconf.py); read at every load,
+    so a reload picks up a change.
+
+    Without postconf (no Postfix here) there is nothing to follow: None. Without a main.cf in
+    the default directory (Postfix installed but not configured, a test machine) Postfix's
+    built-in default is what it would use. A config_directory given explicitly must be
+    readable: PostconfError."""
+    postconf = Postconf(config_directory)
+    if postconf.program is None:
+        return PostfixConfig(config_directory, None, "postconf not found")
+    # Asked only when main.cf exists: postconf's fatal error on a missing one costs a second
+    # (msg_fatal sleeps before it exits, so that a daemon cannot respawn in a tight loop).
+    if postconf.main_cf().is_file():
+        text = postconf.value("message_size_limit")
+        read = f"{postconf.where} -h message_size_limit"
+    elif config_directory is not None:
+        raise PostconfError(f"{postconf.main_cf()}: no such file")
+    else:
+        text = postconf.value("message_size_limit", default=True)
+        read = f"postconf -d: Postfix's default, there is no {postconf.main_cf()}"
+    if not text.isdigit():
+        raise PostconfError(f"{postconf.where}: message_size_limit = {text!r} is not a number")
+    return PostfixConfig(config_directory, int(text), read)
+
+
+def _follow_postfix(config: Config) -> Config:
+    """limits.message_size: postfix → Postfix's message_size_limit (0, no limit, if unknown)."""
+    if not config.limits.follows_postfix:
+        return config
+    size = config.postfix.message_size_limit or 0
+    return replace(config, limits=replace(config.limits, message_size=size))
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -779,6 +914,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         state=_state(opts.section("state")),
         policy_service=_policy_service(opts.section("policy_service")),
         authentication=_authentication(opts.section("authentication"), base),
+        postfix=_postfix(opts.section("postfix"), base),
     )
     _check_state(opts, config)
     if opts.has("authentication") and config.authentication.timeout >= config.limits.scan_timeout:
@@ -798,13 +934,16 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
     opts.finish(_TOP_KEYS)
     if problems:
         raise ConfigError(problems)
-    return config
+    return _follow_postfix(config)
 
 
 def load_config(path: Path | None) -> Config:
     """The config in ``path``, or the defaults when ``path`` is None."""
     if path is None:
-        return Config()
+        try:
+            return _follow_postfix(Config(postfix=read_postfix()))
+        except PostconfError as error:
+            raise ConfigError([Problem("postfix", str(error))]) from None
     try:
         data = load_file(path)
     except YamlError as error:

@@ -7,7 +7,8 @@
      ├── TranslationError   a Postfix table pattern RE2 cannot run, or Postfix rejects (ValueError)
      ├── RuleFailure        a check raised while judging a message: answered 451
      ├── DownstreamError    10026 unreachable, silent or gone (stage says where): answered 4xx
-     └── QuarantineError    the quarantine could not store, read or release a message
+     ├── QuarantineError    the quarantine could not store, read or release a message
+     └── PostconfError      Postfix's configuration could not be read with postconf(1)
 
 What the front doors make of them is decided in one place each: a RuleFailure or a scan timeout
 is the engine's 451 (engine/judge.py), a DownstreamError is ``replies.downstream_failure``, a
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DownstreamError",
     "PatternError",
+    "PostconfError",
     "Problem",
     "QuarantineError",
     "RuleFailure",
@@ -106,3 +108,7 @@ class DownstreamError(SmtpfilterError):
 
 class QuarantineError(SmtpfilterError):
     """The quarantine could not do what was asked; the text says what and where."""
+
+
+class PostconfError(SmtpfilterError):
+    """postconf(1) is missing or failed; the text says which command and what it printed."""

@@ -8,7 +8,12 @@ byte offsets there; that is how our own headers can be stripped without touching
 The header section ends at the first empty line or, as in Postfix's cleanup(8) (``is_header()``),
 at the first line that is neither a header field nor a continuation. Whatever follows is body for
 Postfix and for mail readers, so it is body for the rules too; ``HeaderBlock.malformed_at`` records
-that it happened so the log can say so.
+that it happened so the log can say so. What is a header field is decided exactly as Postfix's
+``is_header_buf()`` (src/global/is_header.c) decides it: a name of printable ASCII but the colon,
+then optional spaces or tabs (RFC 5322 §4.5.3 obs-optional, RFC 822 §3.4.2), then the colon.
+``X-Foo : bar`` is the header ``X-Foo`` (cleanup and ``postmap -hmq`` show it as ``X-Foo: bar``),
+not the end of the header section: otherwise a line of that obsolete form would hide every later
+header from the rules while Postfix and the mail reader still read them as headers.
 
 A header section that goes on past ``header_limit`` is not read to its end, and what the rules do
 not read they cannot judge (issue 10: 1.12 MB of small headers hid an ``X-Mailer`` from every
@@ -42,8 +47,9 @@ __all__ = [
 # reached only when a rule reads the body.
 PARSE_LIMITS = {"header": "limits.header_size", "mime": "the mime: section"}
 
-# RFC 5322 §3.6.8: field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable, no colon).
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+# RFC 5322 §3.6.8: field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable, no colon),
+# then §4.5.3 obs-optional's WSP before the colon, as Postfix's is_header_buf() accepts it.
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 
 
 class Header:
@@ -161,11 +167,11 @@ def parse_header_block(
             current._parts.append(line)
             current.end = offset + size
         else:
-            colon = line.find(b":")
-            if colon <= 0 or not _FIELD_NAME.fullmatch(line, 0, colon):
+            named = _FIELD_NAME.match(line)
+            if named is None:
                 malformed_at = offset
                 break
-            current = Header(line[:colon].decode("ascii"), offset, line[colon + 1 :])
+            current = Header(named[1].decode("ascii"), offset, line[named.end() :])
             current.end = offset + size
             headers.append(current)
         offset += size

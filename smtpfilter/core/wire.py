@@ -109,26 +109,44 @@ def outgoing(
     msg: "MessageContext",
     add: tuple[tuple[str, str], ...] = (),
     strip: tuple[str, ...] = (),
+    rename: tuple[tuple[str, str], ...] = (),
+    *,
     drop: Iterable["Header"] = (),
 ) -> list[bytes | memoryview]:
     """The wire bytes for 10026: our headers first, the original bytes after, unchanged except
-    that incoming copies of our own headers (``strip``, by name) and the given header fields
-    (``drop``, these instances only: a forged Authentication-Results among genuine ones) are cut
-    out so nobody can pre-forge them. Returned as slices of the original buffer: a large message
-    is never copied."""
+    that incoming headers named in ``strip`` are cut out (copies of our own verdict, so nobody
+    can pre-forge it), the given header fields in ``drop`` are cut out too (these instances
+    only: a forged Authentication-Results among genuine ones), and those named in ``rename``
+    (old, new) get the new name, their value untouched (an upstream X-Spam-Flag beside our own:
+    HeadersConfig.incoming). Returned as slices of the original buffer: a large message is
+    never copied."""
     parts: list[bytes | memoryview] = []
     if add:
         parts.append(b"".join(fold_header(name, value) for name, value in add))
     view = memoryview(msg.data)
     position = 0
-    names = {name.lower() for name in strip}
-    cuts = {(h.start, h.end) for h in msg.headers if h.lname in names}
+    # (start, end, new name or None): cut [start, end), or put a new name in its place.
+    edits: set[tuple[int, int, bytes | None]] = set()
+    if strip or rename:
+        names = {name.lower() for name in strip}
+        renamed = {old.lower(): new.encode("ascii") for old, new in rename}
+        for header in msg.headers:
+            if header.lname in names:
+                edits.add((header.start, header.end, None))
+            elif header.lname in renamed:
+                # Everything up to the colon is the name as written (with a stuffing dot or
+                # the obs-optional spaces before the colon): replaced whole.
+                colon = msg.data.index(b":", header.start, header.end)
+                edits.add((header.start, colon, renamed[header.lname]))
     # By their offsets in msg.data: a field to drop may lie past the header block the rules
     # read (limits.header_size), found by a longer parse of the same bytes.
-    cuts.update((h.start, h.end) for h in drop)
-    for start, end in sorted(cuts):
-        if start >= position:
-            parts.append(view[position:start])
-            position = end
+    edits.update((h.start, h.end, None) for h in drop)
+    for begin, end, name in sorted(edits, key=lambda e: (e[0], e[1])):
+        if begin < position:
+            continue  # inside a field already cut (the same field named twice)
+        parts.append(view[position:begin])
+        if name is not None:
+            parts.append(name)
+        position = end
     parts.append(view[position:])
     return [p for p in parts if len(p)]

@@ -369,7 +369,8 @@ async def release(config: Config, entry_id: str) -> ReleaseResult:
     msg = MessageContext.build(data, received_at=datetime.now(timezone.utc))
     added = tuple((str(name), str(value)) for name, value in entry.meta.get("headers", ()))
     parts = outgoing(
-        msg, added, config.headers.own, forged_in(msg, config.authentication.authserv_id)
+        msg, added, *config.headers.incoming(added),
+        drop=forged_in(msg, config.authentication.authserv_id),
     )
     sent = await deliver(DownstreamPool.for_config(config, keep_idle=False), envelope, parts)
     result.refused = [(rcpt.address, str(answer)) for rcpt, answer in sent.refused]

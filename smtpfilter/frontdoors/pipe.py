@@ -175,7 +175,9 @@ async def filter_message(
     if not decision.delivers:
         reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
         return Outcome.from_reply(reply), decision
-    parts = outgoing(msg, decision.headers, config.headers.own, decision.drop)
+    parts = outgoing(
+        msg, decision.headers, *config.headers.incoming(decision.headers), drop=decision.drop
+    )
     return await reinject(config, parts, envelope, size=msg.size), decision
 
 
@@ -255,8 +257,9 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
             logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
         for warning in ruleset.warnings:  # a table line skipped, a table with nothing usable
             log.warning("%s", warning)
-        raw = stdin.read(config.limits.message_size + 1)
-        if len(raw) > config.limits.message_size:
+        limit = config.limits.data_size
+        raw = stdin.read(limit + 1) if limit else stdin.read()
+        if limit and len(raw) > limit:
             outcome = Outcome.from_reply(replies.R552_TOO_BIG)
             return outcome.status
         data = message_bytes(raw)

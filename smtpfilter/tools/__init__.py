@@ -1,1 +1,2 @@
-"""Operator commands on stored mail: scan and test, and the text reports they print."""
+"""Operator commands: scan and test of stored mail and the text reports they print; doctor,
+which checks how Postfix is wired to us."""

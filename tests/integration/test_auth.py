@@ -386,7 +386,7 @@ async def test_forged_authentication_results_with_our_id_are_removed(auth):
     msg = context(message(extra=forged), addr=BAD_IP)
     doomed = auth.forged(msg, AUTHSERV_ID)
     assert len(doomed) == 3
-    result = b"".join(bytes(p) for p in outgoing(msg, (), (), doomed))
+    result = b"".join(bytes(p) for p in outgoing(msg, (), (), drop=doomed))
     assert b"bank.test" not in result and b"dmarc=pass" not in result and b"(comment)" not in result
     assert b"mx.receiver.test.evil.test; spf=pass" in result and b"other.test; spf=pass" in result
     assert result == bytes(msg.data).replace(forged.encode(), b"".join(

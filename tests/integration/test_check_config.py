@@ -181,3 +181,54 @@ def test_a_table_beside_a_usable_one_is_a_warning_that_the_rule_still_works(tmp_
         f"{tmp_path / 'r.yaml'}:4: rule POSTFIX_TABLE: table: pcre:{tmp_path / 'passwd'} has no "
         f"usable line (2 skipped, above); the rule's other tables still apply"
     )
+
+
+# --- the message size and Postfix's (issue 12) -----------------------------------------------
+def postfix_dir(tmp_path: Path, main_cf: str) -> Path:
+    """A Postfix configuration directory that postconf -c reads (no Postfix is started)."""
+    from tests.postfix.instance import backdate
+    from tests.support.tools import require
+
+    require("postconf")
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(main_cf)
+    backdate(directory / "main.cf")
+    return directory
+
+
+def test_the_message_size_follows_postfix_and_says_so(tmp_path):
+    directory = postfix_dir(tmp_path, "message_size_limit = 52428800\n")
+    result = check_config(write(tmp_path, f"postfix: {{config_directory: {directory}}}\n".encode()))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    assert (f"message size: 52428800 bytes, Postfix's message_size_limit (postconf -c {directory} "
+            f"-h message_size_limit)").encode() in result.stdout
+
+
+@pytest.mark.parametrize(
+    "ours, postfix, warned",
+    [("10m", "52428800", True), ("10m", "0", True), ("50m", "52428800", False),
+     ("0", "52428800", False)],
+    ids=["below", "postfix-unlimited", "equal", "ours-unlimited"],
+)
+def test_a_message_size_below_postfix_is_a_warning(tmp_path, ours, postfix, warned):
+    directory = postfix_dir(tmp_path, f"message_size_limit = {postfix}\n")
+    config = f"postfix: {{config_directory: {directory}}}\nlimits: {{message_size: {ours}}}\n"
+    result = check_config(write(tmp_path, config.encode()))
+    assert result.returncode == 0, result.stderr
+    lines = assert_one_line_per_problem(result)
+    if warned:
+        [line] = lines
+        assert line.startswith(f"smtpfilter: warning: {tmp_path / 'c.yaml'}: limits.message_size ")
+        assert "after the queue, Postfix bounces the mail in between" in line
+    else:
+        assert lines == []
+
+
+def test_an_unreadable_postfix_directory_is_a_problem_with_its_line(tmp_path):
+    result = check_config(write(tmp_path, b"postfix:\n  config_directory: nowhere\n"))
+    assert result.returncode == EX_CONFIG
+    [problem, summary] = assert_one_line_per_problem(result)
+    assert problem == (f"smtpfilter: {tmp_path / 'c.yaml'}:3: postfix.config_directory: cannot "
+                       f"read Postfix's configuration: {tmp_path / 'nowhere' / 'main.cf'}: no such file")

@@ -222,3 +222,35 @@ async def test_syslog_target_logs_to_facility_mail_with_ident_smtpfilter(service
         syslog.close()
         path.unlink(missing_ok=True)
         directory.rmdir()
+
+
+async def test_rule_warnings_go_to_syslog_with_the_log(service):
+    # Issue 12 asked that a header_checks rule's warnings at load go where the log goes, not
+    # to stderr, with log.target: syslog (done in issue 10; this pins it down).
+    directory = Path(tempfile.mkdtemp(prefix="sf-log-"))
+    path = directory / "log"
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        syslog.bind(str(path))
+        syslog.setblocking(False)
+        process = service(
+            rules="rules:\n  - name: PASSWORDS\n    check: header_checks\n    table: [pcre:passwd]\n",
+            config=f"log: {{target: syslog, syslog_socket: {path}}}\n",
+        )
+        table = process.rules.parent / "passwd"
+        table.write_text("root:x:0:0:root:/root:/bin/bash\n")
+        await start(process)
+        loop = asyncio.get_running_loop()
+        lines = []
+        while not any("listening on" in line for line in lines):
+            lines.append((await asyncio.wait_for(loop.sock_recv(syslog, 65536), 10)).decode())
+        # <20>: facility mail, severity warning; Postfix's "warning: " prefix.
+        prefix = f"<20>smtpfilter[{process.pid}]: warning: "
+        assert f"{prefix}{table}:1: rule PASSWORDS: not a pattern, if or endif (Postfix ignores this line too)" in lines
+        assert any(line.startswith(f"{prefix}{process.rules}:4: rule PASSWORDS: table: ")
+                   and line.endswith("this rule will never match") for line in lines), lines
+        assert process.log() == ""  # nothing on stderr
+    finally:
+        syslog.close()
+        path.unlink(missing_ok=True)
+        directory.rmdir()

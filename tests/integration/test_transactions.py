@@ -79,7 +79,8 @@ async def test_several_transactions_per_session_with_rset(start_filter, sink):
 
 
 async def test_ehlo_announces_what_we_can_do_and_nothing_else(start_filter):
-    server = await start_filter()
+    # An explicit size: by default it is Postfix's message_size_limit (test_check_config).
+    server = await start_filter(config="limits: {message_size: 10240000}\n")
     client = await Client.connect(server.port)
     assert client.banner.code == 220 and client.banner.text.startswith("filter.test ")
     reply = await client.ehlo()
@@ -259,17 +260,21 @@ async def test_spam_mailer_is_discarded_with_250_and_nothing_reaches_10026(start
     assert sink.messages == []
 
 
-async def test_tag_adds_our_headers_first_and_strips_forged_copies(start_filter, sink):
-    rules = """
-    rules:
-      - name: BULK
-        check: header
-        header: Precedence
-        match: '^bulk$'
-        action: tag
-        score: 4
-    """
-    server = await start_filter(rules=rules)
+BULK_TAG = """
+rules:
+  - name: BULK
+    check: header
+    header: Precedence
+    match: '^bulk$'
+    action: tag
+    score: 4
+"""
+
+
+async def test_tag_adds_our_headers_first_strips_forged_status_and_renames_their_flag(
+    start_filter, sink
+):
+    server = await start_filter(rules=BULK_TAG)
     wire = message(
         "Subject: tagged",
         "X-Spam-Flag: NO",
@@ -280,13 +285,38 @@ async def test_tag_adds_our_headers_first_and_strips_forged_copies(start_filter,
     reply = await send_message(server.port, wire)
     assert reply.code == 250
     delivered = sink.messages[0].data
-    expected_rest = wire.replace(b"X-Spam-Flag: NO\r\n", b"").replace(
+    # Our status header is ours alone: a copy from upstream is a forgery, removed. Their
+    # X-Spam-Flag stays readable under another name, so the message has one flag, ours.
+    expected_rest = wire.replace(b"X-Spam-Flag: NO\r\n", b"X-Original-Spam-Flag: NO\r\n").replace(
         b"X-Smtpfilter-Status: No, forged\r\n", b""
     )
     assert delivered == (
         b"X-Spam-Flag: YES\r\n"
         b"X-Smtpfilter-Status: Yes, score=4, rules=BULK(MATCH)\r\n" + expected_rest
     )
+
+
+async def test_an_upstream_spam_flag_is_kept_when_we_add_none(start_filter, sink):
+    # Issue 12: SpamAssassin's own sample spam carries a DKIM signature over X-Spam-Flag;
+    # removing the header broke it. Untagged mail now passes byte for byte.
+    server = await start_filter(rules=BULK_TAG)
+    wire = message("Subject: not bulk", "X-Spam-Flag: YES", "X-Spam-Status: Yes, score=9.1",
+                   "DKIM-Signature: v=1; h=from:subject:x-spam-flag; b=...", body="body\n")
+    assert (await send_message(server.port, wire)).code == 250
+    assert sink.messages[0].data == wire
+
+
+async def test_the_stripped_headers_are_configurable(start_filter, sink):
+    server = await start_filter(
+        rules=BULK_TAG,
+        config="headers: {strip: [X-Spam-Flag, X-Spam-Status], original_flag: ''}\n",
+    )
+    wire = message("Subject: s", "X-Spam-Flag: NO", "X-Spam-Status: No",
+                   "X-Smtpfilter-Status: No, forged", body="body\n")
+    assert (await send_message(server.port, wire)).code == 250
+    # Exactly what the list names goes; our status header is not in it any more.
+    assert sink.messages[0].data == wire.replace(b"X-Spam-Flag: NO\r\n", b"").replace(
+        b"X-Spam-Status: No\r\n", b"")
 
 
 async def test_accept_rule_stops_evaluation(start_filter, sink):

@@ -36,14 +36,23 @@ NEEDED = ("postfix", "postconf", "postqueue", "postmap", "smtp-sink", "script")
 
 # mode: (master.cf.example blocks, main.cf.example blocks), as master.cf.example's table says.
 MODES = {
-    "after-queue": (("scan", "reinject"), ("after-queue",)),
-    "per-domain": (("scan", "reinject"), ("per-domain",)),
-    "outside-only": (("scan", "reinject", "outside-only"), ()),
-    "before-queue": (("before-queue",), ()),
-    "pipe": (("reinject", "pipe"), ("pipe",)),
+    "after-queue": (("scan", "reinject"), ("smuggling", "after-queue")),
+    "per-domain": (("scan", "reinject"), ("smuggling", "per-domain")),
+    "outside-only": (("scan", "reinject", "outside-only"), ("smuggling",)),
+    "before-queue": (("before-queue",), ("smuggling",)),
+    "pipe": (("reinject", "pipe"), ("smuggling", "pipe")),
     # smtpd_milters: no second smtpd, no scan transport; smtpfilter runs "smtpfilter milter".
-    "milter": ((), ("milter",)),
+    "milter": ((), ("smuggling", "milter")),
 }
+
+# The relay hop to the final destination (smtp-sink) stands in for delivery to a mailbox, which
+# changes no line: smtp(8) would break lines over 998 octets (smtp_line_length_limit) and a
+# test of long lines would measure this hop, not the filter's. The scan transport is an entry
+# of its own: it does not inherit this.
+FINAL_HOP = """\
+smtp      unix  -       -       n       -       -       smtp
+    -o smtp_line_length_limit=0
+"""
 
 FILTERED_DOMAIN = "example.com"  # the per-domain map's example domain, kept as shipped
 OTHER_DOMAIN = "other.test"
@@ -183,7 +192,11 @@ def content(subject: str, *, days_old: float = 0, headers: tuple[str, ...] = (),
     return message_id, "\n".join(lines).encode()
 
 
-def filter_config(root: Path, ports: Ports, rules: str, extra: str = "") -> Path:
+def filter_config(root: Path, ports: Ports, rules: str, extra: str = "", mode: str = "") -> Path:
+    # The milter mode's port is the filter's (inet:127.0.0.1:11332 in the examples); in the
+    # other modes the milter would listen elsewhere, so that a smtpd_milters line naming the
+    # SMTP port is the mistake it is (smtpfilter doctor).
+    milter_port = ports.filter if mode == "milter" else free_port()
     rules_path = root / "rules.yaml"
     rules_path.write_text(textwrap.dedent(rules))
     config = root / "smtpfilter.yaml"
@@ -192,13 +205,24 @@ def filter_config(root: Path, ports: Ports, rules: str, extra: str = "") -> Path
         f"forward: 127.0.0.1:{ports.reinject}\n"
         "hostname: smtpfilter.example.test\n"
         f"rules: [{rules_path}]\n"
-        # The milter mode's port is the filter's too (inet:127.0.0.1:11332 in the examples).
-        f"milter: {{listen: 'inet:127.0.0.1:{ports.filter}'}}\n" + textwrap.dedent(extra)
+        f"milter: {{listen: 'inet:127.0.0.1:{milter_port}'}}\n"
+        # The private instance's main.cf (its message_size_limit), as /etc/postfix would be.
+        f"postfix: {{config_directory: {root / 'etc'}}}\n" + textwrap.dedent(extra)
     )
     return config
 
 
-def configure(system: MailSystem, launcher: Path | None, extra_main_cf: str = "") -> None:
+def override(main_cf: str, settings: str) -> str:
+    """``main_cf`` with each ``name = value`` of ``settings`` in place of the same parameter
+    (a test's own settings; Postfix would take the last one anyway, with a warning)."""
+    for line in textwrap.dedent(settings).splitlines():
+        name, sep, _ = line.partition("=")
+        if sep and name.strip() and not line.startswith(("#", " ", "\t")):
+            main_cf = re.sub(rf"(?m)^{re.escape(name.strip())}\s*=.*\n(?:[ \t].*\n)*", "", main_cf)
+    return main_cf + "\n# --- this test's own settings\n" + textwrap.dedent(settings)
+
+
+def configure(system: MailSystem, launcher: Path | None, main_cf_extra: str = "") -> None:
     """The private instance's main.cf and master.cf: the base plus the mode's example blocks,
     with only machine-specific details rewritten."""
     ports, postfix = system.ports, system.postfix
@@ -225,13 +249,15 @@ def configure(system: MailSystem, launcher: Path | None, extra_main_cf: str = ""
         return re.sub(r"(?m)^submission(\s+inet\s)", rf"127.0.0.1:{ports.submission}\1", text)
 
     master_cf = merge_master_cf(
-        render(MASTER_CF_DIST.read_text()), *(render(master_example[name]) for name in master_blocks)
+        render(MASTER_CF_DIST.read_text()),
+        FINAL_HOP,
+        *(render(master_example[name]) for name in master_blocks),
     )
     main_cf = postfix.base_main_cf(relay_port=ports.destination) + "".join(
         f"\n# --- main.cf.example: {name}\n{render(main_example[name])}" for name in main_blocks
     )
-    if extra_main_cf:
-        main_cf += f"\n# --- this test's own\n{textwrap.dedent(extra_main_cf)}"
+    if main_cf_extra:
+        main_cf = override(main_cf, main_cf_extra)
     files = {}
     if system.mode == "per-domain":
         files["smtpfilter_domains"] = render(main_example["per-domain-map"])
@@ -254,12 +280,15 @@ def pipe_launcher(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture
 def mail_system(request) -> Iterator[Callable[..., MailSystem]]:
-    """``mail_system(mode, rules=ISSUE_RULES, start_filter=True, config="", main_cf="")`` → a
-    running MailSystem; ``config`` is added to smtpfilter's config, ``main_cf`` to Postfix's."""
+    """``mail_system(mode, rules=ISSUE_RULES, start_filter=True, main_cf="", config="")`` → a
+    running MailSystem; ``main_cf`` settings replace the instance's, ``config`` is added to
+    smtpfilter's."""
     systems: list[MailSystem] = []
 
-    def build(mode: str, rules: str = ISSUE_RULES, start_filter: bool = True, config: str = "",
-              main_cf: str = "") -> MailSystem:
+    def build(
+        mode: str, rules: str = ISSUE_RULES, start_filter: bool = True, *, main_cf: str = "",
+        config: str = "",
+    ) -> MailSystem:
         # Not pytest's tmp_path: its parents are 0700, and Postfix's unprivileged daemons,
         # smtp-sink and the pipe(8) user must all reach this tree.
         root = Path(tempfile.mkdtemp(prefix="smtpfilter-postfix-"))
@@ -271,7 +300,7 @@ def mail_system(request) -> Iterator[Callable[..., MailSystem]]:
             ports=ports,
             postfix=Postfix(root),
             destination=SmtpSink(root, ports.destination),
-            filter_config=filter_config(root, ports, rules, config),
+            filter_config=filter_config(root, ports, rules, config, mode),
         )
         systems.append(system)
         launcher = request.getfixturevalue("pipe_launcher") if mode == "pipe" else None

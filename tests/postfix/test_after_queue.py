@@ -4,6 +4,7 @@ port-25 smtpd → queue → scan → smtpfilter → 10026 smtpd → queue → th
 from __future__ import annotations
 
 import re
+import smtplib
 
 import pytest
 
@@ -121,3 +122,26 @@ def test_filter_down_defers_mail_and_loses_none(mail_system):
     for queue_id in queue_ids:
         system.postfix.wait_log(rf"{queue_id}: removed")
     assert system.postfix.queue() == []
+
+
+def test_a_message_postfix_took_is_never_bounced_for_its_size(mail_system):
+    # Issue 12: Postfix's message_size_limit raised, ours as shipped: Postfix accepted a
+    # message larger than our SIZE and then bounced it ("552 5.3.4 message size exceeds size
+    # limit of server 127.0.0.1"). smtpfilter now follows Postfix's limit (postconf).
+    system = mail_system("after-queue", main_cf="message_size_limit = 20480000\n")
+    message_id, head = content("a big message")
+    line = b"0123456789" * 7 + b"abcdef\n"  # 77 octets
+    big = head + line * (10_600_000 // len(line))  # above the old fixed 10240000
+    assert len(big) > 10_240_000
+
+    first = system.submit(big)
+    [second] = system.sent_onward(first)
+    system.delivered_finally(second)
+    [delivered] = system.delivered()
+    assert delivered.header("Message-ID") == message_id
+    assert delivered.data.count(line) == 10_600_000 // len(line)
+    assert "status=bounced" not in system.postfix.log()
+    # What the scan transport was told: Postfix's own limit.
+    with smtplib.SMTP("127.0.0.1", system.ports.filter, timeout=30) as client:
+        client.ehlo("probe.test")
+        assert client.esmtp_features["size"] == "20480000"

@@ -79,3 +79,17 @@ def test_filter_down_makes_the_client_retry_later(mail_system):
     )
     # Nothing of that message was queued (Postfix only notifies its postmaster).
     assert all(m["sender"] == "double-bounce@mx.example.test" for m in system.postfix.queue())
+
+
+def test_a_size_limit_of_our_own_is_a_552_to_the_client_not_a_bounce(mail_system):
+    # Before the queue the sending client still has the message: a limit below Postfix's is
+    # a clean refusal (check-config and doctor say so only after the queue).
+    system = mail_system("before-queue", config="limits: {message_size: 100k}\n")
+    _, head = content("a message over our limit")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        system.submit(head + b"x" * 76 + b"\n" * 1 + (b"y" * 76 + b"\n") * 2000)
+    assert refused.value.smtp_code == 552
+    clean_id, clean = content("a small one")
+    system.delivered_finally(system.submit(clean))
+    assert [d.header("Message-ID") for d in system.delivered()] == [clean_id]
+    assert "non-delivery notification" not in system.postfix.log()

@@ -25,6 +25,7 @@ from smtpfilter.core.wire import to_wire
 from smtpfilter.engine.pipeline import evaluate
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import load_rules
+from tests.postfix.instance import backdate
 from tests.support.tools import require
 
 pytestmark = pytest.mark.postfix
@@ -120,6 +121,7 @@ def postfix_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "postfix"
     directory.mkdir()
     (directory / "main.cf").write_text("")
+    backdate(directory / "main.cf")
     return directory
 
 
@@ -308,3 +310,38 @@ async def test_a_table_as_a_rule_follows_header_order_too(tmp_path, postfix_dir)
     ]
     for raw in TRICKY_MESSAGES + extra:
         assert await our_verdict(rules, raw) == postfix_verdict([spec], raw, postfix_dir), raw
+
+
+# --- where the header section ends -----------------------------------------------------------
+HEADER_SECTIONS = {
+    # RFC 5322 §4.5.3 obs-optional: whitespace before the colon (issue 12: it used to end our
+    # header section, hiding the X-Mailer below it from every rule).
+    "obs-optional": b"Date: Mon, 4 Mar 2024 10:00:00 +0000\nX-Foo : bar\nX-Tab\t\t:baz\n"
+                    b"X-Mailer: MaxBulk.Mailer\n\nbody\n",
+    "obs-optional-folded": b"Subject : a\n folded value\nX-Mailer: x\n\nbody\n",
+    "space-in-name": b"Subject: x\nBad Name: y\nX-Mailer: hidden\n\nbody\n",
+    "del-in-name": b"Subject: x\nX-\x7fDel: y\nX-Mailer: hidden\n\nbody\n",
+    "8bit-in-name": b"Subject: x\nX-\xc3\xa9: y\nX-Mailer: hidden\n\nbody\n",
+    "empty-name": b"Subject: x\n: y\nX-Mailer: hidden\n\nbody\n",
+    "no-colon": b"Subject: x\nno colon here\nX-Mailer: hidden\n\nbody\n",
+    "leading-continuation": b" indented first\nSubject: x\n\nbody\n",
+    "dot-name": b".Dotted: y\nSubject: x\n\nbody\n",
+}
+
+
+@pytest.mark.parametrize("raw", HEADER_SECTIONS.values(), ids=HEADER_SECTIONS.keys())
+def test_header_section_is_what_postmap_hmq_sees(raw, tmp_path, postfix_dir):
+    # Postfix's cleanup and `postmap -hmq` (mime_state + is_header_buf) are the oracle: the
+    # same header fields, in order, each as header_checks(5) would see it (form: postfix).
+    from smtpfilter.engine.checks.header import postfix_line
+
+    table = tmp_path / "every"
+    table.write_text("/^/ WARN seen\n")
+    done = subprocess.run(
+        ["postmap", "-c", str(postfix_dir), "-hmq", "-", f"regexp:{table}"],
+        input=raw, capture_output=True, timeout=30,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    theirs = [h for h in done.stdout.decode("utf-8", "replace").split("\tWARN seen\n") if h]
+    parsed = MessageContext.build(to_wire(raw), received_at=datetime.now(timezone.utc)).headers
+    assert [postfix_line(h) for h in parsed] == theirs

@@ -41,7 +41,8 @@ def _judge(raw: bytes) -> None:
     # would cost more than the rules).
     findings = [(rule, rule.check.observe(msg)) for rule in SHIPPED.rules]
     decision = POLICY.decide([rule.verdict(f) for rule, f in findings if f is not None])
-    sent = b"".join(bytes(p) for p in outgoing(msg, decision.headers, ("X-Spam-Flag",)))
+    edits = HeadersConfig().incoming(decision.headers)  # strip and rename, as on delivery
+    sent = b"".join(bytes(p) for p in outgoing(msg, decision.headers, *edits))
     assert not has_bare_line_ends(sent)
     for header in msg.headers:
         assert isinstance(header.decoded, str) and isinstance(header.line, str)
@@ -109,8 +110,8 @@ class LiveFilter:
         msg = MessageContext.build(data, received_at=datetime.now(timezone.utc))
         future = asyncio.run_coroutine_threadsafe(evaluate(self.ruleset, msg, self.policy), self.loop)
         decision = future.result(10)
-        own = self.server.config.headers.own
-        return decision.action, b"".join(bytes(p) for p in outgoing(msg, decision.headers, own))
+        edits = self.server.config.headers.incoming(decision.headers)
+        return decision.action, b"".join(bytes(p) for p in outgoing(msg, decision.headers, *edits))
 
 
 def _transaction(port: int, data: bytes) -> tuple[int, bytes]:

@@ -257,7 +257,7 @@ def test_outgoing_drops_the_given_fields_only(tmp_path):
     msg = context(message(extra=forged + "X-Spam-Flag: YES\r\n"))
     doomed = Authenticator.forged(msg, "mx.receiver.test")
     assert [h.start for h in doomed] == [h.start for h in msg.headers.get_all("authentication-results")][::2]
-    sent = b"".join(bytes(p) for p in outgoing(msg, (("Authentication-Results", "mx.receiver.test; none"),), ("X-Spam-Flag",), doomed))
+    sent = b"".join(bytes(p) for p in outgoing(msg, (("Authentication-Results", "mx.receiver.test; none"),), ("X-Spam-Flag",), drop=doomed))
     assert sent == (
         b"Authentication-Results: mx.receiver.test; none\r\n"
         + bytes(msg.data).replace(forged.encode() + b"X-Spam-Flag: YES\r\n",

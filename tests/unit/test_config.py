@@ -22,7 +22,9 @@ def test_defaults_are_filter_readme():
     assert str(config.listen) == "127.0.0.1:10025"
     assert str(config.forward) == "127.0.0.1:10026"
     assert config.hostname.startswith("smtpfilter.")
-    assert config.limits.message_size == 10_240_000
+    # Postfix's message_size_limit (its default without a main.cf; no limit without Postfix).
+    assert config.limits.follows_postfix
+    assert config.limits.message_size == (config.postfix.message_size_limit or 0)
     assert config.tls is None
 
 
@@ -78,6 +80,8 @@ def test_overrides():
         ("dry_run: yes\n", "expected true or false"),
         ("- a list\n", "expected a mapping"),
         ("log: {target: file}\n", "not one of"),
+        ("headers: {strip: ['X Bad']}\n", "'X Bad' is not a header name"),
+        ("headers: {original_flag: 'X-Orig:'}\n", "is not a header name"),
     ],
 )
 def test_config_problems(tmp_path, text, problem):

@@ -88,6 +88,15 @@ def _rfc(moment: datetime) -> str:
         (DateCheck(older_than=86400), ["Date: Mon, 1 Jan 2024\n 10:00:00 +0000"], "IN_PAST"),
         # Measured against receipt, not the wall clock: a 2024 message received in 2024 is fresh.
         (DateCheck(older_than=30 * 86400), ["Date: Sat, 1 Jun 2026 11:00:00 +0000"], None),
+        # Every Date is judged (issue 12): a fresh one first does not hide an old one.
+        (DateCheck(older_than=30 * 86400),
+         [f"Date: {_rfc(RECEIVED)}", "Subject: x", "Date: Wed, 12 Jan 2011 08:00:00 +0000"], "IN_PAST"),
+        (DateCheck(in_future=86400),
+         [f"Date: {_rfc(RECEIVED)}", f"Date: {_rfc(RECEIVED + timedelta(days=3))}"], "IN_FUTURE"),
+        (DateCheck(invalid=True), [f"Date: {_rfc(RECEIVED)}", "Date: soon"], "INVALID"),
+        (DateCheck(duplicate=True), [f"Date: {_rfc(RECEIVED)}", f"Date: {_rfc(RECEIVED)}"], "DUPLICATE"),
+        (DateCheck(duplicate=True), [f"Date: {_rfc(RECEIVED)}"], None),
+        (DateCheck(duplicate=True), ["Subject: no date"], None),
     ],
     ids=[
         "31d-old",
@@ -101,11 +110,25 @@ def _rfc(moment: datetime) -> str:
         "absent-not-asked",
         "folded",
         "vs-receipt-time",
+        "second-date-old",
+        "second-date-ahead",
+        "second-date-invalid",
+        "duplicate",
+        "single-not-duplicate",
+        "none-not-duplicate",
     ],
 )
 def test_date_findings(check, headers, finding):
     result = check.observe(_msg(*headers))
     assert (result.code if result else None) == finding
+
+
+def test_the_reason_names_which_date_and_rules_share_one_parse():
+    msg = _msg(f"Date: {_rfc(RECEIVED)}", "Date: Wed, 12 Jan 2011 08:00:00 +0000")
+    old = DateCheck(older_than=30 * 86400).observe(msg)
+    assert old.reason.startswith("Date #2 of 2 is ") and old.groups == ("Wed, 12 Jan 2011 08:00:00 +0000",)
+    assert DateCheck(duplicate=True).observe(msg).reason.startswith("2 Date headers (RFC 5322 allows one): ")
+    assert len(msg.memo["dates"]) == 2
 
 
 # --- the golden corpus (tests/corpus/) -------------------------------------------------------

@@ -49,13 +49,27 @@ def test_content_that_is_not_dot_stuffed_keeps_its_dots():
         (b"\nSubject: in the body\n", [], False),  # empty header section
         (b"Subject: only headers, no body\n", ["Subject"], False),
         (b"", [], False),
+        # RFC 5322 §4.5.3 obs-optional: whitespace between the name and the colon is still a
+        # header for Postfix's is_header_buf() (issue 12: it used to end the header section).
+        (b"X-Foo : bar\nX-Tab\t:baz\nX-Mailer:  MaxBulk\n\n", ["X-Foo", "X-Tab", "X-Mailer"], False),
+        (b"Subject: x\nX-\x7fDel: y\nX-Mailer: hidden\n\n", ["Subject"], True),
+        (b"Subject: x\nX-\xc3\xa9: y\nX-Mailer: hidden\n\n", ["Subject"], True),
+        (b"Subject: x\n : indented colon\n\n", ["Subject"], False),  # a continuation
     ],
-    ids=["no-colon", "space-in-name", "leading-continuation", "empty-name", "no-headers", "no-body", "empty"],
+    ids=["no-colon", "space-in-name", "leading-continuation", "empty-name", "no-headers", "no-body",
+         "empty", "obs-optional", "del-in-name", "8bit-in-name", "continuation-with-colon"],
 )
 def test_header_section_ends_where_postfix_ends_it(raw, names, malformed):
     parsed = block(raw)
     assert [h.name for h in parsed] == names
     assert (parsed.malformed_at is not None) == malformed
+
+
+def test_obs_optional_header_is_named_without_its_whitespace():
+    parsed = block(b"Date: Mon, 4 Mar 2024 10:00:00 +0000\nX-Foo \t : bar\nX-Mailer : MaxBulk\n\n")
+    [mailer] = parsed.get_all("x-mailer")
+    assert mailer.text == "MaxBulk" and mailer.line == "X-Mailer: MaxBulk"
+    assert parsed.get_all("x-foo")[0].raw == b" bar"  # the value as written after the colon
 
 
 def test_eight_bit_and_encoded_words():
@@ -96,3 +110,25 @@ def test_outgoing_prepends_and_strips_without_copying_the_rest():
     parts = outgoing(msg, (("X-Spam-Flag", "YES"),), ("X-Spam-Flag",))
     assert b"".join(bytes(p) for p in parts) == b"X-Spam-Flag: YES\r\nSubject: s\r\n\r\nbody\r\n"
     assert any(isinstance(p, memoryview) for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("added", "expected"),
+    [
+        # We tag: their flag is renamed, whatever its spelling, value and folding untouched.
+        ((("X-Spam-Flag", "YES"),),
+         b"X-Spam-Flag: YES\r\nX-Original-Spam-Flag: NO\r\nSubject: s\r\n"
+         b"X-Original-Spam-Flag:maybe\r\n folded\r\n\r\nbody\r\n"),
+        # We do not: their flag stays byte for byte (a DKIM signature may cover it).
+        ((), b"x-spam-flag : NO\r\nSubject: s\r\nX-Spam-Flag:maybe\r\n folded\r\n\r\nbody\r\n"),
+    ],
+    ids=["tagged", "untagged"],
+)
+def test_outgoing_renames_an_upstream_flag_only_beside_ours(added, expected):
+    from smtpfilter.config.settings import HeadersConfig
+
+    wire = to_wire(b"x-spam-flag : NO\nX-Smtpfilter-Status: No\nSubject: s\n"
+                   b"X-Spam-Flag:maybe\n folded\n\nbody\n")
+    msg = MessageContext.build(wire, received_at=datetime.now(timezone.utc))
+    parts = outgoing(msg, added, *HeadersConfig().incoming(added))
+    assert b"".join(bytes(p) for p in parts) == expected

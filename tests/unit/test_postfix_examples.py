@@ -34,7 +34,8 @@ def entry(block: str) -> list[str]:
 
 def test_blocks_of_each_mode_exist():
     assert set(MASTER) == {"scan", "reinject", "outside-only", "before-queue", "pipe"}
-    assert set(MAIN) == {"after-queue", "per-domain", "per-domain-map", "pipe", "milter", "policy"}
+    assert set(MAIN) == {"smuggling", "after-queue", "per-domain", "per-domain-map", "pipe", "milter",
+                         "policy"}
 
 
 def test_scan_transport():
@@ -45,6 +46,7 @@ def test_scan_transport():
     assert o["smtp_send_xforward_command"] == "yes"
     assert o["smtp_tls_security_level"] == "none"
     assert o["disable_mime_output_conversion"] == "yes"
+    assert o["smtp_line_length_limit"] == "0"  # lines over 998 octets pass unbroken (DKIM)
     assert o["smtp_generic_maps"] == ""
     seconds = int(o["smtp_data_done_timeout"].rstrip("s"))
     assert seconds >= 600  # never below Postfix's default: scan + re-injection must fit
@@ -80,6 +82,13 @@ def test_main_cf_after_queue_and_per_domain_map():
     assert "check_recipient_access hash:/etc/postfix/smtpfilter_domains" in MAIN["per-domain"]
     assert not re.search(r"(?m)^content_filter", MAIN["per-domain"])
     assert re.search(r"(?m)^example\.com\s+FILTER scan:\[127\.0\.0\.1\]:10025$", MAIN["per-domain-map"])
+
+
+def test_main_cf_forbids_bare_newlines_in_front_of_us():
+    # Postfix 3.7.10+ (Debian 12: 3.7.11) knows "normalize"; SMTP smuggling otherwise makes a
+    # second message before smtpfilter sees anything (tests/postfix/test_fidelity.py).
+    assert "smtpd_forbid_bare_newline = normalize" in MAIN["smuggling"]
+    assert "smtpd_forbid_bare_newline_exclusions = $mynetworks" in MAIN["smuggling"]
 
 
 def test_pipe_transport_uses_the_exit_status_contract():

@@ -39,7 +39,7 @@ def test_issue_forms_load_as_written(tmp_path):
 def test_shipped_rules_load_and_hold_the_seed_x_mailers():
     ruleset = load_rules([shipped_rules_dir()])
     names = [r.name for r in ruleset.rules]
-    assert names[:4] == ["OLD_DATE", "FUTURE_DATE", "NO_DATE", "BAD_DATE"]
+    assert names[:5] == ["OLD_DATE", "FUTURE_DATE", "NO_DATE", "BAD_DATE", "DUPLICATE_DATE"]
     mailer = next(r for r in ruleset.rules if r.name == "SPAM_MAILER")
     assert len(mailer.check.patterns.patterns) == 17
 

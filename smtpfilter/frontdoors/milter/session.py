@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 
 from smtpfilter.core import replies
 from smtpfilter.core.envelope import Client, Envelope, Recipient
-from smtpfilter.core.message import MessageContext
+from smtpfilter.core.message import Header, MessageContext, parse_header_block
 from smtpfilter.core.errors import QuarantineError
 from smtpfilter.core.verdict import Action, Decision
 from smtpfilter.core.wire import fold_header
@@ -137,9 +137,14 @@ class MilterSession:
         self._envelope = Envelope()
         self._data = bytearray()
         self._in_body = False
-        self._own: list[tuple[int, str]] = []  # (index among same-named headers, name)
+        # Incoming headers our HeadersConfig may strip or rename: (index among same-named
+        # headers, name as received, value as received).
+        self._own: list[tuple[int, str, bytes]] = []
         self._counts: dict[bytes, int] = {}
-        self._own_names = frozenset(name.lower() for name in self.rt.config.headers.own)
+        headers = self.rt.config.headers
+        self._own_names = frozenset(
+            name.lower() for name in (*headers.stripped, headers.flag) if name
+        )
         self._oversize = False
 
     def _macro(self, name: str) -> str | None:
@@ -243,7 +248,7 @@ class MilterSession:
         count = self._counts[key] = self._counts.get(key, 0) + 1
         text = name.decode("ascii", "replace")
         if text.lower() in self._own_names:
-            self._own.append((count, text))
+            self._own.append((count, text, value))
         if not self._fits(len(name) + len(value) + 4):
             return
         data = self._data
@@ -328,14 +333,14 @@ class MilterSession:
                 return msg, decision, reply, (
                     p.DISCARD if reply[:1] == "2" else reply_packet(reply)
                 )
-            out = self._strip_own_headers()
+            out = self._header_edits(engine, msg, (), decision.drop)
             out.append(p.reply_quarantine(f"smtpfilter: {rule}"))
             out.append(p.CONTINUE)
             return msg, decision, held(rule), b"".join(out)
         if not decision.delivers:  # reject, tempfail
             reply = replies.for_decision(decision) or replies.R451_LOCAL_ERROR
             return msg, decision, reply, reply_packet(reply)
-        out = self._strip_own_headers()
+        out = self._header_edits(engine, msg, decision.headers, decision.drop)
         lead = self.agreed is None or bool(self.agreed.steps & p.Step.HDR_LEADSPC)
         for name, value in decision.headers:
             text = milter_header(name, value)
@@ -343,11 +348,49 @@ class MilterSession:
         out.append(p.CONTINUE)
         return msg, decision, R250_CONTINUE, b"".join(out)
 
-    def _strip_own_headers(self) -> list[bytes]:
-        """SMFIR_CHGHEADER with an empty value for every incoming copy of our own headers
-        (a sender must not pre-forge a verdict), the highest index first: right whether or
-        not the MTA renumbers after a delete."""
-        return [p.reply_change_header(index, name, "") for index, name in reversed(self._own)]
+    def _header_edits(
+        self,
+        engine: Engine,
+        msg: MessageContext,
+        added: tuple[tuple[str, str], ...],
+        drop: tuple[Header, ...],
+    ) -> list[bytes]:
+        """What SMTP mode does to incoming headers (core.wire.outgoing), as milter replies:
+        the stripped ones deleted (a sender must not pre-forge our verdict), an upstream flag
+        renamed when we add our own (HeadersConfig.incoming: deleted, then appended under the
+        new name with its value), the fields the decision drops (a forged
+        Authentication-Results with our authserv-id) deleted. SMFIR_CHGHEADER with an empty
+        value deletes; per name the highest index goes first, right whether or not the MTA
+        renumbers after a delete."""
+        strip, rename = engine.config.headers.incoming(added)
+        stripped = {name.lower() for name in strip}
+        renamed = {old.lower(): new for old, new in rename}
+        deletes: set[tuple[int, str]] = set()
+        appended: list[tuple[str, bytes]] = []
+        for index, name, value in self._own:
+            if name.lower() in stripped:
+                deletes.add((index, name))
+            elif name.lower() in renamed:
+                deletes.add((index, name))
+                appended.append((renamed[name.lower()], value))
+        if drop:
+            # A dropped field may lie past the header block the rules read: count its
+            # same-named predecessors in a full parse of the same bytes.
+            every = parse_header_block(msg.data, len(msg.data) + 1, stuffed=msg.stuffed)
+            for field in drop:
+                index = 1 + sum(1 for h in every if h.lname == field.lname and h.start < field.start)
+                deletes.add((index, field.name))
+        out = [
+            p.reply_change_header(index, name, "")
+            for index, name in sorted(deletes, key=lambda d: (d[1].lower(), -d[0]))
+        ]
+        for name, value in appended:
+            # The value as received (its leading space too, with HDR_LEADSPC), unfolded and
+            # with any control character or undecodable byte made harmless for the queue file.
+            text = value.decode("utf-8", "replace").replace("\r", "").replace("\n", "")
+            text = "".join(c if c >= " " or c == "\t" else "?" for c in text)
+            out.append(p.reply_add_header(name, text))
+        return out
 
 
 def _path(arg: str) -> str:

@@ -29,10 +29,11 @@ class DataReader:
         """The message in wire form, without the final ".": CRLF lines, still dot-stuffed.
 
         Returns None when it exceeded ``limit`` (read to the end and dropped: RFC 5321 §4.2.5
-        has us answer only after the final "."). Bytes after the terminator (a command the
-        client pipelined after ".") are given back to the command reader.
+        has us answer only after the final "."); 0 is no limit. Bytes after the terminator (a
+        command the client pipelined after ".") are given back to the command reader.
         """
         reader = self._reader
+        limit = limit or (1 << 62)
         # Start with the CRLF that ended the DATA command line, so that "." + CRLF at once
         # (an empty message) is found by the same search as every other end of data.
         buf = bytearray(b"\r\n")

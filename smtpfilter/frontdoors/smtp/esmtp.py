@@ -96,7 +96,7 @@ def check_mail_params(
         if upper == "SIZE":
             if not value.isdigit():
                 return replies.bad_parameter(token)
-            if int(value) > size_limit:
+            if size_limit and int(value) > size_limit:  # 0: no fixed maximum
                 return replies.R552_SIZE_AT_MAIL
         elif upper == "BODY":
             if value.upper() not in ("7BIT", "8BITMIME"):

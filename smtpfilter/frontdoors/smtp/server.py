@@ -51,7 +51,7 @@ class SmtpFrontDoor:
             hostname=config.hostname,  # else aiosmtpd calls getfqdn() per connection
             ident="ESMTP smtpfilter",
             timeout=config.limits.idle_timeout,
-            data_size_limit=config.limits.message_size,
+            data_size_limit=config.limits.message_size or None,
             enable_SMTPUTF8=True,  # decode arguments as UTF-8 (RFC 6531); announced by us
             tls_context=self.tls_context,
             loop=asyncio.get_running_loop(),

@@ -75,6 +75,7 @@ class SessionHandler(Protocol):
     FilterHandler): the session knows SMTP, the handler knows 10026 and the engine."""
 
     message_size_limit: int
+    data_size_limit: int
     processing_time_limit: float
 
     def connect(self, session: FilterSession) -> str | None: ...
@@ -422,7 +423,7 @@ class FilterSMTP(PipeliningOutbox, DataReader, SMTP):
             return
         await self.push(replies.R354_GO_AHEAD)  # not pipelinable: flushed now
         try:
-            data = await self._read_data(self.event_handler.message_size_limit)
+            data = await self._read_data(self.event_handler.data_size_limit)
             if data is None:
                 status = replies.R552_TOO_BIG
                 await self.event_handler.reset(self.session)

@@ -52,7 +52,13 @@ class FilterHandler:
     # --- limits the SMTP layer asks about ----------------------------------------------
     @property
     def message_size_limit(self) -> int:
+        """SIZE (RFC 1870), checked at MAIL; 0: no fixed maximum."""
         return self.rt.config.limits.message_size
+
+    @property
+    def data_size_limit(self) -> int:
+        """The most DATA we read before answering 552; 0: no limit (Limits.data_size)."""
+        return self.rt.config.limits.data_size
 
     @property
     def processing_time_limit(self) -> float:
@@ -103,7 +109,10 @@ class FilterHandler:
         def downstream_has(keyword: str) -> bool:
             return known is None or keyword.lower() in known
 
-        keywords = ["PIPELINING", f"SIZE {self.message_size_limit}", "ENHANCEDSTATUSCODES"]
+        # RFC 1870 §4: "SIZE" alone (or 0) announces no fixed maximum, as Postfix's smtpd does
+        # with message_size_limit = 0.
+        size = f"SIZE {self.message_size_limit}" if self.message_size_limit else "SIZE"
+        keywords = ["PIPELINING", size, "ENHANCEDSTATUSCODES"]
         if downstream_has("8BITMIME"):
             keywords.append("8BITMIME")
         if downstream_has("DSN"):
@@ -259,7 +268,23 @@ class FilterHandler:
             await self.reset(session)  # FILTER_README: abort the 10026 side, never send "."
             return replies.for_decision(decision) or replies.R451_LOCAL_ERROR, decision
 
-        parts = outgoing(msg, decision.headers, config.headers.own, decision.drop)
+        parts = outgoing(
+            msg, decision.headers, *config.headers.incoming(decision.headers),
+            drop=decision.drop,
+        )
+        # Logged before the final "." leaves: once 10026 has it, the message may be queued there
+        # even if this process dies before it can answer Postfix, which then sends it again
+        # (FILTER_README's design: the one duplicate an after-queue filter cannot prevent).
+        # This line is what ties that first copy (10026's log: orig_queue_id=, XFORWARD IDENT)
+        # to the message Postfix retries (issue 12: a SIGKILL left no line for it). It does
+        # not start with "queue_id=": that is the summary line's, one per message.
+        log.info(
+            "handing over to %s: queue_id=%s from=<%s> size=%d",
+            config.forward,
+            client.ident or "-",
+            envelope.mail_from or "",
+            len(data),
+        )
         try:
             result = await conn.data(parts)
         except DownstreamError as error:
