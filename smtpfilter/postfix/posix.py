@@ -118,56 +118,6 @@ def _posix_bracket(src: str, i: int, newline: bool) -> tuple[str, int]:
     return "[" + ("^" if negate else "") + "".join(items) + "]", j
 
 
-def _posix_bracket(src: str, i: int, newline: bool) -> tuple[str, int]:
-    """``[...]`` starting at ``src[i] == "["`` → (RE2 class, index after it)."""
-    j = i + 1
-    negate = j < len(src) and src[j] == "^"
-    if negate:
-        j += 1
-    items: list[str] = []
-    first = True
-    while True:
-        if j >= len(src):
-            raise TranslationError("unclosed [ (Postfix skips this line too)")
-        char = src[j]
-        if char == "]" and not first:
-            j += 1
-            break
-        first = False
-        if char == "[" and j + 1 < len(src) and src[j + 1] in ":=.":
-            kind = src[j + 1]
-            end = src.find(kind + "]", j + 2)
-            if end < 0:
-                raise TranslationError(f"unclosed [{kind} (Postfix skips this line too)")
-            name = src[j + 2 : end]
-            j = end + 2
-            if kind == ":":
-                if name not in _POSIX_CLASSES:
-                    raise TranslationError(f"unknown class [:{name}:] (Postfix skips this line too)")
-                items.append(f"[:{name}:]")
-            elif len(name) == 1:
-                items.append(_class_char(name))  # [=a=], [.a.]: that character (C locale)
-            else:
-                raise TranslationError(f"collating element [{kind}{name}{kind}] is not supported")
-            continue
-        j += 1
-        if j + 1 < len(src) and src[j] == "-" and src[j + 1] != "]":
-            high = src[j + 1]
-            if high == "[":
-                raise TranslationError("a range ending in [.x.] or [=x=] is not supported")
-            if ord(high) < ord(char):
-                raise TranslationError(
-                    f"invalid range {char}-{high} (Postfix skips this line too)"
-                )
-            items.append(f"{_class_char(char)}-{_class_char(high)}")
-            j += 2
-        else:
-            items.append(_class_char(char))
-    if negate and newline:
-        items.append(r"\n")  # REG_NEWLINE: a negated list never matches a newline
-    return "[" + ("^" if negate else "") + "".join(items) + "]", j
-
-
 _MEANT = {"d": "a digit", "s": "a space", "w": "a word character", "n": "a newline",
           "t": "a tab", "r": "a carriage return", "b": "a word boundary"}
 
