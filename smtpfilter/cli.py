@@ -282,8 +282,8 @@ def _check_client_ip(args: argparse.Namespace) -> bool:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from smtpfilter.tools.report import judged_json, judged_report
-    from smtpfilter.tools.scan import judge, open_source
+    from smtpfilter.tools.report import ignored_note, judged_json, judged_report
+    from smtpfilter.tools.scan import judge, open_source, read_stdin
 
     try:
         config, ruleset = _load(args, private_state=True)  # never the live rate-limit counters
@@ -303,11 +303,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         nonlocal status
         for name in args.messages:
             try:
-                source = open_source(Path(name))
-            except OSError as error:
-                print(f"smtpfilter: {name}: {error.strerror}", file=sys.stderr)
+                source = read_stdin(sys.stdin.buffer) if name == "-" else open_source(Path(name))
+            except (OSError, ValueError) as error:
+                print(f"smtpfilter: {name}: {_why(error)}", file=sys.stderr)
                 status = EX_NOINPUT
                 continue
+            if source.ignored:
+                print(f"smtpfilter: {ignored_note(source)}", file=sys.stderr)
             try:
                 for stored in source.messages():
                     reports.append(await judge(ruleset, policy, stored, **options))
@@ -318,22 +320,33 @@ def cmd_test(args: argparse.Namespace) -> int:
     asyncio.run(judge_each())  # one event loop for all messages: the DNS cache is shared
     for judged in reports:
         if judged.error:
-            print(f"smtpfilter: {judged.label}: {judged.error}", file=sys.stderr)
+            print(f"smtpfilter: {judged.label}: skipped: {judged.error}", file=sys.stderr)
             status = EX_NOINPUT
+        elif judged.view is not None and judged.view.warning:
+            print(f"smtpfilter: warning: {judged.label}: {judged.view.warning}", file=sys.stderr)
     reports = [judged for judged in reports if not judged.error]
     if args.json:
         print(json.dumps([judged_json(j) for j in reports], indent=2, ensure_ascii=False))
     else:
         for judged in reports:
-            print(judged_report(judged), end="")
+            print(judged_report(judged, dry_run=config.dry_run), end="")
     return status
+
+
+def _why(error: Exception) -> str:
+    """An OSError's own words, with the file it names when that is not the one given."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f" ({error.filename})" if error.filename else "")
+    return str(error)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     import csv
     import time
 
-    from smtpfilter.tools.report import CSV_FIELDS, scan_csv_row, scan_json, scan_summary
+    from smtpfilter.tools.report import (
+        CSV_FIELDS, ignored_note, scan_csv_row, scan_json, scan_summary,
+    )
     from smtpfilter.tools.scan import Summary, judge_all, open_source
 
     try:
@@ -347,9 +360,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     try:
         source = open_source(args.path)
     except (OSError, ValueError) as error:
-        print(f"smtpfilter: {args.path}: {getattr(error, 'strerror', None) or error}",
-              file=sys.stderr)
+        print(f"smtpfilter: {args.path}: {_why(error)}", file=sys.stderr)
         return EX_NOINPUT
+    if source.ignored:
+        print(f"smtpfilter: {ignored_note(source)}", file=sys.stderr)
     policy = Policy.for_config(config)
     summary = Summary()
     writer = csv.DictWriter(sys.stdout, CSV_FIELDS) if args.csv else None
@@ -366,10 +380,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         ):
             summary.add(judged)
             if judged.error:
-                print(f"smtpfilter: {judged.label}: {judged.error}", file=sys.stderr)
+                print(f"smtpfilter: {judged.label}: skipped: {judged.error}", file=sys.stderr)
             elif writer:
                 writer.writerow(scan_csv_row(judged))
-            done = summary.messages + len(summary.errors)
+            done = summary.messages + len(summary.skipped)
             if progress and (time.monotonic() - shown > 0.2 or done == source.count):
                 shown = time.monotonic()
                 width = 30
@@ -388,10 +402,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
         source.close()
         if progress:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if summary.hop_missing:
+        label, warning = summary.hop_missing[0]
+        more = len(summary.hop_missing) - 1
+        print(f"smtpfilter: warning: {label}: {warning}"
+              + (f" (and {more} more message{'s' if more != 1 else ''})" if more else ""),
+              file=sys.stderr)
     if args.json:
         print(json.dumps(scan_json(source, summary), indent=2, ensure_ascii=False))
     elif not args.csv:
         print(scan_summary(source, summary), end="")
+    if summary.skipped:
+        print(f"smtpfilter: {len(summary.skipped)} message(s) skipped (above): not judged",
+              file=sys.stderr)
+        return EX_NOINPUT
+    if source.ignored and not summary.messages:
+        return EX_NOINPUT  # nothing read at all: likely the wrong folder
     return EX_OK
 
 
