@@ -422,12 +422,29 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 # --- quarantine ----------------------------------------------------------------------------
+def _setting_source(config_path: Path | None, *keys: str) -> str:
+    """Where a setting comes from: ``file:line``, or which default applies and why."""
+    from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+
+    if config_path is None:
+        return "the built-in default, no config file"
+    try:
+        data = load_file(config_path)
+    except YamlError:
+        return f"as {config_path} sets it"  # it loaded a moment ago; say no more than known
+    for key in keys[:-1]:
+        data = data.get(key) if isinstance(data, Mapping) else None
+    if isinstance(data, Mapping) and keys[-1] in data:
+        return data.where(keys[-1])
+    return f"the default, {config_path} does not set it"
+
+
 EX_TEMPFAIL = 75  # sysexits(3): the message stays in quarantine, try again later
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     from smtpfilter.delivery import quarantine
-    from smtpfilter.tools.report import clean, quarantine_list, quarantine_show
+    from smtpfilter.tools.report import clean, quarantine_json, quarantine_list, quarantine_show
 
     try:
         config = load_config(args.config)
@@ -435,6 +452,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         _report_config_error(error, "cannot open the quarantine")
         return EX_CONFIG
     store = quarantine.Quarantine(config.quarantine.directory)
+    if not store.directory.is_dir():
+        # The filter creates it on the first quarantined message; "empty" would hide a typo'd
+        # directory, or a command run with another config than the service's.
+        what = "is not a directory" if store.directory.exists() else "does not exist"
+        print(f"smtpfilter: quarantine directory {store.directory} {what} (quarantine.directory: "
+              f"{_setting_source(args.config, 'quarantine', 'directory')}); the filter creates it "
+              f"when it quarantines a first message", file=sys.stderr)
+        return EX_NOINPUT
     try:
         if args.operation == "list":
             entries = store.entries()
@@ -445,8 +470,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 print(quarantine_list(store, entries), end="")
             return EX_OK
         if args.operation == "show":
-            for entry_id in args.ids:
-                print(quarantine_show(store, store.get(entry_id)), end="")
+            entries = [store.get(entry_id) for entry_id in args.ids]
+            if args.json:
+                print(quarantine.json_text([quarantine_json(store, e) for e in entries]))
+            else:
+                for entry in entries:
+                    print(quarantine_show(store, entry), end="")
             return EX_OK
         if args.operation == "delete":
             for entry_id in args.ids:
@@ -633,18 +662,33 @@ def _positive(text: str) -> int:
     return value
 
 
+DEFAULT_CONFIG = Path("/etc/smtpfilter/smtpfilter.yaml")
+CONFIG_HELP = (f"YAML config file (default: {DEFAULT_CONFIG} when it exists, else the built-in "
+               f"defaults and the shipped rules)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, subcommands included (the man page is generated from it)."""
     parser = argparse.ArgumentParser(
         prog="smtpfilter", description="SMTP content filter for Postfix (FILTER_README)."
     )
-    parser.add_argument("--version", action="version", version=f"smtpfilter {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"smtpfilter {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", "-c", type=Path, help="YAML config file (default: built-in)")
+    def command(parent, name: str, summary: str, description: str | None = None,
+                config: bool = True, **kwargs) -> argparse.ArgumentParser:
+        """A subcommand: ``summary`` is its line in the parent's --help, ``description`` the
+        top of its own (the summary as a sentence unless given)."""
+        p = parent.add_parser(name, help=summary,
+                              description=description or summary[0].upper() + summary[1:] + ".",
+                              **kwargs)
+        if config:
+            p.add_argument("--config", "-c", type=Path, metavar="PATH", help=CONFIG_HELP)
         return p
 
-    serve = with_config(sub.add_parser("serve", help="run the filter"))
+    serve = command(sub, "serve", "run the filter: listen for Postfix's content_filter, "
+                    "deliver to its reinjection port")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override listen (127.0.0.1:10025)")
     serve.add_argument("--forward", metavar="HOST:PORT", help="override forward (127.0.0.1:10026)")
     serve.add_argument(
@@ -653,11 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    milter = with_config(sub.add_parser(
-        "milter", help="run the filter as a milter for Postfix's smtpd_milters",
+    milter = command(
+        sub, "milter", "run the filter as a milter for Postfix's smtpd_milters",
         description="Serve the rules to Postfix as a milter (smtpd_milters = inet:127.0.0.1:"
         "11332): decisions reach the sending client during the SMTP session, nothing is "
-        "queued twice."))
+        "queued twice.")
     milter.add_argument("--listen", metavar="inet:HOST:PORT|unix:/PATH",
                         help="override milter.listen (inet:127.0.0.1:11332)")
     milter.add_argument(
@@ -666,37 +710,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     milter.set_defaults(func=cmd_milter)
 
-    check = with_config(sub.add_parser("check-config", help="validate config and rules"))
+    check = command(
+        sub, "check-config", "validate the config and rules, and say what they amount to",
+        description="Validate the config and the rules; print the addresses, the rule files "
+        "and their rules, observe-only modes, and warnings (exit 0 with warnings, 78 on "
+        "problems, like postfix check).")
+    check.add_argument("--no-connect", action="store_true",
+                       help="do not check that forward answers (a TCP connect and its "
+                       "greeting, 2 s at most)")
+    check.add_argument("--show", action="store_true",
+                       help="print every effective setting as YAML, the way postconf prints "
+                       "main.cf, instead of the report")
+    check.add_argument("-n", dest="changed", action="store_true",
+                       help="--show only the settings that differ from the defaults "
+                       "(like postconf -n)")
     check.set_defaults(func=cmd_check_config)
 
     def stored_mail_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--received-hop", type=_hop, default="auto", metavar="N",
             help="the Received: header your Postfix added on arrival, 1 = topmost (default "
-            "auto: the first from a non-loopback client, LMTP skipped; 0: none). Headers above "
-            "it are ignored; its date is the receipt time, its address the client",
+            "auto: the first from a non-loopback client, LMTP skipped; 0: none, the message "
+            "as it is, judged now). Headers above it are ignored; its date is the receipt "
+            "time, its address the client",
         )
         p.add_argument("--client-ip", metavar="IP",
                        help="the client address for client rules (instead of Received:)")
 
-    test = with_config(sub.add_parser("test", help="show each rule's finding for stored messages"))
+    test = command(sub, "test", "show each rule's finding, the decision and the reply for "
+                   "stored messages")
     stored_mail_options(test)
     test.add_argument("--json", action="store_true", help="machine-readable output")
-    test.add_argument("messages", nargs="+", metavar="MESSAGE.eml")
+    test.add_argument("messages", nargs="+", metavar="MESSAGE",
+                      help="a message file (.eml, or one mbox message), a mailbox, or - for "
+                      "standard input")
     test.set_defaults(func=cmd_test)
 
-    scan = with_config(sub.add_parser(
-        "scan", help="replay a Maildir, an mbox or a directory of .eml through the rules"))
+    scan = command(sub, "scan", "replay a Maildir, an mbox or a directory of .eml through "
+                   "the rules (exit 66 when a message was skipped)")
     stored_mail_options(scan)
     output = scan.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="summary and flagged messages as JSON")
     output.add_argument("--csv", action="store_true", help="one CSV row per message")
-    scan.add_argument("path", type=Path, metavar="PATH")
+    scan.add_argument("path", type=Path, metavar="PATH",
+                      help="a Maildir (or its new/ or cur/), an mbox, a directory of *.eml, "
+                      "or one message file")
     scan.set_defaults(func=cmd_scan)
 
-    hc = sub.add_parser(
-        "import-header-checks",
-        help="convert Postfix header_checks tables into smtpfilter rules (YAML on stdout)",
+    hc = command(
+        sub, "import-header-checks",
+        "convert Postfix header_checks tables into smtpfilter rules (YAML on stdout)",
+        config=False,
     )
     hc.add_argument("tables", nargs="+", metavar="TABLE",
                     help="a file, or type:file as in main.cf (regexp:/etc/postfix/header_checks)")
@@ -713,43 +777,46 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--output", "-o", type=Path, help="write the YAML here instead of stdout")
     hc.set_defaults(func=cmd_import_header_checks)
 
-    doctor = with_config(sub.add_parser(
-        "doctor", help="check how Postfix is wired to smtpfilter (reads it with postconf, "
-        "changes nothing); exit 1 on problems"))
+    doctor = command(
+        sub, "doctor", "check how Postfix is wired to smtpfilter (reads it with postconf, "
+        "changes nothing); exit 1 on problems")
     doctor.add_argument("--postfix-config", type=Path, metavar="DIR",
                         help="Postfix's configuration directory (default: postfix."
                         "config_directory of the config, else postconf's own, /etc/postfix)")
     doctor.set_defaults(func=cmd_doctor)
 
-    quarantine = sub.add_parser(
-        "quarantine", help="list, show, release or delete quarantined messages"
-    ).add_subparsers(dest="operation", required=True)
-    listing = with_config(quarantine.add_parser("list", help="one line per message"))
+    quarantine = command(
+        sub, "quarantine", "list, show, release or delete quarantined messages", config=False,
+    ).add_subparsers(dest="operation", required=True, metavar="OPERATION")
+    listing = command(quarantine, "list", "one line per quarantined message")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_quarantine, ids=[])
     for operation, what in (
-        ("show", "envelope, verdict and headers"),
+        ("show", "envelope, verdict and headers of quarantined messages"),
         ("release", "re-inject into 10026 with the original envelope, then remove"),
-        ("delete", "remove for good"),
+        ("delete", "remove quarantined messages for good"),
     ):
-        op = with_config(quarantine.add_parser(operation, help=what))
-        op.add_argument("ids", nargs="+", metavar="ID")
-        op.set_defaults(func=cmd_quarantine)
+        op = command(quarantine, operation, what)
+        op.add_argument("ids", nargs="+", metavar="ID", help="a quarantine id, as list shows it")
+        if operation == "show":
+            op.add_argument("--json", action="store_true",
+                            help="machine-readable output: the stored metadata and the headers")
+        op.set_defaults(func=cmd_quarantine, json=False)  # only show takes --json
 
-    policy = with_config(sub.add_parser(
-        "policy", help="Postfix policy service for rate limits at RCPT (check_policy_service)"))
+    policy = command(
+        sub, "policy", "Postfix policy service for rate limits at RCPT (check_policy_service)")
     policy.add_argument("--listen", metavar="HOST:PORT",
                         help="override policy_service.listen (127.0.0.1:10040)")
     policy.set_defaults(func=cmd_policy)
 
-    ratelimit = sub.add_parser(
-        "ratelimit", help="show or reset a rate-limit counter"
-    ).add_subparsers(dest="operation", required=True)
+    ratelimit = command(
+        sub, "ratelimit", "show or reset a rate-limit counter", config=False,
+    ).add_subparsers(dest="operation", required=True, metavar="OPERATION")
     for operation, what in (
         ("show", "the counted messages of RULE:VALUE (age, pending or counted)"),
         ("reset", "forget everything counted for RULE:VALUE"),
     ):
-        op = with_config(ratelimit.add_parser(operation, help=what))
+        op = command(ratelimit, operation, what)
         op.add_argument("keys", nargs="+", metavar="RULE:VALUE",
                         help="a ratelimit rule and a key value, e.g. CLIENT_RATE:81.2.69.10")
         op.set_defaults(func=cmd_ratelimit)
@@ -779,6 +846,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["pipe"]:
         return _pipe(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "config", "") is None and DEFAULT_CONFIG.exists():
+        args.config = DEFAULT_CONFIG  # what the systemd units pass; see CONFIG_HELP
     try:
         return args.func(args)
     except BrokenPipeError:

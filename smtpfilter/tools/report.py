@@ -23,6 +23,7 @@ __all__ = [
     "ignored_note",
     "judged_json",
     "judged_report",
+    "quarantine_json",
     "quarantine_list",
     "quarantine_show",
     "scan_csv_row",
@@ -113,6 +114,16 @@ def quarantine_show(store: "Quarantine", entry: "Entry") -> str:
     for header in headers:
         lines.append(f"  {header.name}: {clean(header.decoded, 300)}")
     return "\n".join(lines) + "\n\n"
+
+
+def quarantine_json(store: "Quarantine", entry: "Entry") -> dict:
+    """``quarantine show --json``: the stored metadata as it is, plus what ``show`` derives."""
+    headers = store.header_block(entry)
+    return entry.meta | {
+        "id": entry.id,
+        "file": str(entry.path),
+        "headers": [{"name": header.name, "value": header.decoded} for header in headers],
+    }
 
 
 # --- test ------------------------------------------------------------------------------------
