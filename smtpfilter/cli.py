@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from smtpfilter import __version__
-from smtpfilter.config.settings import Config, ConfigError, Problem, load_config
+from smtpfilter.config.settings import Config, ConfigError, HostPort, Problem, load_config
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import RuleSet, load_rules, rules_for
 from smtpfilter.service import sdnotify
@@ -176,44 +176,142 @@ def _milter_daemon() -> type:
 
 
 # --- check-config --------------------------------------------------------------------------
+FORWARD_CHECK_TIMEOUT = 2.0  # seconds: a local smtpd greets in milliseconds
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config, ruleset = _load(args)
     except ConfigError as error:
         _report_config_error(error, "the configuration is not usable")
         return EX_CONFIG
-    _print_warnings(ruleset)  # usable: the exit code stays 0, as with postfix check
+    if args.show or args.changed:
+        from smtpfilter.tools.effective import effective_config
+
+        print(effective_config(config, args.config, changed_only=args.changed), end="")
+        return EX_OK
+    # Everything is found first, so the report can end with the count; warnings go to
+    # stderr and leave the exit code at 0 (usable, as with postfix check).
+    out: list[str] = []
+    warnings: list[str] = [str(warning) for warning in ruleset.warnings]
+    warnings += _listen_warnings(config)
+    if not args.no_connect:
+        problem = _forward_problem(config)
+        if problem:
+            warnings.append(problem)
     source = config.source or "built-in defaults"
-    print(f"{source}: ok; listen {config.listen}, forward {config.forward}, "
-          f"hostname {config.hostname}")
-    print(f"{len(ruleset)} rules from {len(ruleset.files)} files:")
+    out.append(f"{source}: ok; listen {config.listen}, forward {config.forward}, "
+               f"hostname {config.hostname}")
+    out.append(f"{len(ruleset)} rules from {len(ruleset.files)} files:")
+    per_file = {name: 0 for name in ruleset.files}
+    for rule in ruleset.rules:
+        per_file[rule.where.rsplit(":", 1)[0]] = per_file.get(rule.where.rsplit(":", 1)[0], 0) + 1
+    for name, count in per_file.items():
+        out.append(f"  {name}: {count} rule{'s' if count != 1 else ''}")
     for rule in ruleset.rules:
         what = rule.action.value if rule.action else f"score {rule.score:g}"
         if getattr(rule.check, "table_actions", False):
             what = "per line"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
-        print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
-    _check_message_size(config)
-    _check_quarantine(config, ruleset)
-    _check_ratelimit(config, ruleset)
+        out.append(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
+    out.extend(_observe_only_lines(config, ruleset))
+    _check_message_size(config, out, warnings)
+    _check_quarantine(config, ruleset, out, warnings)
+    _check_ratelimit(config, ruleset, out, warnings)
     if config.metrics.listen is not None:
-        print(f"metrics: http://{config.metrics.listen}/metrics")
+        out.append(f"metrics: http://{config.metrics.listen}/metrics")
+    for warning in warnings:
+        print(f"smtpfilter: warning: {warning}", file=sys.stderr)
+    count = len(warnings)
+    out.append(f"ok, {count} warning{'s' if count != 1 else ''}"
+               + (" (on stderr, above)" if count else ""))
+    print("\n".join(out))
     return EX_OK
 
 
-def _check_message_size(config: Config) -> None:
+def _observe_only_lines(config: Config, ruleset: RuleSet) -> list[str]:
+    """Whether anything only observes: the first thing to know when mail is not stopped."""
+    warned = [rule.name for rule in ruleset.rules if rule.mode.value == "warn"]
+    lines = ["dry_run: on: no rule acts; every message is delivered untouched, the log says "
+             "what would have happened" if config.dry_run else "dry_run: off"]
+    if warned:
+        lines.append(f"mode: warn: {len(warned)} rule{'s' if len(warned) != 1 else ''} only "
+                     f"observe ({', '.join(warned)})")
+    else:
+        lines.append("mode: warn: no rule")
+    return lines
+
+
+def _listen_warnings(config: Config) -> list[str]:
+    """Every listener beyond loopback: the product listens on loopback unless told otherwise,
+    and each of these is reached by whoever reaches the address."""
+    found = []
+    if not config.listen.is_loopback:
+        found.append(f"listen {config.listen} is beyond loopback: other hosts can connect "
+                     f"(allow_clients decides whom the filter serves); Postfix's "
+                     f"content_filter needs only 127.0.0.1")
+    milter = config.milter.listen
+    if milter.family == "inet" and not HostPort(milter.host, milter.port).is_loopback:
+        found.append(f"milter.listen {milter} is beyond loopback: other hosts can connect; "
+                     f"Postfix's smtpd_milters needs only 127.0.0.1")
+    if not config.policy_service.listen.is_loopback:
+        found.append(f"policy_service.listen {config.policy_service.listen} is beyond "
+                     f"loopback: other hosts can query the policy service and count against "
+                     f"the rate limits")
+    # metrics.listen beyond loopback is a configuration error already (config/settings.py).
+    return found
+
+
+def _forward_problem(config: Config) -> str | None:
+    """Why ``forward`` would not take mail now (a TCP connect and the 220 greeting), or None.
+
+    smtplib, because this is one blocking exchange in a command line tool; local_hostname is
+    given so that it does not ask DNS for our own name (socket.getfqdn)."""
+    import smtplib
+
+    forward = config.forward
+    consequence = ("until it answers, the filter answers 451 and Postfix keeps the mail queued "
+                   "(the reinjection smtpd in master.cf, FILTER_README; --no-connect skips "
+                   "this check)")
+    client = smtplib.SMTP(local_hostname="localhost", timeout=FORWARD_CHECK_TIMEOUT)
+    try:
+        code, text = client.connect(forward.host, forward.port)
+    except (OSError, smtplib.SMTPException) as error:
+        why = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        if isinstance(error, TimeoutError) or "timed out" in why:
+            why = f"no greeting within {FORWARD_CHECK_TIMEOUT:g} s"
+        return f"forward {forward} does not answer ({why}): {consequence}"
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()
+    if code != 220:
+        greeting = text.decode("utf-8", "replace")
+        return f"forward {forward} greets with '{code} {clean_line(greeting)}': {consequence}"
+    return None
+
+
+def clean_line(text: str) -> str:
+    from smtpfilter.tools.report import clean
+
+    return clean(text.replace("\n", " "), 200)
+
+
+def _check_message_size(config: Config, out: list[str], warnings: list[str]) -> None:
     size = config.limits.message_size
     shown = f"{size} bytes" if size else "no limit"
     if config.limits.follows_postfix:
-        print(f"message size: {shown}, Postfix's message_size_limit ({config.postfix.read})")
+        out.append(f"message size: {shown}, Postfix's message_size_limit ({config.postfix.read})")
     else:
-        print(f"message size: {shown} (limits.message_size)")
+        out.append(f"message size: {shown} (limits.message_size)")
     problem = config.size_disagreement()
     if problem:
-        print(f"smtpfilter: warning: {config.source}: {problem}", file=sys.stderr)
+        warnings.append(f"{config.source}: {problem}")
 
 
-def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
+def _check_quarantine(config: Config, ruleset: RuleSet, out: list[str],
+                      warnings: list[str]) -> None:
     from smtpfilter.core.verdict import Action
     from smtpfilter.delivery.quarantine import check_directory
 
@@ -225,11 +323,11 @@ def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
     directory = config.quarantine.directory
     problem = check_directory(directory)
     if problem is None:
-        print(f"quarantine: {directory}")
+        out.append(f"quarantine: {directory}")
     else:
-        print(f"smtpfilter: warning: quarantine: {problem} (checked as uid {os.getuid()}); "
-              f"the filter answers 451 to messages it cannot quarantine, and Postfix keeps "
-              f"them queued", file=sys.stderr)
+        warnings.append(f"quarantine: {problem} (checked as uid {os.getuid()}); the filter "
+                        f"answers 451 to messages it cannot quarantine, and Postfix keeps them "
+                        f"queued")
 
 
 def _ratelimit_rules(ruleset: RuleSet) -> list:
@@ -242,19 +340,20 @@ def _multiplied(workers: int | str) -> str:
             f"counts on its own; set state.redis to share one count")
 
 
-def _check_ratelimit(config: Config, ruleset: RuleSet) -> None:
+def _check_ratelimit(config: Config, ruleset: RuleSet, out: list[str],
+                     warnings: list[str]) -> None:
     rules = _ratelimit_rules(ruleset)
     if not rules:
         return
     if config.state.redis:
-        print(f"rate limits: counted in {config.state.redis}")
+        out.append(f"rate limits: counted in {config.state.redis}")
     else:
-        print(f"smtpfilter: warning: {_multiplied('N')}", file=sys.stderr)
+        warnings.append(_multiplied("N"))
     for rule in rules:
         if rule.check.key == "sasl_user":
-            print(f"smtpfilter: warning: {rule.where}: rule {rule.name}: key sasl_user is known "
-                  f"to the policy service (smtpfilter policy) and the milter only; the content "
-                  f"filter and pipe skip this rule", file=sys.stderr)
+            warnings.append(f"{rule.where}: rule {rule.name}: key sasl_user is known to the "
+                            f"policy service (smtpfilter policy) and the milter only; the "
+                            f"content filter and pipe skip this rule")
 
 
 # --- test and scan -------------------------------------------------------------------------
