@@ -44,7 +44,7 @@ from smtpfilter.core.text import printable
 from smtpfilter.core.verdict import Action, Decision, Finding
 from smtpfilter.engine.checks.attachment import detection_of
 from smtpfilter.engine.mime import MimeTree
-from smtpfilter.engine.pipeline import conclude, observe, verdicts_of
+from smtpfilter.engine.pipeline import conclude, observe
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
 

@@ -5,7 +5,6 @@ so a new command or option without help fails here."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytest
 
