@@ -2,21 +2,25 @@
 
     smtpfilter serve [--config PATH] [--listen HOST:PORT] [--forward HOST:PORT]
     smtpfilter milter [--config PATH] [--listen inet:HOST:PORT|unix:/PATH] [--workers N]
-    smtpfilter check-config [--config PATH]
-    smtpfilter test [--config PATH] [--received-hop N] [--client-ip IP] [--json] MESSAGE.eml...
+    smtpfilter check-config [--config PATH] [--no-connect] [--show | -n]
+    smtpfilter test [--config PATH] [--received-hop N] [--client-ip IP] [--json] MESSAGE.eml...|-
     smtpfilter scan [--config PATH] [--received-hop N] [--json|--csv] MAILDIR|MBOX|DIRECTORY
-    smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
+    smtpfilter quarantine list|show|release|delete [--config PATH] [--json] [ID...]
     smtpfilter import-header-checks [--kind K] [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
     smtpfilter doctor [--config PATH] [--postfix-config DIR]
     smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
     smtpfilter policy [--config PATH] [--listen HOST:PORT]
     smtpfilter ratelimit show|reset [--config PATH] RULE:VALUE...
 
-Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
-RestartPreventExitStatus=78 keeps a broken config from restart-looping); ``doctor`` exits 1
-when it found problems and 69 when it cannot read Postfix's configuration. ``pipe`` is different:
-pipe(8) bounces mail on any status but 0 and a few sysexits, so it only ever exits 0, 69
-(reject) or 75 (try again), usage errors included (smtpfilter.frontdoors.pipe).
+Without ``--config`` the commands read /etc/smtpfilter/smtpfilter.yaml when it exists, else the
+built-in defaults and the shipped rules (DEFAULT_CONFIG).
+
+Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input (``scan`` and ``test`` also when a
+message was skipped, ``quarantine`` for a directory that does not exist), 78 configuration
+error (systemd's RestartPreventExitStatus=78 keeps a broken config from restart-looping);
+``doctor`` exits 1 when it found problems and 69 when it cannot read Postfix's configuration.
+``pipe`` is different: pipe(8) bounces mail on any status but 0 and a few sysexits, so it only
+ever exits 0, 69 (reject) or 75 (try again), usage errors included (smtpfilter.frontdoors.pipe).
 """
 
 from __future__ import annotations
