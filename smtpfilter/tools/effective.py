@@ -97,8 +97,8 @@ def effective_config(config: Config, path: Path | None, *, changed_only: bool = 
     defaults = _effective(Config(postfix=config.postfix))
     written = _set_in_file(path)
     source = config.source or "no config file"
-    lines = [f"# smtpfilter {'settings that differ from the defaults' if changed_only else 'effective settings'}"
-             f" ({source}; '# file:line' marks a value set there)"]
+    what = "settings that differ from the defaults" if changed_only else "effective settings"
+    lines = [f"# smtpfilter {what} ({source}; '# file:line' marks a value set there)"]
     if config.limits.follows_postfix:
         lines.append(f"# limits.message_size: postfix = {config.limits.message_size} bytes now "
                      f"({config.postfix.read})")
