@@ -408,7 +408,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             try:
                 source = read_stdin(sys.stdin.buffer) if name == "-" else open_source(Path(name))
             except (OSError, ValueError) as error:
-                print(f"smtpfilter: {name}: {_why(error)}", file=sys.stderr)
+                print(f"smtpfilter: {name}: {_why(error, name)}", file=sys.stderr)
                 status = EX_NOINPUT
                 continue
             if source.ignored:
@@ -436,10 +436,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     return status
 
 
-def _why(error: Exception) -> str:
-    """An OSError's own words, with the file it names when that is not the one given."""
+def _why(error: Exception, given: object) -> str:
+    """An OSError's own words, with the file it names when that is not the one given (a
+    Maildir's cur/ that cannot be listed)."""
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror + (f" ({error.filename})" if error.filename else "")
+        named = error.filename is not None and str(error.filename) != str(given)
+        return error.strerror + (f" ({error.filename})" if named else "")
     return str(error)
 
 
@@ -463,7 +465,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     try:
         source = open_source(args.path)
     except (OSError, ValueError) as error:
-        print(f"smtpfilter: {args.path}: {_why(error)}", file=sys.stderr)
+        print(f"smtpfilter: {args.path}: {_why(error, args.path)}", file=sys.stderr)
         return EX_NOINPUT
     if source.ignored:
         print(f"smtpfilter: {ignored_note(source)}", file=sys.stderr)
