@@ -68,3 +68,15 @@ def test_the_default_config_file_is_used_when_present(tmp_path, monkeypatch, cap
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"{default}: ok; listen 127.0.0.1:10025, forward 127.0.0.1:10026")
     assert "hostname from-the-default-file.example" in first
+
+
+@pytest.mark.parametrize(("name", "parser", "summary"),
+                         [c for c in ALL if c[0] != "smtpfilter pipe"],  # its own parser's help
+                         ids=[n for n, _, _ in ALL if n != "smtpfilter pipe"])
+def test_help_prints_the_description_and_exits_0(name, parser, summary, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main([*name.split()[1:], "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {name}")
+    assert " ".join(parser.description.split()[:4]) in " ".join(out.split())
