@@ -2,21 +2,25 @@
 
     smtpfilter serve [--config PATH] [--listen HOST:PORT] [--forward HOST:PORT]
     smtpfilter milter [--config PATH] [--listen inet:HOST:PORT|unix:/PATH] [--workers N]
-    smtpfilter check-config [--config PATH]
-    smtpfilter test [--config PATH] [--received-hop N] [--client-ip IP] [--json] MESSAGE.eml...
+    smtpfilter check-config [--config PATH] [--no-connect] [--show | -n]
+    smtpfilter test [--config PATH] [--received-hop N] [--client-ip IP] [--json] MESSAGE.eml...|-
     smtpfilter scan [--config PATH] [--received-hop N] [--json|--csv] MAILDIR|MBOX|DIRECTORY
-    smtpfilter quarantine list|show|release|delete [--config PATH] [ID...]
+    smtpfilter quarantine list|show|release|delete [--config PATH] [--json] [ID...]
     smtpfilter import-header-checks [--kind K] [--format regexp|pcre] [--prefix P] [--reject-as A] TABLE...
     smtpfilter doctor [--config PATH] [--postfix-config DIR]
     smtpfilter pipe [--config=PATH] [--client-...=...] --sender=SENDER -- RECIPIENT...
     smtpfilter policy [--config PATH] [--listen HOST:PORT]
     smtpfilter ratelimit show|reset [--config PATH] RULE:VALUE...
 
-Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input, 78 configuration error (systemd's
-RestartPreventExitStatus=78 keeps a broken config from restart-looping); ``doctor`` exits 1
-when it found problems and 69 when it cannot read Postfix's configuration. ``pipe`` is different:
-pipe(8) bounces mail on any status but 0 and a few sysexits, so it only ever exits 0, 69
-(reject) or 75 (try again), usage errors included (smtpfilter.frontdoors.pipe).
+Without ``--config`` the commands read /etc/smtpfilter/smtpfilter.yaml when it exists, else the
+built-in defaults and the shipped rules (DEFAULT_CONFIG).
+
+Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input (``scan`` and ``test`` also when a
+message was skipped, ``quarantine`` for a directory that does not exist), 78 configuration
+error (systemd's RestartPreventExitStatus=78 keeps a broken config from restart-looping);
+``doctor`` exits 1 when it found problems and 69 when it cannot read Postfix's configuration.
+``pipe`` is different: pipe(8) bounces mail on any status but 0 and a few sysexits, so it only
+ever exits 0, 69 (reject) or 75 (try again), usage errors included (smtpfilter.frontdoors.pipe).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from smtpfilter import __version__
-from smtpfilter.config.settings import Config, ConfigError, Problem, load_config
+from smtpfilter.config.settings import Config, ConfigError, HostPort, Problem, load_config
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import RuleSet, load_rules, rules_for
 from smtpfilter.service import sdnotify
@@ -176,44 +180,142 @@ def _milter_daemon() -> type:
 
 
 # --- check-config --------------------------------------------------------------------------
+FORWARD_CHECK_TIMEOUT = 2.0  # seconds: a local smtpd greets in milliseconds
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config, ruleset = _load(args)
     except ConfigError as error:
         _report_config_error(error, "the configuration is not usable")
         return EX_CONFIG
-    _print_warnings(ruleset)  # usable: the exit code stays 0, as with postfix check
+    if args.show or args.changed:
+        from smtpfilter.tools.effective import effective_config
+
+        print(effective_config(config, args.config, changed_only=args.changed), end="")
+        return EX_OK
+    # Everything is found first, so the report can end with the count; warnings go to
+    # stderr and leave the exit code at 0 (usable, as with postfix check).
+    out: list[str] = []
+    warnings: list[str] = [str(warning) for warning in ruleset.warnings]
+    warnings += _listen_warnings(config)
+    if not args.no_connect:
+        problem = _forward_problem(config)
+        if problem:
+            warnings.append(problem)
     source = config.source or "built-in defaults"
-    print(f"{source}: ok; listen {config.listen}, forward {config.forward}, "
-          f"hostname {config.hostname}")
-    print(f"{len(ruleset)} rules from {len(ruleset.files)} files:")
+    out.append(f"{source}: ok; listen {config.listen}, forward {config.forward}, "
+               f"hostname {config.hostname}")
+    out.append(f"{len(ruleset)} rules from {len(ruleset.files)} files:")
+    per_file = {name: 0 for name in ruleset.files}
+    for rule in ruleset.rules:
+        per_file[rule.where.rsplit(":", 1)[0]] = per_file.get(rule.where.rsplit(":", 1)[0], 0) + 1
+    for name, count in per_file.items():
+        out.append(f"  {name}: {count} rule{'s' if count != 1 else ''}")
     for rule in ruleset.rules:
         what = rule.action.value if rule.action else f"score {rule.score:g}"
         if getattr(rule.check, "table_actions", False):
             what = "per line"
         mode = " (warn mode)" if rule.mode.value == "warn" else ""
-        print(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
-    _check_message_size(config)
-    _check_quarantine(config, ruleset)
-    _check_ratelimit(config, ruleset)
+        out.append(f"  {rule.name:<24} {rule.kind:<7} {what}{mode}  {rule.check.describe()}")
+    out.extend(_observe_only_lines(config, ruleset))
+    _check_message_size(config, out, warnings)
+    _check_quarantine(config, ruleset, out, warnings)
+    _check_ratelimit(config, ruleset, out, warnings)
     if config.metrics.listen is not None:
-        print(f"metrics: http://{config.metrics.listen}/metrics")
+        out.append(f"metrics: http://{config.metrics.listen}/metrics")
+    for warning in warnings:
+        print(f"smtpfilter: warning: {warning}", file=sys.stderr)
+    count = len(warnings)
+    out.append(f"ok, {count} warning{'s' if count != 1 else ''}"
+               + (" (on stderr, above)" if count else ""))
+    print("\n".join(out))
     return EX_OK
 
 
-def _check_message_size(config: Config) -> None:
+def _observe_only_lines(config: Config, ruleset: RuleSet) -> list[str]:
+    """Whether anything only observes: the first thing to know when mail is not stopped."""
+    warned = [rule.name for rule in ruleset.rules if rule.mode.value == "warn"]
+    lines = ["dry_run: on: no rule acts; every message is delivered untouched, the log says "
+             "what would have happened" if config.dry_run else "dry_run: off"]
+    if warned:
+        lines.append(f"mode: warn: {len(warned)} rule{'s' if len(warned) != 1 else ''} only "
+                     f"observe ({', '.join(warned)})")
+    else:
+        lines.append("mode: warn: no rule")
+    return lines
+
+
+def _listen_warnings(config: Config) -> list[str]:
+    """Every listener beyond loopback: the product listens on loopback unless told otherwise,
+    and each of these is reached by whoever reaches the address."""
+    found = []
+    if not config.listen.is_loopback:
+        found.append(f"listen {config.listen} is beyond loopback: other hosts can connect "
+                     f"(allow_clients decides whom the filter serves); Postfix's "
+                     f"content_filter needs only 127.0.0.1")
+    milter = config.milter.listen
+    if milter.family == "inet" and not HostPort(milter.host, milter.port).is_loopback:
+        found.append(f"milter.listen {milter} is beyond loopback: other hosts can connect; "
+                     f"Postfix's smtpd_milters needs only 127.0.0.1")
+    if not config.policy_service.listen.is_loopback:
+        found.append(f"policy_service.listen {config.policy_service.listen} is beyond "
+                     f"loopback: other hosts can query the policy service and count against "
+                     f"the rate limits")
+    # metrics.listen beyond loopback is a configuration error already (config/settings.py).
+    return found
+
+
+def _forward_problem(config: Config) -> str | None:
+    """Why ``forward`` would not take mail now (a TCP connect and the 220 greeting), or None.
+
+    smtplib, because this is one blocking exchange in a command line tool; local_hostname is
+    given so that it does not ask DNS for our own name (socket.getfqdn)."""
+    import smtplib
+
+    forward = config.forward
+    consequence = ("until it answers, the filter answers 451 and Postfix keeps the mail queued "
+                   "(the reinjection smtpd in master.cf, FILTER_README; --no-connect skips "
+                   "this check)")
+    client = smtplib.SMTP(local_hostname="localhost", timeout=FORWARD_CHECK_TIMEOUT)
+    try:
+        code, text = client.connect(forward.host, forward.port)
+    except (OSError, smtplib.SMTPException) as error:
+        why = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        if isinstance(error, TimeoutError) or "timed out" in why:
+            why = f"no greeting within {FORWARD_CHECK_TIMEOUT:g} s"
+        return f"forward {forward} does not answer ({why}): {consequence}"
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()
+    if code != 220:
+        greeting = text.decode("utf-8", "replace")
+        return f"forward {forward} greets with '{code} {clean_line(greeting)}': {consequence}"
+    return None
+
+
+def clean_line(text: str) -> str:
+    from smtpfilter.tools.report import clean
+
+    return clean(text.replace("\n", " "), 200)
+
+
+def _check_message_size(config: Config, out: list[str], warnings: list[str]) -> None:
     size = config.limits.message_size
     shown = f"{size} bytes" if size else "no limit"
     if config.limits.follows_postfix:
-        print(f"message size: {shown}, Postfix's message_size_limit ({config.postfix.read})")
+        out.append(f"message size: {shown}, Postfix's message_size_limit ({config.postfix.read})")
     else:
-        print(f"message size: {shown} (limits.message_size)")
+        out.append(f"message size: {shown} (limits.message_size)")
     problem = config.size_disagreement()
     if problem:
-        print(f"smtpfilter: warning: {config.source}: {problem}", file=sys.stderr)
+        warnings.append(f"{config.source}: {problem}")
 
 
-def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
+def _check_quarantine(config: Config, ruleset: RuleSet, out: list[str],
+                      warnings: list[str]) -> None:
     from smtpfilter.core.verdict import Action
     from smtpfilter.delivery.quarantine import check_directory
 
@@ -225,11 +327,11 @@ def _check_quarantine(config: Config, ruleset: RuleSet) -> None:
     directory = config.quarantine.directory
     problem = check_directory(directory)
     if problem is None:
-        print(f"quarantine: {directory}")
+        out.append(f"quarantine: {directory}")
     else:
-        print(f"smtpfilter: warning: quarantine: {problem} (checked as uid {os.getuid()}); "
-              f"the filter answers 451 to messages it cannot quarantine, and Postfix keeps "
-              f"them queued", file=sys.stderr)
+        warnings.append(f"quarantine: {problem} (checked as uid {os.getuid()}); the filter "
+                        f"answers 451 to messages it cannot quarantine, and Postfix keeps them "
+                        f"queued")
 
 
 def _ratelimit_rules(ruleset: RuleSet) -> list:
@@ -242,19 +344,20 @@ def _multiplied(workers: int | str) -> str:
             f"counts on its own; set state.redis to share one count")
 
 
-def _check_ratelimit(config: Config, ruleset: RuleSet) -> None:
+def _check_ratelimit(config: Config, ruleset: RuleSet, out: list[str],
+                     warnings: list[str]) -> None:
     rules = _ratelimit_rules(ruleset)
     if not rules:
         return
     if config.state.redis:
-        print(f"rate limits: counted in {config.state.redis}")
+        out.append(f"rate limits: counted in {config.state.redis}")
     else:
-        print(f"smtpfilter: warning: {_multiplied('N')}", file=sys.stderr)
+        warnings.append(_multiplied("N"))
     for rule in rules:
         if rule.check.key == "sasl_user":
-            print(f"smtpfilter: warning: {rule.where}: rule {rule.name}: key sasl_user is known "
-                  f"to the policy service (smtpfilter policy) and the milter only; the content "
-                  f"filter and pipe skip this rule", file=sys.stderr)
+            warnings.append(f"{rule.where}: rule {rule.name}: key sasl_user is known to the "
+                            f"policy service (smtpfilter policy) and the milter only; the "
+                            f"content filter and pipe skip this rule")
 
 
 # --- test and scan -------------------------------------------------------------------------
@@ -282,8 +385,8 @@ def _check_client_ip(args: argparse.Namespace) -> bool:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from smtpfilter.tools.report import judged_json, judged_report
-    from smtpfilter.tools.scan import judge, open_source
+    from smtpfilter.tools.report import ignored_note, judged_json, judged_report
+    from smtpfilter.tools.scan import judge, open_source, read_stdin
 
     try:
         config, ruleset = _load(args, private_state=True)  # never the live rate-limit counters
@@ -303,11 +406,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         nonlocal status
         for name in args.messages:
             try:
-                source = open_source(Path(name))
-            except OSError as error:
-                print(f"smtpfilter: {name}: {error.strerror}", file=sys.stderr)
+                source = read_stdin(sys.stdin.buffer) if name == "-" else open_source(Path(name))
+            except (OSError, ValueError) as error:
+                print(f"smtpfilter: {name}: {_why(error, name)}", file=sys.stderr)
                 status = EX_NOINPUT
                 continue
+            if source.ignored:
+                print(f"smtpfilter: {ignored_note(source)}", file=sys.stderr)
             try:
                 for stored in source.messages():
                     reports.append(await judge(ruleset, policy, stored, **options))
@@ -318,22 +423,35 @@ def cmd_test(args: argparse.Namespace) -> int:
     asyncio.run(judge_each())  # one event loop for all messages: the DNS cache is shared
     for judged in reports:
         if judged.error:
-            print(f"smtpfilter: {judged.label}: {judged.error}", file=sys.stderr)
+            print(f"smtpfilter: {judged.label}: skipped: {judged.error}", file=sys.stderr)
             status = EX_NOINPUT
+        elif judged.view is not None and judged.view.warning:
+            print(f"smtpfilter: warning: {judged.label}: {judged.view.warning}", file=sys.stderr)
     reports = [judged for judged in reports if not judged.error]
     if args.json:
         print(json.dumps([judged_json(j) for j in reports], indent=2, ensure_ascii=False))
     else:
         for judged in reports:
-            print(judged_report(judged), end="")
+            print(judged_report(judged, dry_run=config.dry_run), end="")
     return status
+
+
+def _why(error: Exception, given: object) -> str:
+    """An OSError's own words, with the file it names when that is not the one given (a
+    Maildir's cur/ that cannot be listed)."""
+    if isinstance(error, OSError) and error.strerror:
+        named = error.filename is not None and str(error.filename) != str(given)
+        return error.strerror + (f" ({error.filename})" if named else "")
+    return str(error)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     import csv
     import time
 
-    from smtpfilter.tools.report import CSV_FIELDS, scan_csv_row, scan_json, scan_summary
+    from smtpfilter.tools.report import (
+        CSV_FIELDS, ignored_note, scan_csv_row, scan_json, scan_summary,
+    )
     from smtpfilter.tools.scan import Summary, judge_all, open_source
 
     try:
@@ -347,9 +465,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     try:
         source = open_source(args.path)
     except (OSError, ValueError) as error:
-        print(f"smtpfilter: {args.path}: {getattr(error, 'strerror', None) or error}",
-              file=sys.stderr)
+        print(f"smtpfilter: {args.path}: {_why(error, args.path)}", file=sys.stderr)
         return EX_NOINPUT
+    if source.ignored:
+        print(f"smtpfilter: {ignored_note(source)}", file=sys.stderr)
     policy = Policy.for_config(config)
     summary = Summary()
     writer = csv.DictWriter(sys.stdout, CSV_FIELDS) if args.csv else None
@@ -366,10 +485,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         ):
             summary.add(judged)
             if judged.error:
-                print(f"smtpfilter: {judged.label}: {judged.error}", file=sys.stderr)
+                print(f"smtpfilter: {judged.label}: skipped: {judged.error}", file=sys.stderr)
             elif writer:
                 writer.writerow(scan_csv_row(judged))
-            done = summary.messages + len(summary.errors)
+            done = summary.messages + len(summary.skipped)
             if progress and (time.monotonic() - shown > 0.2 or done == source.count):
                 shown = time.monotonic()
                 width = 30
@@ -388,20 +507,49 @@ def cmd_scan(args: argparse.Namespace) -> int:
         source.close()
         if progress:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if summary.hop_missing:
+        label, warning = summary.hop_missing[0]
+        more = len(summary.hop_missing) - 1
+        print(f"smtpfilter: warning: {label}: {warning}"
+              + (f" (and {more} more message{'s' if more != 1 else ''})" if more else ""),
+              file=sys.stderr)
     if args.json:
         print(json.dumps(scan_json(source, summary), indent=2, ensure_ascii=False))
     elif not args.csv:
         print(scan_summary(source, summary), end="")
+    if summary.skipped:
+        print(f"smtpfilter: {len(summary.skipped)} message(s) skipped (above): not judged",
+              file=sys.stderr)
+        return EX_NOINPUT
+    if source.ignored and not summary.messages:
+        return EX_NOINPUT  # nothing read at all: likely the wrong folder
     return EX_OK
 
 
 # --- quarantine ----------------------------------------------------------------------------
+def _setting_source(config_path: Path | None, *keys: str) -> str:
+    """Where a setting comes from: ``file:line``, or which default applies and why."""
+    from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+
+    if config_path is None:
+        return "the built-in default, no config file"
+    try:
+        data = load_file(config_path)
+    except YamlError:
+        return f"as {config_path} sets it"  # it loaded a moment ago; say no more than known
+    for key in keys[:-1]:
+        data = data.get(key) if isinstance(data, Mapping) else None
+    if isinstance(data, Mapping) and keys[-1] in data:
+        return data.where(keys[-1])
+    return f"the default, {config_path} does not set it"
+
+
 EX_TEMPFAIL = 75  # sysexits(3): the message stays in quarantine, try again later
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     from smtpfilter.delivery import quarantine
-    from smtpfilter.tools.report import clean, quarantine_list, quarantine_show
+    from smtpfilter.tools.report import clean, quarantine_json, quarantine_list, quarantine_show
 
     try:
         config = load_config(args.config)
@@ -409,6 +557,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         _report_config_error(error, "cannot open the quarantine")
         return EX_CONFIG
     store = quarantine.Quarantine(config.quarantine.directory)
+    if not store.directory.is_dir():
+        # The filter creates it on the first quarantined message; "empty" would hide a typo'd
+        # directory, or a command run with another config than the service's.
+        what = "is not a directory" if store.directory.exists() else "does not exist"
+        print(f"smtpfilter: quarantine directory {store.directory} {what} (quarantine.directory: "
+              f"{_setting_source(args.config, 'quarantine', 'directory')}); the filter creates it "
+              f"when it quarantines a first message", file=sys.stderr)
+        return EX_NOINPUT
     try:
         if args.operation == "list":
             entries = store.entries()
@@ -419,8 +575,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 print(quarantine_list(store, entries), end="")
             return EX_OK
         if args.operation == "show":
-            for entry_id in args.ids:
-                print(quarantine_show(store, store.get(entry_id)), end="")
+            entries = [store.get(entry_id) for entry_id in args.ids]
+            if args.json:
+                print(quarantine.json_text([quarantine_json(store, e) for e in entries]))
+            else:
+                for entry in entries:
+                    print(quarantine_show(store, entry), end="")
             return EX_OK
         if args.operation == "delete":
             for entry_id in args.ids:
@@ -607,18 +767,33 @@ def _positive(text: str) -> int:
     return value
 
 
+DEFAULT_CONFIG = Path("/etc/smtpfilter/smtpfilter.yaml")
+CONFIG_HELP = (f"YAML config file (default: {DEFAULT_CONFIG} when it exists, else the built-in "
+               f"defaults and the shipped rules)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, subcommands included (the man page is generated from it)."""
     parser = argparse.ArgumentParser(
         prog="smtpfilter", description="SMTP content filter for Postfix (FILTER_README)."
     )
-    parser.add_argument("--version", action="version", version=f"smtpfilter {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"smtpfilter {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", "-c", type=Path, help="YAML config file (default: built-in)")
+    def command(parent, name: str, summary: str, description: str | None = None,
+                config: bool = True, **kwargs) -> argparse.ArgumentParser:
+        """A subcommand: ``summary`` is its line in the parent's --help, ``description`` the
+        top of its own (the summary as a sentence unless given)."""
+        p = parent.add_parser(name, help=summary,
+                              description=description or summary[0].upper() + summary[1:] + ".",
+                              **kwargs)
+        if config:
+            p.add_argument("--config", "-c", type=Path, metavar="PATH", help=CONFIG_HELP)
         return p
 
-    serve = with_config(sub.add_parser("serve", help="run the filter"))
+    serve = command(sub, "serve", "run the filter: listen for Postfix's content_filter, "
+                    "deliver to its reinjection port")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override listen (127.0.0.1:10025)")
     serve.add_argument("--forward", metavar="HOST:PORT", help="override forward (127.0.0.1:10026)")
     serve.add_argument(
@@ -627,11 +802,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    milter = with_config(sub.add_parser(
-        "milter", help="run the filter as a milter for Postfix's smtpd_milters",
+    milter = command(
+        sub, "milter", "run the filter as a milter for Postfix's smtpd_milters",
         description="Serve the rules to Postfix as a milter (smtpd_milters = inet:127.0.0.1:"
         "11332): decisions reach the sending client during the SMTP session, nothing is "
-        "queued twice."))
+        "queued twice.")
     milter.add_argument("--listen", metavar="inet:HOST:PORT|unix:/PATH",
                         help="override milter.listen (inet:127.0.0.1:11332)")
     milter.add_argument(
@@ -640,37 +815,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     milter.set_defaults(func=cmd_milter)
 
-    check = with_config(sub.add_parser("check-config", help="validate config and rules"))
+    check = command(
+        sub, "check-config", "validate the config and rules, and say what they amount to",
+        description="Validate the config and the rules; print the addresses, the rule files "
+        "and their rules, observe-only modes, and warnings (exit 0 with warnings, 78 on "
+        "problems, like postfix check).")
+    check.add_argument("--no-connect", action="store_true",
+                       help="do not check that forward answers (a TCP connect and its "
+                       "greeting, 2 s at most)")
+    check.add_argument("--show", action="store_true",
+                       help="print every effective setting as YAML, the way postconf prints "
+                       "main.cf, instead of the report")
+    check.add_argument("-n", dest="changed", action="store_true",
+                       help="--show only the settings that differ from the defaults "
+                       "(like postconf -n)")
     check.set_defaults(func=cmd_check_config)
 
     def stored_mail_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--received-hop", type=_hop, default="auto", metavar="N",
             help="the Received: header your Postfix added on arrival, 1 = topmost (default "
-            "auto: the first from a non-loopback client, LMTP skipped; 0: none). Headers above "
-            "it are ignored; its date is the receipt time, its address the client",
+            "auto: the first from a non-loopback client, LMTP skipped; 0: none, the message "
+            "as it is, judged now). Headers above it are ignored; its date is the receipt "
+            "time, its address the client",
         )
         p.add_argument("--client-ip", metavar="IP",
                        help="the client address for client rules (instead of Received:)")
 
-    test = with_config(sub.add_parser("test", help="show each rule's finding for stored messages"))
+    test = command(sub, "test", "show each rule's finding, the decision and the reply for "
+                   "stored messages")
     stored_mail_options(test)
     test.add_argument("--json", action="store_true", help="machine-readable output")
-    test.add_argument("messages", nargs="+", metavar="MESSAGE.eml")
+    test.add_argument("messages", nargs="+", metavar="MESSAGE",
+                      help="a message file (.eml, or one mbox message), a mailbox, or - for "
+                      "standard input")
     test.set_defaults(func=cmd_test)
 
-    scan = with_config(sub.add_parser(
-        "scan", help="replay a Maildir, an mbox or a directory of .eml through the rules"))
+    scan = command(sub, "scan", "replay a Maildir, an mbox or a directory of .eml through "
+                   "the rules (exit 66 when a message was skipped)")
     stored_mail_options(scan)
     output = scan.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="summary and flagged messages as JSON")
     output.add_argument("--csv", action="store_true", help="one CSV row per message")
-    scan.add_argument("path", type=Path, metavar="PATH")
+    scan.add_argument("path", type=Path, metavar="PATH",
+                      help="a Maildir (or its new/ or cur/), an mbox, a directory of *.eml, "
+                      "or one message file")
     scan.set_defaults(func=cmd_scan)
 
-    hc = sub.add_parser(
-        "import-header-checks",
-        help="convert Postfix header_checks tables into smtpfilter rules (YAML on stdout)",
+    hc = command(
+        sub, "import-header-checks",
+        "convert Postfix header_checks tables into smtpfilter rules (YAML on stdout)",
+        config=False,
     )
     hc.add_argument("tables", nargs="+", metavar="TABLE",
                     help="a file, or type:file as in main.cf (regexp:/etc/postfix/header_checks)")
@@ -687,43 +882,46 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--output", "-o", type=Path, help="write the YAML here instead of stdout")
     hc.set_defaults(func=cmd_import_header_checks)
 
-    doctor = with_config(sub.add_parser(
-        "doctor", help="check how Postfix is wired to smtpfilter (reads it with postconf, "
-        "changes nothing); exit 1 on problems"))
+    doctor = command(
+        sub, "doctor", "check how Postfix is wired to smtpfilter (reads it with postconf, "
+        "changes nothing); exit 1 on problems")
     doctor.add_argument("--postfix-config", type=Path, metavar="DIR",
                         help="Postfix's configuration directory (default: postfix."
                         "config_directory of the config, else postconf's own, /etc/postfix)")
     doctor.set_defaults(func=cmd_doctor)
 
-    quarantine = sub.add_parser(
-        "quarantine", help="list, show, release or delete quarantined messages"
-    ).add_subparsers(dest="operation", required=True)
-    listing = with_config(quarantine.add_parser("list", help="one line per message"))
+    quarantine = command(
+        sub, "quarantine", "list, show, release or delete quarantined messages", config=False,
+    ).add_subparsers(dest="operation", required=True, metavar="OPERATION")
+    listing = command(quarantine, "list", "one line per quarantined message")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_quarantine, ids=[])
     for operation, what in (
-        ("show", "envelope, verdict and headers"),
+        ("show", "envelope, verdict and headers of quarantined messages"),
         ("release", "re-inject into 10026 with the original envelope, then remove"),
-        ("delete", "remove for good"),
+        ("delete", "remove quarantined messages for good"),
     ):
-        op = with_config(quarantine.add_parser(operation, help=what))
-        op.add_argument("ids", nargs="+", metavar="ID")
-        op.set_defaults(func=cmd_quarantine)
+        op = command(quarantine, operation, what)
+        op.add_argument("ids", nargs="+", metavar="ID", help="a quarantine id, as list shows it")
+        if operation == "show":
+            op.add_argument("--json", action="store_true",
+                            help="machine-readable output: the stored metadata and the headers")
+        op.set_defaults(func=cmd_quarantine, json=False)  # only show takes --json
 
-    policy = with_config(sub.add_parser(
-        "policy", help="Postfix policy service for rate limits at RCPT (check_policy_service)"))
+    policy = command(
+        sub, "policy", "Postfix policy service for rate limits at RCPT (check_policy_service)")
     policy.add_argument("--listen", metavar="HOST:PORT",
                         help="override policy_service.listen (127.0.0.1:10040)")
     policy.set_defaults(func=cmd_policy)
 
-    ratelimit = sub.add_parser(
-        "ratelimit", help="show or reset a rate-limit counter"
-    ).add_subparsers(dest="operation", required=True)
+    ratelimit = command(
+        sub, "ratelimit", "show or reset a rate-limit counter", config=False,
+    ).add_subparsers(dest="operation", required=True, metavar="OPERATION")
     for operation, what in (
         ("show", "the counted messages of RULE:VALUE (age, pending or counted)"),
         ("reset", "forget everything counted for RULE:VALUE"),
     ):
-        op = with_config(ratelimit.add_parser(operation, help=what))
+        op = command(ratelimit, operation, what)
         op.add_argument("keys", nargs="+", metavar="RULE:VALUE",
                         help="a ratelimit rule and a key value, e.g. CLIENT_RATE:81.2.69.10")
         op.set_defaults(func=cmd_ratelimit)
@@ -753,6 +951,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["pipe"]:
         return _pipe(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "config", "") is None and DEFAULT_CONFIG.exists():
+        args.config = DEFAULT_CONFIG  # what the systemd units pass; see CONFIG_HELP
     try:
         return args.func(args)
     except BrokenPipeError:

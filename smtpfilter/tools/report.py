@@ -14,14 +14,16 @@ from smtpfilter.core.text import escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from smtpfilter.delivery.quarantine import Entry, Quarantine
-    from smtpfilter.tools.scan import Judged, Source, Summary
+    from smtpfilter.tools.scan import Flagged, Judged, Source, Summary
 
 __all__ = [
     "CSV_FIELDS",
     "clean",
     "header_value",
+    "ignored_note",
     "judged_json",
     "judged_report",
+    "quarantine_json",
     "quarantine_list",
     "quarantine_show",
     "scan_csv_row",
@@ -114,6 +116,16 @@ def quarantine_show(store: "Quarantine", entry: "Entry") -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def quarantine_json(store: "Quarantine", entry: "Entry") -> dict:
+    """``quarantine show --json``: the stored metadata as it is, plus what ``show`` derives."""
+    headers = store.header_block(entry)
+    return entry.meta | {
+        "id": entry.id,
+        "file": str(entry.path),
+        "headers": [{"name": header.name, "value": header.decoded} for header in headers],
+    }
+
+
 # --- test ------------------------------------------------------------------------------------
 def _received_line(judged: "Judged") -> str:
     view = judged.view
@@ -124,10 +136,23 @@ def _received_line(judged: "Judged") -> str:
         text += f", client {msg.client.addr}"
     if view.cut:
         text += f"; the {view.cut} header field{'s' if view.cut > 1 else ''} above it left out"
-    return text + ")"
+    text += ")"
+    if view.warning:
+        text += f"\n  warning:  {view.warning}"
+    return text
 
 
-def judged_report(judged: "Judged") -> str:
+def _observe_only(judged: "Judged", dry_run: bool) -> str:
+    """Why the ``would have`` did not happen: dry_run, or the rule's own mode: warn."""
+    if dry_run:
+        return "dry_run is on: no rule acts"
+    rule = judged.decision.intended_rule if judged.decision else None
+    if rule is not None:
+        return f"{rule} has mode: warn"
+    return "observe-only rules (mode: warn) counted as if enforced"
+
+
+def judged_report(judged: "Judged", dry_run: bool = False) -> str:
     """What ``smtpfilter test`` prints for one message: every rule, the decision, the reply."""
     view, decision = judged.view, judged.decision
     assert view is not None and decision is not None
@@ -156,12 +181,17 @@ def judged_report(judged: "Judged") -> str:
         lines.append(f"  {rule.name:<{width}}  {shown}  score={rule.score:g}  "
                      f"action={action}{mode}")
         lines.append(f"  {'':<{width}}  {clean(finding.reason, 300)}")
-    would = ""
-    if decision.intended is not None and decision.intended is not decision.action:
-        would = f" (would {decision.intended.value}" + (
-            f" by {decision.intended_rule})" if decision.intended_rule else ")")
-    by = f" by {decision.rule}" if decision.rule else ""
-    lines.append(f"  decision: {decision.action.value}{would}{by}, score {decision.score:g}")
+    # What happened, then (on its own line) what an observe-only rule would have done: under
+    # dry_run the decision keeps the rule that would have acted, which did not act.
+    observed = decision.intended is not None and decision.intended is not decision.action
+    by = f" by {decision.rule}" if decision.rule and not (
+        observed and decision.rule == decision.intended_rule) else ""
+    lines.append(f"  decision: {decision.action.value}{by}, score {decision.score:g}")
+    if observed:
+        assert decision.intended is not None
+        lines.append(f"  would have: {decision.intended.value}"
+                     + (f" by {decision.intended_rule}" if decision.intended_rule else "")
+                     + f" ({_observe_only(judged, dry_run)})")
     for name, value in decision.headers:
         lines.append(f"  header:   {name}: {value}")
     lines.append(f"  reply:    {judged.reply}")
@@ -178,6 +208,7 @@ def judged_json(judged: "Judged") -> dict:
         "received_at": msg.received_at.isoformat(),
         "received_by": view.received_by,
         "received_hop": view.hop,
+        "warning": view.warning or None,
         "client": msg.client.addr,
         "rules": [
             {
@@ -237,34 +268,62 @@ def scan_csv_row(judged: "Judged") -> dict:
     }
 
 
+def _flagged_json(f: "Flagged") -> dict:
+    return {"file": f.label, "date": f.date, "from": f.sender, "subject": f.subject,
+            "action": f.action, "would": f.intended if f.intended != f.action else None,
+            "rule": f.rule, "rules": f.rules, "reply": f.reply, "details": list(f.details)}
+
+
 def scan_json(source: "Source", summary: "Summary") -> dict:
     return {
         "source": {"kind": source.kind, "path": str(source.path), "messages": source.count},
         "scanned": summary.messages,
-        "errors": [{"file": f, "error": e} for f, e in summary.errors],
+        "skipped": [{"file": f, "reason": e} for f, e in summary.skipped],
+        "ignored": [str(p) for p in source.ignored],
+        "warnings": [{"file": f, "warning": w} for f, w in summary.hop_missing],
         "decisions": dict(summary.decisions),
         "would": dict(summary.would),
         "rules": {
-            name: {"findings": summary.hits[name], "decided": summary.decided[name]}
-            for name in sorted(set(summary.hits) | set(summary.decided))
+            name: {"findings": summary.hits[name], "decided": summary.decided[name],
+                   "would_decide": summary.would_decide[name]}
+            for name in sorted(set(summary.hits) | set(summary.decided)
+                               | set(summary.would_decide))
         },
         "received_at_from": dict(summary.received_by),
-        "not_delivered": [
-            {"file": f.label, "date": f.date, "from": f.sender, "subject": f.subject,
-             "action": f.action, "would": f.intended if f.intended != f.action else None,
-             "rule": f.rule, "rules": f.rules, "reply": f.reply, "details": list(f.details)}
-            for f in summary.flagged
-        ],
+        "not_delivered": [_flagged_json(f) for f in summary.flagged],
+        "would_not_deliver": [_flagged_json(f) for f in summary.would_flagged],
     }
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def ignored_note(source: "Source") -> str:
+    """Files of a directory that were not read (not *.eml), named: they are not messages
+    for this command, but a mailbox folder given by mistake shows up here."""
+    names = ", ".join(p.name for p in source.ignored[:3]) + (
+        ", ..." if len(source.ignored) > 3 else "")
+    return (f"{source.path}: {_plural(len(source.ignored), 'file')} not named *.eml, not "
+            f"read ({names}); a Maildir's new/ or cur/ is read whole")
+
+
+def _flagged_rows(flagged: list["Flagged"], what: str) -> list[list[str]]:
+    return [[f.label, clean(f.date, 31), clean(f.sender, 40), getattr(f, what), f.rules,
+             clean(f.subject, 60)] for f in flagged]
+
+
 def scan_summary(source: "Source", summary: "Summary") -> str:
-    out = [f"{source.kind} {source.path}: {summary.messages} message"
-           f"{'s' if summary.messages != 1 else ''} scanned"
-           + (f", {len(summary.errors)} unreadable" if summary.errors else "")]
+    out = [f"{source.kind} {source.path}: {_plural(summary.messages, 'message')} scanned"
+           + (f", {len(summary.skipped)} skipped (below)" if summary.skipped else "")]
+    if source.ignored:
+        out.append(ignored_note(source))
     if summary.received_by:
         out.append("receipt time from: " + ", ".join(
             f"{what} {count}" for what, count in summary.received_by.most_common()))
+    if summary.hop_missing:
+        out.append(f"--received-hop beyond the Received: headers of "
+                   f"{_plural(len(summary.hop_missing), 'message')} (judged as they are)")
     out.append("")
     total = max(summary.messages, 1)
     rows = [[action, str(count), f"{100 * count / total:.1f}%"]
@@ -274,30 +333,42 @@ def scan_summary(source: "Source", summary: "Summary") -> str:
         out.append("observe-only (mode: warn or dry_run), would have been: " + ", ".join(
             f"{action} {count}" for action, count in summary.would.most_common()))
     out.append("")
-    names = sorted(set(summary.hits) | set(summary.decided),
+    names = sorted(set(summary.hits) | set(summary.decided) | set(summary.would_decide),
                    key=lambda n: (-summary.hits[n], n))
     if names:
-        rows = [[name, str(summary.hits[name]), str(summary.decided[name])] for name in names]
-        out.append(table(rows, ["RULE", "FINDINGS", "DECIDED"]).rstrip("\n"))
+        header = ["RULE", "FINDINGS", "DECIDED"]
+        if summary.would_decide:
+            header.append("WOULD DECIDE")
+        rows = [[name, str(summary.hits[name]), str(summary.decided[name])]
+                + ([str(summary.would_decide[name])] if summary.would_decide else [])
+                for name in names]
+        out.append(table(rows, header).rstrip("\n"))
     else:
         out.append("no rule found anything")
     out.append("")
     if summary.flagged:
         out.append(f"Not delivered ({len(summary.flagged)}):")
-        rows = []
-        for f in summary.flagged:
-            action = f.intended if f.intended == f.action else f"{f.action} (would {f.intended})"
-            rows.append([f.label, clean(f.date, 31), clean(f.sender, 40), action, f.rules,
-                         clean(f.subject, 60)])
-        out.append(table(rows, ["FILE", "DATE", "FROM", "ACTION", "RULES", "SUBJECT"])
-                   .rstrip("\n"))
-        detailed = [f for f in summary.flagged if f.details]
-        if detailed:
-            out.append("")
-            out.append("Part findings (which part, its name, its type):")
-            for f in detailed:
-                out.append(f"{f.label}")
-                out.extend(f"  {clean(detail, 300)}" for detail in f.details)
+        out.append(table(_flagged_rows(summary.flagged, "action"),
+                         ["FILE", "DATE", "FROM", "ACTION", "RULES", "SUBJECT"]).rstrip("\n"))
     else:
         out.append("Every message would be delivered.")
+    if summary.would_flagged:
+        # Delivered all the same: kept apart so that what happened is not read as done.
+        out.append("")
+        out.append(f"Delivered, but would not have been if the observe-only rules (mode: warn, "
+                   f"dry_run) were enforced ({len(summary.would_flagged)}):")
+        out.append(table(_flagged_rows(summary.would_flagged, "intended"),
+                         ["FILE", "DATE", "FROM", "WOULD", "RULES", "SUBJECT"]).rstrip("\n"))
+    detailed = [f for f in summary.flagged + summary.would_flagged if f.details]
+    if detailed:
+        out.append("")
+        out.append("Part findings (which part, its name, its type):")
+        for f in detailed:
+            out.append(f"{f.label}")
+            out.extend(f"  {clean(detail, 300)}" for detail in f.details)
+    if summary.skipped:
+        out.append("")
+        out.append(f"Skipped, not judged ({len(summary.skipped)}):")
+        out.append(table([[label, clean(why, 300)] for label, why in summary.skipped],
+                         ["FILE", "WHY"]).rstrip("\n"))
     return "\n".join(out) + "\n"

@@ -29,11 +29,12 @@ import ipaddress
 import mailbox
 import os
 import re
+import stat
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, BinaryIO, Callable, Iterator
 
 from smtpfilter.core import replies, wire
 from smtpfilter.core.envelope import Client, without_ipv6_prefix
@@ -43,7 +44,7 @@ from smtpfilter.core.text import printable
 from smtpfilter.core.verdict import Action, Decision, Finding
 from smtpfilter.engine.checks.attachment import detection_of
 from smtpfilter.engine.mime import MimeTree
-from smtpfilter.engine.pipeline import conclude, observe, verdicts_of
+from smtpfilter.engine.pipeline import conclude, observe
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import Rule, RuleSet
 
@@ -57,6 +58,7 @@ __all__ = [
     "View",
     "judge_all",
     "open_source",
+    "read_stdin",
     "stored_view",
     "trusted_hop",
 ]
@@ -73,15 +75,22 @@ class Stored:
     raw: bytes
     delivered_at: datetime | None = None
     delivered_by: str = ""  # what delivered_at is: "Maildir file time", "mbox From line"...
+    error: str = ""  # why it could not be read: the message is skipped, and the scan says so
 
 
 @dataclass
 class Source:
-    kind: str  # "Maildir", "mbox", "directory", "file"
+    kind: str  # "Maildir", "mbox", "directory", "file", "stdin"
     path: Path
     count: int
     messages: Callable[[], Iterator[Stored]]
     close: Callable[[], None] = lambda: None
+    # Entries of a directory that are not read at all: not *.eml (reported, not messages).
+    ignored: tuple[Path, ...] = ()
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
 
 
 def _utc(timestamp: float) -> datetime:
@@ -112,13 +121,18 @@ def _maildir(path: Path) -> Source:
 
     def messages() -> Iterator[Stored]:
         for key in keys:
-            try:
-                raw = box.get_bytes(key)
-            except (KeyError, OSError):
-                continue  # taken by a mail reader meanwhile
             # mailbox dates a Maildir message by its file's mtime (Maildir.get_message does);
             # it has no public way to get the file without parsing the message, hence _lookup.
-            sub = box._lookup(key)  # noqa: SLF001
+            try:
+                sub = box._lookup(key)  # noqa: SLF001
+                raw = box.get_bytes(key)
+            except KeyError:
+                yield Stored(str(path / key), b"", error="gone while scanning (a mail reader "
+                             "moved or deleted it)")
+                continue
+            except OSError as error:
+                yield Stored(str(path / sub), b"", error=_reason(error))
+                continue
             try:
                 delivered = _utc(os.path.getmtime(path / sub))
             except OSError:
@@ -141,31 +155,69 @@ def _mbox(path: Path) -> Source:
     return Source("mbox", path, len(keys), messages, box.close)
 
 
-def _files(paths: list[Path], kind: str, root: Path) -> Source:
+def _stored(label: str, raw: bytes, delivered: datetime | None, by: str) -> Stored:
+    """A message file's bytes, less an mbox "From " line, which then dates the delivery."""
+    if raw.startswith(b"From "):
+        first, _, raw = raw.partition(b"\n")
+        if (line_date := from_line_date(first)) is not None:
+            delivered, by = line_date, "mbox From line"
+    return Stored(label, raw, delivered, by)
+
+
+def _read_file(path: Path) -> Stored:
+    try:
+        # stat first: a FIFO in a mail folder would block the read for ever.
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            return Stored(str(path), b"", error="a directory, not a message file")
+        if not stat.S_ISREG(info.st_mode):
+            return Stored(str(path), b"", error="not a regular file")
+        raw = path.read_bytes()
+    except OSError as error:
+        reason = _reason(error)
+        if isinstance(error, FileNotFoundError) and path.is_symlink():
+            reason += " (a symbolic link to nothing)"
+        return Stored(str(path), b"", error=reason)
+    return _stored(str(path), raw, _utc(info.st_mtime), "file time")
+
+
+def _files(paths: list[Path], kind: str, root: Path, ignored: tuple[Path, ...] = ()) -> Source:
     def messages() -> Iterator[Stored]:
         for path in paths:
-            try:
-                raw = path.read_bytes()
-                delivered = _utc(path.stat().st_mtime)
-            except OSError:
-                continue
-            by = "file time"
-            if raw.startswith(b"From "):
-                first, _, raw = raw.partition(b"\n")
-                if (line_date := from_line_date(first)) is not None:
-                    delivered, by = line_date, "mbox From line"
-            yield Stored(str(path), raw, delivered, by)
+            yield _read_file(path)
 
-    return Source(kind, root, len(paths), messages)
+    return Source(kind, root, len(paths), messages, ignored=ignored)
+
+
+def read_stdin(stream: BinaryIO) -> Source:
+    """``smtpfilter test -``: one message on standard input, received now unless its
+    Received: header or an mbox "From " line says when."""
+    raw = stream.read()
+    stored = _stored("-", raw, None, "")
+    return Source("stdin", Path("-"), 1, lambda: iter([stored]))
+
+
+# A Maildir's own folders hold messages under names without a suffix (maildir(5)): given
+# directly, every file in them is a message.
+MAILDIR_FOLDERS = ("new", "cur")
+
+
+def _directory(path: Path) -> Source:
+    if (path / "cur").is_dir() and (path / "new").is_dir():
+        return _maildir(path)
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    if path.name in MAILDIR_FOLDERS:
+        return _files(entries, "Maildir folder", path)
+    found = [p for p in entries if p.suffix == ".eml"]
+    ignored = tuple(p for p in entries if p.suffix != ".eml")
+    return _files(found, "directory", path, ignored)
 
 
 def open_source(path: Path) -> Source:
-    """A Maildir (cur/ new/ tmp/), a directory of *.eml, an mbox, or one message file."""
+    """A Maildir (cur/ new/ tmp/) or one of its new/ and cur/ folders, a directory of *.eml,
+    an mbox, or one message file."""
     if path.is_dir():
-        if (path / "cur").is_dir() and (path / "new").is_dir():
-            return _maildir(path)
-        found = sorted(p for p in path.iterdir() if p.suffix == ".eml" and p.is_file())
-        return _files(found, "directory", path)
+        return _directory(path)
     with path.open("rb") as handle:
         head = handle.read(5)
     if head == b"From ":
@@ -183,6 +235,7 @@ class View:
     received_by: str  # where received_at came from
     hop: int | None  # the trusted Received header, 1 = topmost
     cut: int  # header fields above it that were left out
+    warning: str = ""  # the asked-for hop is not there (more hops asked than Received: headers)
 
 
 def _is_delivery_hop(header: Header) -> bool:
@@ -223,7 +276,10 @@ def stored_view(
 ) -> View:
     """The message as the filter would have seen it, with the time it would have judged it.
 
-    ``hop``: "auto" (see :func:`trusted_hop`), a number, or 0/None to take the message as it is.
+    ``hop``: "auto" (see :func:`trusted_hop`), a number, or 0/None to take the message as it
+    is, judged now (the README's promise for ``--received-hop 0``: no header and no file date
+    is trusted then). A number beyond the Received: headers is said in ``View.warning``, and
+    the message is judged as it is, as of its delivery time.
     """
     data = wire.to_wire(stored.raw)
     headers = parse_header_block(data, header_limit)
@@ -233,6 +289,7 @@ def stored_view(
     cut = 0
     received_at, received_by = None, ""
     address = client_ip
+    warning = ""
     if number is not None and number <= len(received):
         trusted = received[number - 1]
         cut = headers.headers.index(trusted)
@@ -242,8 +299,13 @@ def stored_view(
         received_by = f"Received #{number}"
         if address is None:
             address = received_address(headers, 1)
-    else:
+    elif number is not None:
+        warning = (f"--received-hop {number}, but the message has {len(received)} Received: "
+                   f"header{'s' if len(received) != 1 else ''}; judged as it is, without a "
+                   f"client address from a header")
         number = None
+    if hop in (0, None):
+        received_at, received_by = now or datetime.now(timezone.utc), "now"
     if received_at is None and stored.delivered_at is not None:
         received_at, received_by = stored.delivered_at, stored.delivered_by
     if received_at is None:
@@ -261,7 +323,7 @@ def stored_view(
         headers=headers,
         size=len(data),
     )
-    return View(msg, received_by, number, cut)
+    return View(msg, received_by, number, cut, warning)
 
 
 # --- judging ---------------------------------------------------------------------------------
@@ -339,6 +401,8 @@ def _first(headers: HeaderBlock, name: str) -> str:
 async def judge(
     ruleset: RuleSet, policy: Policy, stored: Stored, **view_options
 ) -> Judged:
+    if stored.error:
+        return Judged(stored.label, None, [], None, "", stored.error)
     try:
         view = stored_view(stored, **view_options)
         results = await observe(ruleset, view.msg, observe_all=True)
@@ -399,29 +463,41 @@ async def judge_all(
 @dataclass
 class Summary:
     messages: int = 0
-    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) not judged
     decisions: Counter = field(default_factory=Counter)
     would: Counter = field(default_factory=Counter)  # observe-only outcomes (mode: warn, dry_run)
     hits: Counter = field(default_factory=Counter)  # messages with a finding, per rule
     decided: Counter = field(default_factory=Counter)  # messages whose decision a rule made
-    flagged: list[Flagged] = field(default_factory=list)  # would not be delivered
+    would_decide: Counter = field(default_factory=Counter)  # ...would have made, if enforced
+    flagged: list[Flagged] = field(default_factory=list)  # not delivered
+    # delivered, but an observe-only rule (mode: warn, dry_run) would have stopped it
+    would_flagged: list[Flagged] = field(default_factory=list)
     received_by: Counter = field(default_factory=Counter)
+    hop_missing: list[tuple[str, str]] = field(default_factory=list)  # (file, View.warning)
 
     def add(self, judged: Judged) -> None:
         if judged.decision is None:
-            self.errors.append((judged.label, judged.error))
+            self.skipped.append((judged.label, judged.error))
             return
         self.messages += 1
         decision = judged.decision
         self.decisions[decision.action.value] += 1
-        if decision.intended is not None and decision.intended is not decision.action:
+        observed = decision.intended is not None and decision.intended is not decision.action
+        if observed:
             self.would[decision.intended.value] += 1
+            if decision.intended_rule:
+                self.would_decide[decision.intended_rule] += 1
         for rule, finding in judged.results:
             if finding is not None:
                 self.hits[rule.name] += 1
-        if decision.rule:
+        # Under dry_run the decision keeps the rule that would have decided: not a decision.
+        if decision.rule and not (observed and decision.rule == decision.intended_rule):
             self.decided[decision.rule] += 1
         assert judged.view is not None
         self.received_by[judged.view.received_by.split(" #")[0]] += 1
-        if decision.action in NOT_DELIVERED or decision.intended in NOT_DELIVERED:
+        if judged.view.warning:
+            self.hop_missing.append((judged.label, judged.view.warning))
+        if decision.action in NOT_DELIVERED:
             self.flagged.append(judged.flagged())
+        elif decision.intended in NOT_DELIVERED:
+            self.would_flagged.append(judged.flagged())

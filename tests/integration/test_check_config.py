@@ -20,9 +20,11 @@ from smtpfilter.cli import EX_CONFIG
 GOOD_RULE = b"rules:\n  - name: OK\n    check: date\n    missing: true\n    score: 1\n"
 
 
-def check_config(config: Path) -> subprocess.CompletedProcess:
+def check_config(config: Path, *options: str) -> subprocess.CompletedProcess:
+    # --no-connect: whether 10026 answers is tested on its own below.
     return subprocess.run(
-        [sys.executable, "-m", "smtpfilter", "check-config", "--config", str(config)],
+        [sys.executable, "-m", "smtpfilter", "check-config", "--no-connect", *options,
+         "--config", str(config)],
         capture_output=True,
         timeout=60,
         cwd=config.parent,
@@ -232,3 +234,141 @@ def test_an_unreadable_postfix_directory_is_a_problem_with_its_line(tmp_path):
     [problem, summary] = assert_one_line_per_problem(result)
     assert problem == (f"smtpfilter: {tmp_path / 'c.yaml'}:3: postfix.config_directory: cannot "
                        f"read Postfix's configuration: {tmp_path / 'nowhere' / 'main.cf'}: no such file")
+
+
+# --- what the configuration amounts to (issue 13) ---------------------------------------------
+def test_listeners_beyond_loopback_are_counted_warnings_and_observe_only_is_said(tmp_path):
+    config = write(tmp_path, b"listen: 0.0.0.0:10025\nmilter: {listen: 'inet:0.0.0.0:11332'}\n"
+                             b"dry_run: true\n",
+                   GOOD_RULE + b"    mode: warn\n")
+    result = check_config(config)
+    assert result.returncode == 0, result.stderr
+    assert warnings_of(result) == [
+        "listen 0.0.0.0:10025 is beyond loopback: other hosts can connect (allow_clients "
+        "decides whom the filter serves); Postfix's content_filter needs only 127.0.0.1",
+        "milter.listen inet:0.0.0.0:11332 is beyond loopback: other hosts can connect; "
+        "Postfix's smtpd_milters needs only 127.0.0.1",
+    ]
+    out = result.stdout.decode().splitlines()
+    assert out[0].startswith(f"{config}: ok; listen 0.0.0.0:10025, forward 127.0.0.1:10026")
+    assert out[1:3] == ["1 rules from 1 files:", f"  {tmp_path / 'r.yaml'}: 1 rule"]
+    assert ("dry_run: on: no rule acts; every message is delivered untouched, the log says "
+            "what would have happened") in out
+    assert "mode: warn: 1 rule only observe (OK)" in out
+    assert out[-1] == "ok, 2 warnings (on stderr, above)"
+
+    quiet = check_config(write(tmp_path, b""))
+    assert quiet.stderr == b"" and quiet.stdout.decode().splitlines()[-1] == "ok, 0 warnings"
+    assert b"dry_run: off\nmode: warn: no rule\n" in quiet.stdout
+
+
+class Greeter:
+    """A TCP server on loopback that answers each connection with one greeting line."""
+
+    def __init__(self, greeting: bytes) -> None:
+        import socket
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.greeting = greeting
+        self.seen: list[bytes] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        try:
+            connection, _ = self.server.accept()
+        except OSError:
+            return
+        with connection:
+            connection.sendall(self.greeting)
+            connection.settimeout(10)
+            data = b""
+            while True:  # until the client hangs up: what it said after the greeting
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+                if b"QUIT" in data.upper():
+                    connection.sendall(b"221 2.0.0 Bye\r\n")
+            self.seen.append(data)
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join(10)
+
+
+def forward_check(tmp_path: Path, port: int) -> subprocess.CompletedProcess:
+    config = write(tmp_path, f"forward: 127.0.0.1:{port}\n".encode())
+    return subprocess.run(
+        [sys.executable, "-m", "smtpfilter", "check-config", "--config", str(config)],
+        capture_output=True, timeout=60, cwd=tmp_path)
+
+
+def test_forward_that_greets_is_fine(tmp_path):
+    greeter = Greeter(b"220 mx.example ESMTP Postfix\r\n")
+    try:
+        result = forward_check(tmp_path, greeter.port)
+    finally:
+        greeter.close()
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert greeter.seen == [b"quit\r\n"]  # a polite goodbye (smtplib writes it so), nothing else
+
+
+def test_forward_that_refuses_or_greets_badly_is_a_warning(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        result = forward_check(tmp_path, port)
+    assert result.returncode == 0
+    [warning] = warnings_of(result)
+    assert warning.startswith(f"forward 127.0.0.1:{port} does not answer (Connection refused): "
+                              f"until it answers, the filter answers 451")
+    assert "--no-connect skips this check" in warning
+    assert result.stdout.decode().splitlines()[-1] == "ok, 1 warning (on stderr, above)"
+
+    greeter = Greeter(b"554 5.3.2 not now\r\n")
+    try:
+        result = forward_check(tmp_path, greeter.port)
+    finally:
+        greeter.close()
+    [warning] = warnings_of(result)
+    assert warning.startswith(f"forward 127.0.0.1:{greeter.port} greets with '554 5.3.2 not now'")
+
+
+def test_show_prints_every_setting_as_a_config_that_loads_back(tmp_path):
+    from dataclasses import replace
+
+    from smtpfilter.config.settings import load_config
+
+    config = write(tmp_path, b"listen: 127.0.0.1:10027\npolicy:\n  tag: 5\n  reject: 15\n"
+                             b"limits:\n  sessions: 50\n  scan_timeout: 90s\n"
+                             b"dns: {nameservers: ['127.0.0.1:5353']}\n")
+    result = check_config(config, "--show")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert f'listen: "127.0.0.1:10027"  # {config}:2\n' in text
+    assert "  sessions: 50  # " in text and "  scan_timeout: 90  # " in text
+    assert "  pool_size: 20\n" in text and "# tls: not set" in text  # defaults too
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(text)
+    assert replace(load_config(shown), source=None) == replace(load_config(config), source=None)
+
+    changed = check_config(config, "-n")
+    assert changed.returncode == 0, changed.stderr
+    lines = [line for line in changed.stdout.decode().splitlines() if not line.startswith("#")]
+    assert lines == [
+        f'listen: "127.0.0.1:10027"  # {config}:2',
+        f'rules: ["{tmp_path / "r.yaml"}"]  # {config}:1',
+        f"limits:  # {config}:6",
+        f"  sessions: 50  # {config}:7",
+        f"  scan_timeout: 90  # {config}:8",
+        f"policy:  # {config}:3",
+        f"  tag: 5  # {config}:4",
+        f"  reject: 15  # {config}:5",
+        f"dns:  # {config}:9",
+        f'  nameservers: ["127.0.0.1:5353"]  # {config}:9',
+    ]

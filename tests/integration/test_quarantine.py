@@ -71,6 +71,15 @@ async def test_quarantine_stores_then_release_reinjects_the_original(start_filte
     assert "queue id:  4F2B1" in out and "mail.example.net[192.0.2.7]" in out
     assert "verdict:   quarantine by SPAM_MAILER" in out
 
+    assert await asyncio.to_thread(cli, "quarantine", "show", "--json", "--config", config,
+                                   entry_id) == 0
+    [shown] = json.loads(capsys.readouterr().out)
+    assert shown["id"] == entry_id and shown["file"].endswith(f"/new/{entry_id}")
+    assert shown["verdict"]["rule"] == "SPAM_MAILER" and shown["queue_id"] == "4F2B1"
+    assert [r["address"] for r in shown["envelope"]["recipients"]] == ["a@example.com",
+                                                                       "b@example.com"]
+    assert {"name": "Subject", "value": "offer"} in shown["headers"]
+
     assert await asyncio.to_thread(cli, "quarantine", "release", "--config", config, entry_id) == 0
     assert "released to a@example.com, b@example.com: 250 2.0.0 Ok: queued as" in capsys.readouterr().out
 
@@ -131,3 +140,24 @@ async def test_a_refused_release_keeps_the_message(start_filter, sink, tmp_path,
         [b"RCPT TO:<b@example.com>\r\n"],
     ]
     assert await asyncio.to_thread(cli, "quarantine", "delete", "--config", config, entry_id) == 66
+
+
+def test_a_quarantine_directory_that_does_not_exist_is_not_empty(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("log: {level: info}\nquarantine:\n  directory: qurantine\n")  # a typo
+    for args in (["list"], ["list", "--json"], ["show", "X"], ["delete", "X"]):
+        assert cli("quarantine", *args, "--config", str(config)) == 66
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (
+            f"smtpfilter: quarantine directory {tmp_path / 'qurantine'} does not exist "
+            f"(quarantine.directory: {config}:3); the filter creates it when it quarantines "
+            f"a first message\n")
+    config.write_text("log: {level: info}\n")
+    import smtpfilter.config.settings as settings
+
+    default = settings.QuarantineConfig().directory
+    if not default.exists():
+        assert cli("quarantine", "list", "--config", str(config)) == 66
+        assert (f"quarantine.directory: the default, {config} does not set it"
+                in capsys.readouterr().err)

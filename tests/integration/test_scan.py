@@ -111,18 +111,25 @@ async def test_scan_a_maildir(tmp_path, config, capsys):
     decisions = dict(line.split()[:2] for line in lines[lines.index("") + 2 : lines.index("") + 5])
     assert decisions == {"accept": "3", "discard": "1", "reject": "1"}
     assert "observe-only (mode: warn or dry_run), would have been: discard 1" in out
-    # Per rule: messages with a finding, and messages the rule decided.
-    assert any(line.split() == ["SPAM_MAILER", "1", "0"] for line in lines)
-    assert any(line.split() == ["OLD_DATE", "1", "1"] for line in lines)
-    assert any(line.split() == ["DNSBL", "1", "1"] for line in lines)
-    # The list of what would not be delivered: file, Date, From, action, rules, Subject.
-    flagged = lines[lines.index("Not delivered (3):") + 1 :]
+    # Per rule: messages with a finding, the rule decided, and it would have decided.
+    assert any(line.split() == ["SPAM_MAILER", "1", "0", "1"] for line in lines)
+    assert any(line.split() == ["OLD_DATE", "1", "1", "0"] for line in lines)
+    assert any(line.split() == ["DNSBL", "1", "1", "0"] for line in lines)
+    # What was not delivered: file, Date, From, action, rules, Subject; only what happened.
+    start = lines.index("Not delivered (2):")
+    would = lines.index("Delivered, but would not have been if the observe-only rules "
+                        "(mode: warn, dry_run) were enforced (1):")
+    flagged = lines[start + 1 : would]
     assert flagged[0].split()[:2] == ["FILE", "DATE"]
     body = "\n".join(flagged)
     assert "old at receipt" in body and "Fri, 05 Jan 2024 10:00:00 +0000" in body
     assert "from a listed client" in body and "DNSBL(LISTED)" in body
-    assert "accept (would discard)" in body and "SPAM_MAILER(MATCH)" in body
+    assert "SPAM_MAILER" not in body and "would" not in body
     assert "fresh then" not in body and "no received" not in body
+    # What would have happened, apart.
+    assert lines[would + 1].split()[3] == "WOULD"
+    [bulk] = lines[would + 2 :]
+    assert " discard " in bulk and "SPAM_MAILER(MATCH)" in bulk and bulk.endswith("bulk")
 
 
 async def test_scan_json_and_csv_for_scripts(tmp_path, config, capsys):
@@ -130,9 +137,14 @@ async def test_scan_json_and_csv_for_scripts(tmp_path, config, capsys):
     assert await asyncio.to_thread(scan, "--config", str(config), "--json", str(maildir)) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scanned"] == 5 and report["decisions"] == {"accept": 3, "discard": 1, "reject": 1}
-    assert report["rules"]["DNSBL"] == {"findings": 1, "decided": 1}
+    assert report["rules"]["DNSBL"] == {"findings": 1, "decided": 1, "would_decide": 0}
+    assert report["rules"]["SPAM_MAILER"] == {"findings": 1, "decided": 0, "would_decide": 1}
     [listed] = [m for m in report["not_delivered"] if m["action"] == "reject"]
     assert listed["reply"] == "550 5.7.1 client [1.2.3.4] blocked using zen.dnsbl.test, bl.dnsbl.test"
+    assert sorted(m["action"] for m in report["not_delivered"]) == ["discard", "reject"]
+    [bulk] = report["would_not_deliver"]
+    assert (bulk["action"], bulk["would"], bulk["subject"]) == ("accept", "discard", "bulk")
+    assert report["skipped"] == [] and report["ignored"] == []
 
     assert await asyncio.to_thread(scan, "--config", str(config), "--csv", str(maildir)) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -193,10 +205,14 @@ async def test_test_command_uses_the_trusted_hop(tmp_path, config, capsys):
     assert "reply:    550 5.7.1 client [1.2.3.4] blocked using" in out
 
     # An explicit hop, and none at all (judged as it is, now, without a client address).
+    old = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
+    os.utime(eml, (old, old))  # not the file time either
     assert await asyncio.to_thread(main, ["test", "--config", str(config), "--received-hop", "0",
                                           "--json", str(eml)]) == 0
     [report] = json.loads(capsys.readouterr().out)
-    assert report["received_by"] == "file time" and report["client"] is None
+    # The README's promise: 0 takes the message as it is, judged now (not as of its file time).
+    assert report["received_by"] == "now" and report["client"] is None
+    assert abs(datetime.fromisoformat(report["received_at"]) - datetime.now(timezone.utc)).total_seconds() < 60
     # Judged as of today, its March 2024 Date is old: what "now" would wrongly say of a mailbox.
     assert report["decision"]["rule"] == "OLD_DATE"
     assert await asyncio.to_thread(main, ["test", "--config", str(config), "--client-ip",
@@ -266,3 +282,146 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert done.returncode == 0
     assert b"\r[" in seen and b"5/5" in seen
     assert b"5 messages scanned" in done.stdout
+
+
+# --- issue 13: what the tools skipped, and what would have happened -------------------------
+def run_cli(*args: str, stdin: bytes | None = None, user: str | None = None):
+    """The command as an admin runs it: a child process, stdout, stderr and exit code."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "smtpfilter", *args]
+    if user is not None:
+        command = ["runuser", "-u", user, "--", *command]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    return subprocess.run(command, input=stdin, capture_output=True, env=env, timeout=60)
+
+
+async def test_scan_says_what_it_skipped_and_exits_66(tmp_path, config, capsys):
+    maildir = make_maildir(tmp_path)
+    # A message a mail reader's cleanup left dangling: unreadable, as a mode-000 file is to
+    # the service user (root reads those, so the test uses a link to nothing).
+    (maildir / "new" / "1709632805.M1P1.mx").symlink_to(tmp_path / "gone")
+    status = await asyncio.to_thread(scan, "--config", str(config), str(maildir))
+    captured = capsys.readouterr()
+    assert status == 66
+    dangling = maildir / "new" / "1709632805.M1P1.mx"
+    assert f"smtpfilter: {dangling}: skipped: No such file or directory" in captured.err
+    assert "1 message(s) skipped (above): not judged" in captured.err
+    assert f"Maildir {maildir}: 5 messages scanned, 1 skipped (below)" in captured.out
+    lines = captured.out.splitlines()
+    skipped = lines[lines.index("Skipped, not judged (1):") + 1 :]
+    assert skipped[0].split() == ["FILE", "WHY"]
+    assert skipped[1].split(None, 1) == [str(dangling), "No such file or directory"]
+
+    status = await asyncio.to_thread(scan, "--config", str(config), "--json", str(maildir))
+    report = json.loads(capsys.readouterr().out)
+    assert status == 66 and report["scanned"] == 5
+    assert report["skipped"] == [{"file": str(dangling), "reason": "No such file or directory"}]
+
+
+def test_scan_names_files_the_service_user_cannot_read(tmp_path):
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser to run as another user")
+    if run_cli("--version", user="nobody").returncode != 0:
+        pytest.skip("this Python or its packages are not readable by the user nobody")
+    top = Path(tempfile.mkdtemp(prefix="smtpfilter-scan-"))
+    try:
+        top.chmod(0o755)
+        (top / "a.eml").write_bytes(delivered())
+        (top / "b.eml").write_bytes(delivered())
+        (top / "b.eml").chmod(0o600)  # root's; nobody cannot read it
+        (top / "c.yaml").write_text("{}\n")
+        (top / "c.yaml").chmod(0o644)
+        done = run_cli("scan", "--config", str(top / "c.yaml"), str(top), user="nobody")
+    finally:
+        shutil.rmtree(top)
+    assert done.returncode == 66, done.stderr
+    assert f"smtpfilter: {top / 'b.eml'}: skipped: Permission denied".encode() in done.stderr
+    assert b"Traceback" not in done.stderr
+    assert b"1 message scanned, 1 skipped (below)" in done.stdout
+
+
+async def test_scan_reads_a_maildir_folder_given_directly(tmp_path, config, capsys):
+    maildir = make_maildir(tmp_path)
+    status = await asyncio.to_thread(scan, "--config", str(config), "--json", str(maildir / "new"))
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["source"]["kind"] == "Maildir folder" and report["scanned"] == 5
+    assert report["decisions"] == {"accept": 3, "discard": 1, "reject": 1}
+
+
+async def test_scan_of_a_folder_without_eml_files_says_what_it_left_unread(tmp_path, config, capsys):
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "1709632805.M1P1.mx").write_bytes(delivered())
+    (folder / "notes.txt").write_text("not a message")
+    status = await asyncio.to_thread(scan, "--config", str(config), str(folder))
+    captured = capsys.readouterr()
+    assert status == 66  # nothing read: most likely the wrong folder
+    note = (f"{folder}: 2 files not named *.eml, not read (1709632805.M1P1.mx, notes.txt); "
+            f"a Maildir's new/ or cur/ is read whole")
+    assert f"smtpfilter: {note}" in captured.err
+    assert note in captured.out and "0 messages scanned" in captured.out
+
+
+DRY_RUN = "dry_run: true\n"
+
+
+async def test_test_and_scan_keep_what_happened_apart_from_what_would_have(tmp_path, config, capsys):
+    eml = tmp_path / "bulk.eml"
+    eml.write_bytes(delivered(extra="X-Mailer: MaxBulk.Mailer 12\n", subject="bulk"))
+    # mode: warn on the rule
+    assert await asyncio.to_thread(main, ["test", "--config", str(config), str(eml)]) == 0
+    out = capsys.readouterr().out
+    assert "  decision: accept, score 0\n" in out
+    assert "  would have: discard by SPAM_MAILER (SPAM_MAILER has mode: warn)\n" in out
+    # dry_run for every rule: the decision used to read "accept (would discard by X) by X".
+    config.write_text(config.read_text() + DRY_RUN)
+    eml.write_bytes(delivered(ip="1.2.3.4"))
+    assert await asyncio.to_thread(main, ["test", "--config", str(config), str(eml)]) == 0
+    out = capsys.readouterr().out
+    [decision] = [line for line in out.splitlines() if "decision:" in line]
+    assert decision == "  decision: accept, score 0"
+    assert "  would have: reject by DNSBL (dry_run is on: no rule acts)\n" in out
+
+    maildir = make_maildir(tmp_path)
+    assert await asyncio.to_thread(scan, "--config", str(config), str(maildir)) == 0
+    out = capsys.readouterr().out
+    assert "Every message would be delivered." in out and "Not delivered" not in out
+    assert ("Delivered, but would not have been if the observe-only rules (mode: warn, "
+            "dry_run) were enforced (2):") in out
+    lines = out.splitlines()
+    assert any(line.split() == ["DNSBL", "1", "0", "1"] for line in lines)
+
+
+async def test_a_received_hop_beyond_the_headers_is_a_warning(tmp_path, config, capsys):
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(delivered())
+    assert await asyncio.to_thread(main, ["test", "--config", str(config), "--received-hop", "9",
+                                          str(eml)]) == 0
+    captured = capsys.readouterr()
+    warning = ("--received-hop 9, but the message has 3 Received: headers; judged as it is, "
+               "without a client address from a header")
+    assert f"smtpfilter: warning: {eml}: {warning}" in captured.err
+    assert f"  warning:  {warning}" in captured.out
+
+    maildir = make_maildir(tmp_path)
+    assert await asyncio.to_thread(scan, "--config", str(config), "--received-hop", "3",
+                                   str(maildir)) == 0
+    captured = capsys.readouterr()
+    assert "(and 0 more" not in captured.err
+    assert "--received-hop 3, but the message has 0 Received: headers" in captured.err
+    assert "--received-hop beyond the Received: headers of 1 message (judged as they are)" in captured.out
+
+
+async def test_test_reads_the_message_from_stdin(tmp_path, config):
+    # In a thread: the test DNS server answers on this test's event loop.
+    done = await asyncio.to_thread(run_cli, "test", "--config", str(config), "--json", "-", stdin=delivered(ip="1.2.3.4"))
+    assert done.returncode == 0, done.stderr
+    [report] = json.loads(done.stdout)
+    assert report["file"] == "-" and report["client"] == "1.2.3.4"
+    assert report["decision"]["action"] == "reject"
