@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from smtpfilter import __version__
+from smtpfilter import installed_version
 from smtpfilter.config.settings import Config, ConfigError, Problem, load_config
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import RuleSet, load_rules, rules_for
@@ -607,11 +607,24 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """--version: the installed version, looked up only when asked (argparse's own "version"
+    action needs the text when the parser is built, for every command)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the installed version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        print(f"smtpfilter {installed_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smtpfilter", description="SMTP content filter for Postfix (FILTER_README)."
     )
-    parser.add_argument("--version", action="version", version=f"smtpfilter {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
