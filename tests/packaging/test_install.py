@@ -83,10 +83,14 @@ def test_pip_install_prefix_as_a_system_install_does(
     """Like /usr/local, a prefix that is not the interpreter's: only the RECORD knows it."""
     home, prefix = tmp_path / "home", tmp_path / "usr-local"
     home.mkdir()
-    site = prefix / "lib" / PYTHON_DIR / "site-packages"
-    env = clean_env(home, PYTHONPATH=f"{site}:{dependencies}")
+    env = clean_env(home)
     pip_install(base_python(), built.wheel, env, "--prefix", str(prefix))
-    _assert_installed(base_python(), prefix / "bin" / "smtpfilter", prefix / "share", env)
+    # Where the scheme put each part (Debian's Python adds local/ to a prefix: posix_local).
+    (package,) = prefix.rglob("smtpfilter/cli.py")
+    (script,) = prefix.rglob("bin/smtpfilter")
+    (rules,) = prefix.rglob("share/smtpfilter/rules")
+    env["PYTHONPATH"] = f"{package.parents[1]}:{dependencies}"
+    _assert_installed(base_python(), script, rules.parents[1], env)
 
 
 def test_an_uninstalled_source_tree(dependencies: Path, tmp_path: Path):
