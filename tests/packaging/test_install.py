@@ -59,6 +59,11 @@ def test_pip_install_user_into_a_fresh_home(built: Built, dependencies: Path, tm
     pip_install(base_python(), built.wheel, env, "--user", "--break-system-packages")
     assert (userbase / "lib" / PYTHON_DIR / "site-packages" / "smtpfilter" / "cli.py").is_file()
     _assert_installed(base_python(), userbase / "bin" / "smtpfilter", userbase / "share", env)
+    # The installed annotated example is a working config: the defaults, the shipped rules.
+    example = userbase / "share" / "smtpfilter" / "smtpfilter.yaml.example"
+    _assert_check_config_uses_shipped_rules(
+        run([userbase / "bin" / "smtpfilter", "check-config", "--config", example], env=env)
+    )
     # The man page where man looks for a prefix's pages.
     if shutil.which("man") is None:
         missing("man is not installed (apt-get install man-db)")
