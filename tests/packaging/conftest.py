@@ -14,6 +14,7 @@ itself, so that the smtpfilter that runs is the installed one and nothing else.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -64,6 +65,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         import build  # noqa: F401  (the test extra has it)
     except ImportError:
         missing("the build package is missing: pip install -e '.[test]'")
+    # --no-isolation builds with this environment's setuptools: pyproject.toml's minimum.
+    setuptools = importlib.metadata.version("setuptools")
+    if int(setuptools.split(".")[0]) < 77:
+        missing(f"setuptools {setuptools} is older than 77: pip install -e '.[test]'")
     work = tmp_path_factory.mktemp("build")
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=_NOT_SOURCE, symlinks=True)
