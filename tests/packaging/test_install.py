@@ -64,6 +64,12 @@ def test_pip_install_user_into_a_fresh_home(built: Built, dependencies: Path, tm
     _assert_check_config_uses_shipped_rules(
         run([userbase / "bin" / "smtpfilter", "check-config", "--config", example], env=env)
     )
+    # Without a RECORD (a copy a distribution package made), the schemes' data directories.
+    site = userbase / "lib" / PYTHON_DIR / "site-packages"
+    (record,) = site.glob("smtpfilter-*.dist-info/RECORD")
+    record.unlink()
+    where = run([base_python(), "-c", WHERE], env=env, cwd=home)
+    assert Path(where.stdout.strip()) == userbase / "share" / "smtpfilter" / "rules", where.stderr
     # The man page where man looks for a prefix's pages.
     if shutil.which("man") is None:
         missing("man is not installed (apt-get install man-db)")
