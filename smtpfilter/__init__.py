@@ -9,5 +9,19 @@ door makes) → ``engine/pipeline`` (run the rules) → ``engine/checks/`` (one 
 service → frontdoors → tools → cli (tests/unit/test_architecture.py keeps it so).
 """
 
-__version__ = "0.1.0"
-__all__ = ["__version__"]
+# Kept equal to pyproject.toml's version by tests/packaging/test_version.py; bump both
+# as CHANGELOG.md's version policy says.
+__version__ = "0.2.0"
+__all__ = ["__version__", "installed_version"]
+
+
+def installed_version() -> str:
+    """The version pip installed (importlib.metadata), or ``__version__`` when this tree runs
+    uninstalled (PYTHONPATH=. python -m smtpfilter). Looked up on demand: the lookup scans
+    sys.path (~20 ms), which only ``--version`` needs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smtpfilter")
+    except PackageNotFoundError:
+        return __version__

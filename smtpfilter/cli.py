@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from smtpfilter import __version__
+from smtpfilter import installed_version
 from smtpfilter.config.settings import Config, ConfigError, HostPort, Problem, load_config
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import RuleSet, load_rules, rules_for
@@ -772,13 +772,25 @@ CONFIG_HELP = (f"YAML config file (default: {DEFAULT_CONFIG} when it exists, els
                f"defaults and the shipped rules)")
 
 
+class _Version(argparse.Action):
+    """--version: the installed version, looked up only when asked (argparse's own "version"
+    action needs the text when the parser is built, for every command)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the installed version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"smtpfilter {installed_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, subcommands included (the man page is generated from it)."""
     parser = argparse.ArgumentParser(
         prog="smtpfilter", description="SMTP content filter for Postfix (FILTER_README)."
     )
-    parser.add_argument("--version", action="version", version=f"smtpfilter {__version__}",
-                        help="print the version and exit")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(parent, name: str, summary: str, description: str | None = None,

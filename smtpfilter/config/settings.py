@@ -15,9 +15,10 @@ The README documents every section; ``smtpfilter check-config`` validates a file
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
-import sys
+import sysconfig
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -384,19 +385,57 @@ def _default_hostname() -> str:
     return f"smtpfilter.{socket.gethostname() or 'localdomain'}"
 
 
+@functools.cache
 def shipped_rules_dir() -> Path:
-    """The rules/ directory that came with this installation."""
-    here = Path(__file__).resolve().parent
-    candidates = [
-        here.parents[1] / "rules",  # a source checkout or an editable install
-        Path(sys.prefix) / "share" / "smtpfilter" / "rules",
-        Path("/usr/local/share/smtpfilter/rules"),
-        Path("/usr/share/smtpfilter/rules"),
-    ]
+    """The rules/ directory that came with this installation, wherever the installer put it.
+
+    In this order: a source checkout, or an editable install of one (rules/ beside
+    pyproject.toml); an installed wheel, where its RECORD says the installer wrote
+    share/smtpfilter/rules (whatever the scheme: a venv, ``pip install --user`` under
+    site.USER_BASE, ``--prefix``, a system install), so nothing is guessed; then the data
+    directory of every install scheme Python knows, /usr/local/share and /usr/share (a copy
+    without a RECORD, such as a distribution package). Nothing found: where this
+    interpreter's own scheme would have put them, so that the error names a likely path.
+    """
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "rules").is_dir():
+        return checkout / "rules"
+    recorded = _recorded_rules_dir(package)
+    if recorded is not None:
+        return recorded
+    share = Path("share", "smtpfilter", "rules")
+    candidates = [Path(sysconfig.get_path("data")) / share]
+    for scheme in sysconfig.get_scheme_names():
+        candidates.append(Path(sysconfig.get_path("data", scheme)) / share)
+    candidates += [Path("/usr/local") / share, Path("/usr") / share]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
     return candidates[0]
+
+
+def _recorded_rules_dir(package: Path) -> Path | None:
+    """share/smtpfilter/rules as the installer recorded it in the wheel's RECORD
+    (importlib.metadata: the file names are relative to site-packages, ``../../../share/...``
+    in a venv or a --user install)."""
+    import importlib.metadata  # ~50 ms of imports, paid only by an installed copy
+
+    try:
+        distribution = importlib.metadata.distribution("smtpfilter")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    # The first smtpfilter on sys.path is normally the one imported; if it is another copy
+    # (an old --user install beside a venv's), its rules are not ours.
+    imported = package / "__init__.py"
+    if Path(distribution.locate_file("smtpfilter/__init__.py")).resolve() != imported:
+        return None
+    for file in distribution.files or ():
+        if file.suffix == ".yaml" and file.parent.parts[-3:] == ("share", "smtpfilter", "rules"):
+            directory = Path(distribution.locate_file(file)).resolve().parent
+            if directory.is_dir():
+                return directory
+    return None
 
 
 @dataclass(frozen=True, slots=True)
