@@ -156,3 +156,29 @@ def test_step_3_enables_the_unit():
     finally:
         shutil.rmtree(root, ignore_errors=True)
     assert len(load_rules([shipped_rules_dir()]).rules) == 11
+
+
+def test_the_bench_commands():
+    """The Performance block. Both lines together take minutes of both cores (``--quick``
+    alone took 146 s on 2 loaded cores), too long for CI: the ``--quick`` line runs as written but
+    narrowed to one workload and two peers (``--workloads 10k --peers baseline,smtpfilter``,
+    a few seconds: the whole harness, smtp-source → smtpfilter → smtp-sink, with its table),
+    and the full line runs with ``--help`` and with a typo'd workload, which must be one
+    usage line before anything starts."""
+    require("smtp-source", "smtp-sink")
+    quick, full = (line.split("#")[0].strip() for line in shell_block("bench/run.py --quick").strip().splitlines())
+    assert (quick, full) == (".venv/bin/python bench/run.py --quick", ".venv/bin/python bench/run.py")
+    python = {".venv/bin/python": sys.executable}
+
+    done = bash(substitute(quick, python) + " --workloads 10k --peers baseline,smtpfilter", cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = re.findall(r"(?m)^round 1 +10k (baseline|smtpfilter) +[\d.]+ msg/s .* lost (\d+)$", done.stderr)
+    assert sorted(rows) == [("baseline", "0"), ("smtpfilter", "0")], done.stderr
+
+    done = bash(substitute(full, python) + " --help", cwd=REPO)
+    assert done.returncode == 0 and "--quick" in done.stdout, done.stdout + done.stderr
+    done = bash(substitute(full, python) + " --workloads 10k,10m", cwd=REPO)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "run.py: error: unknown workload 10m (known: 10k, 1m, 25m, cpu, 10k-attach, 1m-attach, 25m-attach)")
+    assert "Traceback" not in done.stderr
