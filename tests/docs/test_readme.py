@@ -32,7 +32,6 @@ import ast
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
