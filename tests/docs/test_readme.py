@@ -32,6 +32,7 @@ import ast
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -181,6 +182,55 @@ def test_every_package_the_readme_names_is_one_ci_installs():
         named |= {word for word in shlex.split(command)[2:] if not word.startswith("-")}
     assert named, "the README names no package any more"
     assert named <= ci_packages(), f"not installed by .ci/run: {sorted(named - ci_packages())}"
+
+
+def transcript_commands(text: str) -> list[tuple[int, list[str]]]:
+    """(line, argv after the program) of every ``$ smtpfilter ...`` of the ```console blocks."""
+    found = []
+    for block in re.finditer(r"(?ms)^```console\n(.*?)^```", text):
+        first = text.count("\n", 0, block.start()) + 2
+        lines = block.group(1).splitlines()
+        for number, line in enumerate(lines):
+            if not line.startswith("$ "):
+                continue
+            command, following = line[2:], number
+            while command.endswith("\\"):
+                following += 1
+                command = command[:-1] + lines[following]
+            argv = shlex.split(command, comments=True)
+            argv = argv[:argv.index("|")] if "|" in argv else argv
+            if Path(argv[0]).name == "smtpfilter" and argv[1:2] != ["pipe"]:
+                found.append((first + number, argv[1:]))
+    return found
+
+
+def test_every_smtpfilter_command_in_a_transcript_parses(capsys):
+    """The ```console blocks are transcripts (command and output), not run by a test as a
+    whole: their output is an example. Their ``smtpfilter`` commands must at least be ones
+    this smtpfilter accepts, subcommand and options, so that a renamed option shows here."""
+    from smtpfilter.cli import build_parser
+
+    commands = transcript_commands(README.read_text())
+    assert len(commands) >= 5, commands
+    problems = []
+    for line, argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            problems.append(f"README.md:{line}: smtpfilter {shlex.join(argv)}: "
+                            f"{capsys.readouterr().err.strip().splitlines()[-1]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_transcript_command_that_no_longer_parses_is_found(capsys):
+    from smtpfilter.cli import build_parser
+
+    text = "```console\n$ smtpfilter scan --nope \\\n    ~/Maildir | head\nout\n```\n"
+    [(line, argv)] = transcript_commands(text)
+    assert (line, argv) == (2, ["scan", "--nope", "~/Maildir"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "unrecognized arguments: --nope" in capsys.readouterr().err
 
 
 # The scan itself, on made-up modules: each way a README block could silently stop being run.
