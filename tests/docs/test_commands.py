@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from smtpfilter import __version__
-from smtpfilter.config.settings import shipped_rules_dir
+from smtpfilter.config.settings import load_config, shipped_rules_dir
 from smtpfilter.engine.rules import load_rules
 from tests.docs.test_readme import ci_packages
 from tests.support.readme import README, shell_block, substitute
@@ -74,6 +74,11 @@ def test_quick_start_sends_one_message_through_the_filter():
     assert create == "python3 -m venv .venv" and shlex.split(install) == [".venv/bin/pip", "install", "-e", "."]
     ci = (REPO / ".ci" / "run").read_text()
     assert f"{create} && .venv/bin/pip install -q -e '.[test]' && " in ci  # the same venv, this checkout
+
+    # What the README says the defaults are, and so the ports the try-it block uses.
+    defaults = load_config(None)
+    assert "(listens on 127.0.0.1:10025,\nre-injects to 127.0.0.1:10026)" in README.read_text()
+    assert (str(defaults.listen), str(defaults.forward)) == ("127.0.0.1:10025", "127.0.0.1:10026")
 
     filter_port, sink_port = free_port(), free_port()
     root = Path(tempfile.mkdtemp(prefix="smtpfilter-quickstart-"))
