@@ -19,7 +19,7 @@ from smtpfilter import __version__
 from smtpfilter.config.settings import load_config, shipped_rules_dir
 from smtpfilter.engine.rules import load_rules
 from tests.docs.test_readme import ci_packages
-from tests.support.readme import README, shell_block, substitute
+from tests.support.readme import README, run_block, shell_block, substitute
 from tests.support.service import REPO, free_port, poll
 
 
@@ -35,10 +35,7 @@ def require(*programs: str) -> None:
 
 
 def bash(script: str, *, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    # A background job the script leaves behind when it fails half-way is killed on exit.
-    guarded = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", guarded], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_block(script, cwd=cwd, timeout=timeout)
 
 
 def text_blocks_after(marker: str) -> list[str]:

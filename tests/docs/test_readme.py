@@ -24,6 +24,20 @@ to go stale), and fails when
 To add a block: write it, then a test that calls ``shell_block("...")`` on it and runs it (the
 tests in tests/docs/test_commands.py, tests/integration/test_readme_commands.py and
 tests/postfix/test_readme_commands.py show the pattern). This module then passes by itself.
+A block of smtpfilter commands needs no more than::
+
+    def test_check_config_show(tmp_path):
+        config = tmp_path / "smtpfilter.yaml"
+        config.write_text("listen: 127.0.0.1:10025\\n")
+        done = run_block(substitute(shell_block("check-config --show"), {
+            "/etc/smtpfilter/smtpfilter.yaml": str(config),
+            "smtpfilter ": f"{sys.executable} -m smtpfilter ",
+        }))
+        assert done.returncode == 0, done.stderr
+        assert "listen = 127.0.0.1:10025" in done.stdout   # what the README says it prints
+
+(``run_block`` is bash -euo pipefail; Postfix commands get ``-c`` of a private instance, see
+tests/postfix/test_readme_commands.py, and need the ``mail_system`` fixture and root.)
 """
 
 from __future__ import annotations

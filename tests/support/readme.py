@@ -12,10 +12,11 @@ from inside a test function (or a helper that a test function of the same module
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["README", "ShellBlock", "sh_blocks", "shell_block", "substitute"]
+__all__ = ["README", "ShellBlock", "run_block", "sh_blocks", "shell_block", "substitute"]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -50,3 +51,11 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
         assert old in text, f"{old!r} is not in the README block any more"
         text = text.replace(old, replacements[old])
     return text
+
+
+def run_block(script: str, *, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a (substituted) block with bash as a user pastes it, but stopping at the first
+    failing command (-e, pipefail, -u); background jobs it leaves are killed on the way out."""
+    guarded = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", guarded], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
