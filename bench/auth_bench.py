@@ -1,7 +1,7 @@
 """Sender authentication benchmark: CPU and added latency per message with SPF, DKIM and DMARC.
 
-    python3 bench/auth_bench.py               # from the repository root; about a minute
-    python3 bench/auth_bench.py --quick       # a smoke test: a few messages per variant
+    .venv/bin/python bench/auth_bench.py               # from the repository root; about a minute
+    .venv/bin/python bench/auth_bench.py --quick       # a smoke test: a few messages per variant
 
 Each message goes through ``Engine.judge``, the one engine call every front door makes (header
 parse, rules, policy, the Authentication-Results header), with the shipped rules, in three

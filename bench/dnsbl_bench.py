@@ -1,6 +1,6 @@
 """DNSBL benchmark: lookups per second and added latency per message with 5 lists.
 
-    python3 bench/dnsbl_bench.py            # from the repository root; ~30 s; prints tables
+    .venv/bin/python bench/dnsbl_bench.py            # from the repository root; ~30 s; prints tables
 
 Everything runs on loopback. The DNS lists are served by tests/support/dnsserver.py in separate
 processes (so their CPU is not charged to the filter), one answering at once and one answering

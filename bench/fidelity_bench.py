@@ -1,8 +1,8 @@
 """What issue 12's fidelity fixes cost per message, measured in process (no Postfix, no network).
 
-    python3 bench/fidelity_bench.py                 # ~20 s; prints one table
-    python3 bench/fidelity_bench.py --quick         # a smoke test: fewer rounds
-    python3 bench/fidelity_bench.py --code ../main  # the same measurements on another checkout
+    .venv/bin/python bench/fidelity_bench.py                 # ~20 s; prints one table
+    .venv/bin/python bench/fidelity_bench.py --quick         # a smoke test: fewer rounds
+    .venv/bin/python bench/fidelity_bench.py --code ../main  # the same measurements on another checkout
 
 What changed on the message path, and what is measured for it:
 

@@ -1,8 +1,8 @@
 """Issue 10's reproducer, counted: a client that hangs up while 10026 still owes a reply, then
 an ordinary client, against this checkout and other revisions side by side.
 
-    python3 bench/lockstep_bench.py                       # this checkout beside 9abff52, 50 rounds
-    python3 bench/lockstep_bench.py --refs 9abff52 --rounds 200
+    .venv/bin/python bench/lockstep_bench.py                       # this checkout beside 9abff52, 50 rounds
+    .venv/bin/python bench/lockstep_bench.py --refs 9abff52 --rounds 200
 
 Per round: client A sends EHLO and ``MAIL FROM:<hangup@a.example>`` and closes at once; 10026 (the
 strict sink of tests/support/sink.py, as strict about command order as Postfix's smtpd) answers

@@ -1,7 +1,7 @@
 """Postfix alone, Postfix + smtpfilter milter, Postfix + smtpfilter content_filter, side by side.
 
-    sudo python3 bench/milter_bench.py            # 2,000 x 10 KB over 20 sessions, 3 rounds
-    sudo python3 bench/milter_bench.py --quick    # 200 messages, 1 round: a smoke test
+    sudo .venv/bin/python bench/milter_bench.py            # 2,000 x 10 KB over 20 sessions, 3 rounds
+    sudo .venv/bin/python bench/milter_bench.py --quick    # 200 messages, 1 round: a smoke test
 
 Issue 16's comparison. FILTER_README warns that an after-queue content filter costs "about a
 factor of two" in Postfix throughput (a second smtpd, cleanup and queue pass per message); a

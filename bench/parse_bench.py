@@ -1,8 +1,8 @@
 """CPU and peak memory of MIME parsing strategies on the three issue-14 workloads, in-process.
 
-    python3 bench/parse_bench.py                    # every strategy (about 3 minutes)
-    python3 bench/parse_bench.py walk,shipped       # some of them
-    python3 bench/parse_bench.py --quick            # fewer repetitions: a smoke test
+    .venv/bin/python bench/parse_bench.py                    # every strategy (about 3 minutes)
+    .venv/bin/python bench/parse_bench.py walk,shipped       # some of them
+    .venv/bin/python bench/parse_bench.py --quick            # fewer repetitions: a smoke test
 
 bench/run.py measures the whole filter; this isolates the rules' work per message.
 

@@ -1,7 +1,7 @@
 """Rate-limit benchmark: CPU and latency per message with two ratelimit rules, side by side.
 
-    python3 bench/ratelimit_bench.py            # from the repository root; about a minute
-    python3 bench/ratelimit_bench.py --quick    # smaller counts: a smoke test
+    .venv/bin/python bench/ratelimit_bench.py            # from the repository root; about a minute
+    .venv/bin/python bench/ratelimit_bench.py --quick    # smaller counts: a smoke test
 
 Configurations, interleaved round by round in one run (a noisy neighbour hits all alike):
 

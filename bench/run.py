@@ -1,10 +1,10 @@
 """Throughput, latency, CPU and memory of smtpfilter beside its baseline and a naive peer.
 
-    python3 bench/run.py                 # all workloads, 3 rounds (takes a few minutes)
-    python3 bench/run.py --quick         # 1 round, smaller counts: a smoke test
-    python3 bench/run.py --workloads 10k --rounds 5 --peers baseline,smtpfilter
-    python3 bench/run.py --peers smtpfilter,smtpfilter@main   # this checkout beside main
-    python3 bench/run.py --workloads 10k-attach,1m-attach,25m-attach --peers smtpfilter,smtpfilter@main
+    .venv/bin/python bench/run.py                 # all workloads, 3 rounds (takes a few minutes)
+    .venv/bin/python bench/run.py --quick         # 1 round, smaller counts: a smoke test
+    .venv/bin/python bench/run.py --workloads 10k --rounds 5 --peers baseline,smtpfilter
+    .venv/bin/python bench/run.py --peers smtpfilter,smtpfilter@main   # this checkout beside main
+    .venv/bin/python bench/run.py --workloads 10k-attach,1m-attach,25m-attach --peers smtpfilter,smtpfilter@main
 
 Harness (bench/README.md explains the figures): Postfix's ``smtp-source`` → peer on 127.0.0.1 →
 ``smtp-sink`` playing 10026. Peers, interleaved round by round on the same ports and workloads:
@@ -385,6 +385,17 @@ def main() -> int:
     parser.add_argument("--workloads", default="10k,1m,25m,cpu,10k-attach,1m-attach,25m-attach")
     parser.add_argument("--peers", default=",".join(ALL_PEERS))
     args = parser.parse_args()
+    # Checked before anything starts: a typo would otherwise end a run of minutes in a KeyError.
+    unknown = [w for w in args.workloads.split(",") if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+    unknown = [p for p in args.peers.split(",")
+               if p not in ALL_PEERS and p.partition("@")[0] not in ("smtpfilter", "smtpfilter-2w")]
+    if unknown:
+        parser.error(f"unknown peer {', '.join(unknown)} (known: {', '.join(ALL_PEERS)}, "
+                     "smtpfilter@REF, smtpfilter-2w@REF)")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, not {args.rounds}")
     if not shutil.which("smtp-source") or not shutil.which("smtp-sink"):
         print("bench: smtp-source and smtp-sink come with Postfix: apt-get install postfix", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import yaml
 
 from smtpfilter.cli import EX_CONFIG, EX_USAGE, main
 from smtpfilter.engine.state import Limit, RedisStore, new_ticket
+from tests.support.readme import shell_block
 from tests.support.redisserver import redis_server  # noqa: F401  (fixture)
 from tests.support.service import REPO, FilterProcess, free_port
 
@@ -22,8 +23,15 @@ README = (REPO / "README.md").read_text()
 _START = README.index("## Rate limits\n")
 SECTION = README[_START:README.index("\n## ", _START + 1)]  # up to the next section
 YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", SECTION, re.S)
-COMMANDS = [line for block in re.findall(r"```sh\n(.*?)```", SECTION, re.S)
-            for line in block.splitlines() if line.startswith("smtpfilter ")]
+
+
+def readme_commands() -> list[str]:
+    """The section's commands: ``ratelimit show``/``reset``, then ``policy``."""
+    blocks = [shell_block("smtpfilter ratelimit show"), shell_block("smtpfilter policy --config")]
+    assert all(block in SECTION for block in blocks), "a block moved out of the Rate limits section"
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
 CONFIG = "/etc/smtpfilter/smtpfilter.yaml"
 
 
@@ -43,7 +51,8 @@ def write_setup(tmp_path: Path, url: str) -> Path:
 
 def test_the_readme_has_the_issue_shapes_and_commands():
     assert "key: client_ip" in YAML_BLOCKS[0] and "burst: 20" in YAML_BLOCKS[0]
-    assert [shlex.split(c)[1] for c in COMMANDS] == ["ratelimit", "ratelimit", "policy"]
+    assert [shlex.split(c)[:2] for c in readme_commands()] == [
+        ["smtpfilter", "ratelimit"], ["smtpfilter", "ratelimit"], ["smtpfilter", "policy"]]
 
 
 def test_readme_commands_against_redis(tmp_path, redis_server, capsys):  # noqa: F811
@@ -61,7 +70,7 @@ def test_readme_commands_against_redis(tmp_path, redis_server, capsys):  # noqa:
 
     asyncio.run(count_one())
     outputs = []
-    for command in COMMANDS:
+    for command in readme_commands():
         argv = [str(config) if arg == CONFIG else arg for arg in shlex.split(command)[1:]]
         if argv[0] == "policy":
             port = yaml.safe_load(config.read_text())["policy_service"]["listen"].split(":")[1]
