@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Callable
 from smtpfilter.config.settings import Config, ConfigError, load_config
 from smtpfilter.engine.rules import RuleSet, rules_for
 from smtpfilter.service import sdnotify
+from smtpfilter.service.logs import set_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     from smtpfilter.service.lifecycle import Daemon
@@ -82,6 +83,7 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
             daemon: DaemonLoader, binder: Binder) -> int:
     from smtpfilter.service.lifecycle import run  # in the child: no event loop in the parent
 
+    set_worker(number)  # every line of this worker names it (service/logs.py)
     server_class = daemon()
 
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor speaks to systemd

@@ -158,7 +158,7 @@ async def test_a_client_address_that_is_not_one_is_left_out(write_config, sink):
     )
     assert status == 0
     assert sink.messages[0].xforward == [b"XFORWARD NAME=x.example\r\n"]
-    assert "--client-address 'unknown' is not an IP address: ignored" in err
+    assert '--client-address "unknown" is not an IP address: ignored' in err  # no Python repr
 
 
 async def test_dns_lists_use_the_configured_nameservers(write_config, sink):
@@ -220,7 +220,7 @@ async def test_a_header_section_past_header_size_is_logged_and_tagged(write_conf
     )
     assert (status, out) == (0, ["2.0.0 Ok: queued as Q1"])
     assert (
-        "WARNING smtpfilter.engine.judge: queue_id=4F2B1 from=<a@example.org>: header section longer "
+        "WARNING smtpfilter.engine.judge: 4F2B1: from=<a@example.org>: header section longer "
         "than limits.header_size (4096 bytes): the rules did not read the rest"
     ) in err
     [txn] = sink.messages

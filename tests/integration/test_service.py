@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import start
+from tests.support import loglines
 from tests.support.client import Client, send_message
 from tests.support.messages import message
 from tests.support.sink import Hang
@@ -215,8 +216,14 @@ async def test_syslog_target_logs_to_facility_mail_with_ident_smtpfilter(service
         )
         await send_message(process.port, OLD)
         line = await next_line()
-        assert line.startswith(f"<22>smtpfilter[{process.pid}]: queue_id=- client=local ")
-        assert "action=reject" in line and "rules=OLD_DATE(IN_PAST)" in line
+        # Postfix's shape through the real SysLogHandler: TAG[PID]: QUEUEID: fields; NOQUEUE
+        # and no client= for a message without XFORWARD (README "Log format").
+        assert line.startswith(f"<22>smtpfilter[{process.pid}]: NOQUEUE: from=<"), line
+        [summary] = loglines.summaries([line])
+        assert (summary["action"], summary["by"], summary["rules"]) == (
+            "reject", "OLD_DATE", "OLD_DATE(IN_PAST)")
+        assert summary["status"].startswith("bounced (550 5.7.1 "), line
+        assert summary.names[-2:] == ["delay", "status"]
         assert process.log() == ""  # nothing on stderr
     finally:
         syslog.close()
