@@ -1,0 +1,158 @@
+"""The log as a Postfix admin reads it (README "Log format", issue 13): lines of a real
+``smtpfilter serve`` process, received on a syslog socket through the real SysLogHandler and
+formatter, or read from its stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import start
+from tests.support import loglines
+from tests.support.client import Client, send_message
+from tests.support.messages import message
+from tests.support.service import free_port
+
+XFORWARD = ("XFORWARD NAME=mx.example.net ADDR=192.0.2.7 PORT=4000",
+            "XFORWARD PROTO=ESMTP HELO=mx.example.net IDENT=918CF20C401 SOURCE=REMOTE")
+
+HELD_RULES = r"""
+rules:
+  - name: HELD
+    check: header
+    header: Subject
+    match: 'hold me'
+    action: quarantine
+"""
+
+
+class Syslog:
+    """A syslog socket (what /dev/log is) that a test reads datagrams from."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="sf-log-"))
+        self.path = self.directory / "log"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.setblocking(False)
+        self.seen: list[str] = []
+
+    @property
+    def config(self) -> str:
+        return f"log: {{target: syslog, syslog_socket: {self.path}}}\n"
+
+    async def until(self, pattern: str, timeout: float = 10) -> str:
+        """The first datagram (from now on, or already seen) that matches ``pattern``."""
+        loop = asyncio.get_running_loop()
+        for line in self.seen:
+            if re.search(pattern, line):
+                return line
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await loop.sock_recv(self.sock, 65536)).decode("utf-8")
+                self.seen.append(line)
+                if re.search(pattern, line):
+                    return line
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+        self.directory.rmdir()
+
+
+@pytest.fixture
+def syslog():
+    log = Syslog()
+    yield log
+    log.close()
+
+
+async def transaction(port: int, wire: bytes, *, mail_from: str = "a@example.org"):
+    """One Postfix-like transaction with XFORWARD; the replies to MAIL and to the final "."
+    (None when MAIL is refused)."""
+    client = await Client.connect(port)
+    await client.ehlo()
+    for line in XFORWARD:
+        assert (await client.cmd(line)).code == 250
+    mail = await client.cmd(f"MAIL FROM:<{mail_from}>")
+    final = None
+    if mail.code == 250:
+        assert (await client.cmd("RCPT TO:<b@example.com>")).code == 250
+        final = await client.data(wire)
+    await client.close()
+    return mail, final
+
+
+async def test_cannot_reach_forward_names_it_with_queue_id_and_client(service, syslog):
+    # Issue 13: `grep 918CF20C401 /var/log/mail.log` must find our reason beside Postfix's.
+    closed = free_port()
+    process = service(config=syslog.config)
+    process.args = ("--forward", f"127.0.0.1:{closed}")
+    await start(process)
+    mail, _ = await transaction(process.port, message("Subject: hi"))
+    assert (mail.code, mail.text[:5]) == (451, "4.4.1")
+    line = await syslog.until("cannot reach")
+    # <20>: facility mail, severity warning; the queue id before Postfix's "warning:".
+    assert line == (
+        f"<20>smtpfilter[{process.pid}]: 918CF20C401: warning: cannot reach 127.0.0.1:{closed} "
+        f"(Connection refused); client=mx.example.net[192.0.2.7], from=<a@example.org>; "
+        f"deferred ({mail.code} {mail.text})"
+    )
+
+
+async def test_a_failed_quarantine_is_logged_as_the_451_postfix_got(service, syslog, tmp_path):
+    not_a_directory = tmp_path / "q"
+    not_a_directory.write_text("a file where the quarantine directory should be\n")
+    process = service(rules=HELD_RULES, config=syslog.config + f"quarantine: {{directory: {not_a_directory}}}\n")
+    await start(process)
+    _, final = await transaction(process.port, message("Subject: hold me"))
+    assert final.code == 451
+    error = await syslog.until("quarantine failed")
+    assert error.startswith(f"<19>smtpfilter[{process.pid}]: 918CF20C401: error: quarantine failed (")
+    assert error.endswith(f"; deferred (451 {final.text})")
+    [summary] = loglines.summaries([await syslog.until(r"action=quarantine")])
+    assert summary.queue_id == "918CF20C401"
+    assert (summary["action"], summary["by"]) == ("quarantine", "HELD")
+    # What Postfix was told, never "quarantined"
+    assert summary["status"] == f"deferred (451 {final.text})"
+
+
+async def test_a_parse_limit_warning_starts_with_the_queue_id(service, syslog):
+    process = service(config=syslog.config + "limits: {header_size: 4k}\n")
+    await start(process)
+    filler = "".join(f"X-Filler-{n:03d}: {'v' * 60}\n" for n in range(80))
+    _, final = await transaction(process.port, message("Subject: long", filler.rstrip("\n")))
+    assert final.code == 250
+    line = await syslog.until("header section longer")
+    assert line.startswith(
+        f"<20>smtpfilter[{process.pid}]: 918CF20C401: warning: from=<a@example.org>: header "
+        "section longer than limits.header_size (4096 bytes): "), line
+
+
+async def test_workers_name_themselves_in_the_syslog_tag_and_on_stderr(service, syslog):
+    process = service(config=syslog.config)
+    process.args = ("--workers", "2")
+    await start(process)
+    supervisor = await syslog.until(r"supervisor \d+: 2 workers")
+    assert supervisor.startswith(f"<22>smtpfilter[{process.pid}]: ")  # the supervisor: plain
+    for _ in range(4):
+        assert (await send_message(process.port, message("Subject: hi"))).code == 250
+    line = await syslog.until(r"action=accept")
+    match = re.match(r"<22>smtpfilter/w([01])\[(\d+)\]: NOQUEUE: from=<", line)
+    assert match and int(match.group(2)) != process.pid, line
+    assert loglines.summaries([line])[0]["status"].startswith("sent (250 ")
+
+
+async def test_workers_on_stderr_carry_a_worker_prefix(service):
+    process = service()
+    process.args = ("--workers", "2")
+    await start(process)
+    assert (await send_message(process.port, message("Subject: hi"))).code == 250
+    await asyncio.to_thread(process.wait_log, r"action=accept")
+    [line] = [line for line in process.log().splitlines() if "action=accept" in line]
+    assert re.match(r"w[01] INFO smtpfilter\.engine\.judge: NOQUEUE: from=<", line), line
