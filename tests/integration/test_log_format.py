@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tests.integration.conftest import start
 from tests.support import loglines
 from tests.support.client import Client, send_message
 from tests.support.messages import message
+from tests.support.readme import shell_block, substitute
 from tests.support.service import free_port
 
 XFORWARD = ("XFORWARD NAME=mx.example.net ADDR=192.0.2.7 PORT=4000",
@@ -58,6 +60,16 @@ class Syslog:
                 self.seen.append(line)
                 if re.search(pattern, line):
                     return line
+
+    async def count(self, pattern: str, wanted: int, timeout: float = 10) -> list[str]:
+        """Wait until ``wanted`` datagrams seen so far match ``pattern``."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [line for line in self.seen if re.search(pattern, line)]
+                if len(found) >= wanted:
+                    return found
+                self.seen.append((await loop.sock_recv(self.sock, 65536)).decode("utf-8"))
 
     def close(self) -> None:
         self.sock.close()
@@ -156,3 +168,55 @@ async def test_workers_on_stderr_carry_a_worker_prefix(service):
     await asyncio.to_thread(process.wait_log, r"action=accept")
     [line] = [line for line in process.log().splitlines() if "action=accept" in line]
     assert re.match(r"w[01] INFO smtpfilter\.engine\.judge: NOQUEUE: from=<", line), line
+
+
+COUNTED_RULES = r"""
+rules:
+  - name: BAD_SUBJECT
+    check: header
+    header: Subject
+    match: 'forbidden'
+    action: reject
+  - name: SPAM_MAILER
+    check: header
+    header: X-Mailer
+    match: '^MaxBulk'
+    action: reject
+  - name: PRICEY
+    check: header
+    header: Subject
+    match: 'offer'
+    score: 20
+"""
+
+
+async def test_the_readme_counts_rejections_per_rule_from_real_log_lines(service, syslog, tmp_path):
+    """README "Log format": its one grep | awk line, run as printed on mail.log lines written
+    by a real filter (the syslog datagrams, as rsyslog writes them to /var/log/mail.log)."""
+    process = service(rules=COUNTED_RULES, config=syslog.config + "policy: {reject: 15}\n")
+    await start(process)
+    sent = [
+        message("Subject: forbidden fruit"),
+        message("Subject: forbidden, again"),
+        message("Subject: forbidden 3"),
+        message("Subject: hi", "X-Mailer: MaxBulk 2"),
+        message("Subject: an offer"),  # rejected by the score: no by=
+        # accepted; its Message-ID tries to pass for a rejection (escaped: ",\x2c" in the log)
+        message("Subject: hello", "Message-ID: <x, action=reject, by=FORGED@example>"),
+    ]
+    for wire in sent:
+        await send_message(process.port, wire)
+    await syslog.count(r"status=", len(sent))
+    mail_log = tmp_path / "mail.log"
+    # rsyslog's file format: "Mmm dd hh:mm:ss host " then the message without <PRI>.
+    mail_log.write_text("".join(
+        "Dec  2 12:00:00 mx " + re.sub(r"^<\d+>", "", line) + "\n" for line in syslog.seen
+    ) + "Dec  2 12:00:01 mx postfix/smtpd[6890]: NOQUEUE: reject: RCPT from x[192.0.2.1]: 554\n")
+    script = substitute(shell_block("action=reject"), {"/var/log/mail.log": str(mail_log)})
+    done = await asyncio.to_thread(
+        subprocess.run, ["bash", "-euo", "pipefail", "-c", script], capture_output=True,
+        text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["3 BAD_SUBJECT", "1 SPAM_MAILER", "1 (score)"], (
+        done.stdout, mail_log.read_text())
