@@ -85,11 +85,13 @@ class Engine:
                 evaluate(self.ruleset, msg, self.policy), limits.scan_timeout
             )
         except TimeoutError:
-            log.warning("rules took longer than %gs (limits.scan_timeout)", limits.scan_timeout)
+            log.warning("%s: rules took longer than %gs (limits.scan_timeout); answering 451",
+                        logline.queue_id(client), limits.scan_timeout, extra=logline.PER_MESSAGE)
             self._give_back(msg)
             return msg, None, replies.R451_SCAN_TIMEOUT
         except RuleFailure as failure:
-            log.error("%s; answering 451", failure, exc_info=failure.__cause__)
+            log.error("%s: %s; answering 451", logline.queue_id(client), failure,
+                      exc_info=failure.__cause__, extra=logline.PER_MESSAGE)
             self._give_back(msg)
             return msg, None, replies.R451_LOCAL_ERROR
         except BaseException:  # cancelled (the client left): the front door never sees msg
@@ -133,7 +135,8 @@ class Engine:
             if log.isEnabledFor(logging.DEBUG):
                 for verdict in decision.verdicts:
                     log.debug(
-                        "rule %s: %s %s (score %g)",
+                        "%s: rule %s: %s %s (score %g)",
+                        logline.queue_id(client),
                         verdict.rule,
                         verdict.finding.code,
                         verdict.finding.reason,

@@ -220,3 +220,40 @@ async def test_the_readme_counts_rejections_per_rule_from_real_log_lines(service
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["3 BAD_SUBJECT", "1 SPAM_MAILER", "1 (score)"], (
         done.stdout, mail_log.read_text())
+
+
+async def test_pipe_mode_writes_the_same_line_and_its_cannot_reach_warning(sink, syslog, tmp_path):
+    """pipe(8) mode (FILTER_README's simple filter): the same summary line, with pipe's exit
+    status, and the same queue-id-first warning when 10026 is down."""
+    from tests.integration.test_pipe import run_pipe
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+
+    def config(forward: int) -> Path:
+        path = tmp_path / f"pipe-{forward}.yaml"
+        path.write_text(f"forward: 127.0.0.1:{forward}\nrules: [{rules}]\n{syslog.config}")
+        return path
+
+    args = ("--client-address=192.0.2.7", "--client-name=mx.example.net", "--queue-id=4F2B1",
+            "--sender=a@example.org", "--", "b@example.com", "c@example.com")
+    status, out, _ = await run_pipe(f"--config={config(sink.port)}", *args)
+    assert (status, out) == (0, ["2.0.0 Ok: queued as Q1"])
+    [line] = loglines.summaries([await syslog.until(r"status=sent")])
+    assert line.queue_id == "4F2B1"
+    assert line.names == ["client", "from", "to", "to", "size", "action", "score", "rules",
+                          "exit", "delay", "status"]
+    assert (line["client"], line.all("to")) == ("mx.example.net[192.0.2.7]",
+                                                ["<b@example.com>", "<c@example.com>"])
+    assert (line["exit"], line["status"]) == ("0", "sent (2.0.0 Ok: queued as Q1)")
+
+    closed = free_port()
+    status, out, _ = await run_pipe(f"--config={config(closed)}", *args)
+    assert status == 75
+    warning = await syslog.until("cannot reach")
+    assert re.fullmatch(
+        rf"<20>smtpfilter\[\d+\]: 4F2B1: warning: cannot reach 127\.0\.0\.1:{closed} \(Connection "
+        r"refused\); client=mx\.example\.net\[192\.0\.2\.7\], from=<a@example\.org>; deferred "
+        r"\(451 4\.4\.1 [^)]*\)", warning), warning
+    [deferred] = loglines.summaries([await syslog.until(r"status=deferred")])
+    assert (deferred["action"], deferred["exit"]) == ("accept", "75")
