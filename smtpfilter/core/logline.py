@@ -19,7 +19,10 @@ from typing import Iterable
 
 from smtpfilter.core.envelope import Client
 
-__all__ = ["NOQUEUE", "PER_MESSAGE", "addresses", "client_field", "queue_id", "reply_shown", "value"]
+__all__ = [
+    "NOQUEUE", "PER_MESSAGE", "addresses", "client_field", "peer", "queue_id", "reply_shown",
+    "value",
+]
 
 # smtpd(8)'s word for "no queue file yet" (e.g. "NOQUEUE: reject: RCPT from ...").
 NOQUEUE = "NOQUEUE"
@@ -54,6 +57,17 @@ def value(text: str) -> str:
 def addresses(name: str, items: Iterable[str]) -> list[str]:
     """``to=<a>``, ``to=<b>``: one field per address, as Postfix repeats ``to=``."""
     return [f"{name}=<{value(item)}>" for item in items]
+
+
+def peer(address: object) -> str:
+    """A socket address as Postfix writes one: ``127.0.0.1:10025``, ``[::1]:10025``, a unix
+    socket's path; never a Python tuple."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "replace")
+    return str(address) if address else "unix"
 
 
 def reply_shown(reply: str) -> str:

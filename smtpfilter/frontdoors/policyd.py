@@ -222,9 +222,10 @@ class PolicyFrontDoor:
                 writer.write(f"action={answer}\n\n".encode("utf-8", "surrogateescape"))
                 await writer.drain()
         except ProtocolError as error:
-            log.warning("policy client %s: %s; disconnecting without an answer", peer, error)
+            log.warning("policy client %s: %s; disconnecting without an answer",
+                        logline.peer(peer), error)
         except TimeoutError:
-            log.debug("policy client %s idle for limits.idle_timeout; closing", peer)
+            log.debug("policy client %s idle for limits.idle_timeout; closing", logline.peer(peer))
         except ConnectionError:
             pass  # Postfix closed the connection (max_idle, max_ttl, smtpd exit)
         except Exception:  # our bug: no answer, Postfix applies its default_action (4xx)

@@ -152,6 +152,11 @@ async def test_workers_name_themselves_in_the_syslog_tag_and_on_stderr(service, 
     await start(process)
     supervisor = await syslog.until(r"supervisor \d+: 2 workers")
     assert supervisor.startswith(f"<22>smtpfilter[{process.pid}]: ")  # the supervisor: plain
+    # Each worker's own lines carry its number (READY=1 comes from the supervisor, before the
+    # workers listen: wait for both).
+    started = await syslog.count(r"smtpfilter/w\d\[\d+\]: smtpfilter listening on", 2)
+    assert sorted(re.match(r"<22>smtpfilter/(w\d)\[", line).group(1) for line in started) == [
+        "w0", "w1"]
     for _ in range(4):
         assert (await send_message(process.port, message("Subject: hi"))).code == 250
     line = await syslog.until(r"action=accept")
@@ -164,6 +169,7 @@ async def test_workers_on_stderr_carry_a_worker_prefix(service):
     process = service()
     process.args = ("--workers", "2")
     await start(process)
+    await asyncio.to_thread(process.wait_log, r"^w\d INFO .*smtpfilter listening on", count=2)
     assert (await send_message(process.port, message("Subject: hi"))).code == 250
     await asyncio.to_thread(process.wait_log, r"action=accept")
     [line] = [line for line in process.log().splitlines() if "action=accept" in line]

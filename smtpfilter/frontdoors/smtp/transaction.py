@@ -70,7 +70,8 @@ class FilterHandler:
         """None to greet the client, or the reply that refuses it."""
         config = self.rt.config
         if not _in_networks(session.peer, config.allow_clients):
-            log.warning("refused connection from %s: not in allow_clients", session.peer)
+            log.warning("refused connection from %s: not in allow_clients",
+                        logline.peer(session.peer))
             self.rt.count("refused_clients")
             return replies.R554_ACCESS_DENIED
         if not self.rt.accepting:
@@ -80,7 +81,7 @@ class FilterHandler:
         ):
             log.warning(
                 "refused connection from %s: %d sessions open and busy (limits.sessions)",
-                session.peer,
+                logline.peer(session.peer),
                 self.rt.sessions,
             )
             self.rt.count("refused_busy")
