@@ -214,14 +214,16 @@ def summary_line(
         message-id=<x@y>, action=accept, score=0, rules=-, delay=0.01,
         status=sent (250 2.0.0 Ok: queued as 9441F20C025)
 
-    Fields in this order, those that do not exist left out (client, size, message-id, by,
-    would, would_by); ``extra`` (``name=value`` of a front door) before ``delay``; ``status``
+    Fields in this order, those that do not exist left out (client, sasl_username, size,
+    message-id, by, would, would_by); ``extra`` (``name=value`` of a front door) before ``delay``; ``status``
     always last, since its reply text may hold anything.
     """
     fields = []
     described = logline.client_field(client)
     if described is not None:
         fields.append(f"client={described}")
+    if client.sasl_user:  # the milter's {auth_authen}: Postfix's smtpd logs it so too
+        fields.append(f"sasl_username={logline.value(client.sasl_user)}")
     fields.append(f"from=<{logline.value(mail_from)}>")
     fields.extend(logline.addresses("to", rcpts))
     if size is not None:

@@ -166,7 +166,8 @@ async def test_tag_strips_forged_copies_and_the_engine_sees_the_message_as_recei
     # The queue id is the milter macro i; the status what Postfix was told (go on).
     [line] = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.engine.judge"]
     assert re.fullmatch(
-        r"ABC123: client=mail\.example\[192\.0\.2\.7\], from=<s@example>, to=<r@example>, "
+        r"ABC123: client=mail\.example\[192\.0\.2\.7\], sasl_username=alice, from=<s@example>, "
+        r"to=<r@example>, "
         r"size=\d+, action=tag, by=TAG_ME, score=0, rules=TAG_ME\(MATCH\), delay=\d+\.\d\d, "
         r"status=sent \(250 2\.0\.0 Ok: continue\)", line), line
     await mta.close()
