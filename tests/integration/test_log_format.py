@@ -263,3 +263,28 @@ async def test_pipe_mode_writes_the_same_line_and_its_cannot_reach_warning(sink,
         r"\(451 4\.4\.1 [^)]*\)", warning), warning
     [deferred] = loglines.summaries([await syslog.until(r"status=deferred")])
     assert (deferred["action"], deferred["exit"]) == ("accept", "75")
+
+
+async def test_a_refusal_by_10026_is_logged_with_queue_id_forward_and_client(service, sink, syslog):
+    """10026's own 4xx to a RCPT is relayed as it is (lockstep); our line says who refused it,
+    for which message and client, and what Postfix was told."""
+    sink.script = lambda verb, line, txn: (
+        "450 4.2.0 <full@example.com>: Recipient address rejected: mailbox full"
+        if verb == "RCPT" and b"full@" in line else None)
+    process = service(config=syslog.config)
+    await start(process)
+    client = await Client.connect(process.port)
+    await client.ehlo()
+    for line in XFORWARD:
+        await client.cmd(line)
+    assert (await client.cmd("MAIL FROM:<a@example.org>")).code == 250
+    refused = await client.cmd("RCPT TO:<full@example.com>")
+    assert refused.code == 450
+    await client.close()
+    line = await syslog.until("refused RCPT")
+    assert line == (
+        f"<20>smtpfilter[{process.pid}]: 918CF20C401: warning: 127.0.0.1:{sink.port} refused "
+        "RCPT TO: 450 4.2.0 <full@example.com>: Recipient address rejected: mailbox full; "
+        "client=mx.example.net[192.0.2.7], from=<a@example.org>, to=<full@example.com>; deferred "
+        "(450 4.2.0 <full@example.com>: Recipient address rejected: mailbox full)"
+    )

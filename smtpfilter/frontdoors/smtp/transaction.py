@@ -22,6 +22,7 @@ from smtpfilter.core import logline, replies, wire
 from smtpfilter.core.envelope import Client, Envelope, Recipient
 from smtpfilter.core.errors import DownstreamError
 from smtpfilter.core.message import MessageContext
+from smtpfilter.core.replies import Reply
 from smtpfilter.core.verdict import Action, Decision
 from smtpfilter.core.wire import outgoing
 from smtpfilter.delivery import quarantine
@@ -167,9 +168,20 @@ class FilterHandler:
         described = logline.client_field(client)
         if described is not None:
             fields.insert(0, f"client={described}")
-        log.log(level, "%s: %s; %s; deferred (%s)", logline.queue_id(client), problem,
-                ", ".join(fields), logline.reply_shown(reply), extra=logline.PER_MESSAGE)
+        told = "bounced" if reply[:1] == "5" else "deferred"  # Postfix's words
+        log.log(level, "%s: %s; %s; %s (%s)", logline.queue_id(client), problem,
+                ", ".join(fields), told, logline.reply_shown(reply), extra=logline.PER_MESSAGE)
         return reply
+
+    def _relayed(self, envelope: Envelope, command: str, reply: Reply,
+                 rcpt: str | None = None) -> str:
+        """10026's own answer, relayed; a refusal is logged like a failure (the queue id, the
+        forward address, the client), since Postfix's line only says "host 127.0.0.1 said"."""
+        relayed = replies.relay(reply)
+        if not reply.positive:
+            self._deferred(envelope, f"{self.rt.config.forward} refused {command}: "
+                           f"{logline.reply_shown(str(reply))}", reply=relayed, rcpt=rcpt)
+        return relayed
 
     # --- MAIL / RCPT ---------------------------------------------------------------------
     async def mail(self, session: FilterSession, txn: Transaction) -> str:
@@ -205,7 +217,7 @@ class FilterHandler:
                                       error.stage)
             if not conn.connected:
                 self._drop(session)
-            return replies.relay(reply)
+            return self._relayed(envelope, "MAIL FROM", reply)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def rcpt(self, session: FilterSession, txn: Transaction, rcpt: Recipient) -> str:
@@ -222,7 +234,7 @@ class FilterHandler:
             self.rt.count("downstream_errors")
             return self._deferred(txn.envelope, f"{self.rt.config.forward} failed at {error}",
                                   error.stage, rcpt=rcpt.address)
-        return replies.relay(reply)
+        return self._relayed(txn.envelope, "RCPT TO", reply, rcpt=rcpt.address)
 
     # --- DATA ----------------------------------------------------------------------------
     async def data(self, session: FilterSession, txn: Transaction, data: bytearray) -> str:
