@@ -33,7 +33,6 @@ from typing import Sequence
 
 from smtpfilter import __version__
 from smtpfilter.config.settings import Config, ConfigError, Problem, load_config
-from smtpfilter.core import logline
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import RuleSet, load_rules, rules_for
 from smtpfilter.service import sdnotify
@@ -85,15 +84,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
     # systemd socket activation (smtpfilter.socket): take the port systemd holds for us.
     inherited = sdnotify.listen_sockets()
+    from smtpfilter.core.logline import peer  # an address as the log writes it (host:port)
+
     for extra in inherited[1:]:
         log.warning("ignoring inherited socket %s: one listener is enough",
-                    logline.peer(extra.getsockname()))
+                    peer(extra.getsockname()))
         extra.close()
     sock = inherited[0] if inherited else None
     if sock is not None:
         log.info(
             "using the listening socket systemd passed (%s); 'listen' is not used",
-            logline.peer(sock.getsockname()),
+            peer(sock.getsockname()),
         )
     if args.workers == 1:
         # Only a supervisor sets up prometheus_client's multiprocess mode (service/workers.py);
