@@ -183,14 +183,16 @@ async def filter_message(
 
 def _deferred(client: Client, envelope: Envelope, problem: str, reply: str,
               level: int = logging.WARNING) -> Outcome:
-    """Postfix keeps the message; logged as Postfix logs a problem with one message (the
-    queue id first: ``grep QUEUEID mail.log`` finds it beside pipe(8)'s own line)."""
+    """The outcome for ``reply`` (a 4xx: Postfix keeps the message), logged as Postfix logs a
+    problem with one message (the queue id first: ``grep QUEUEID mail.log`` finds it beside
+    pipe(8)'s own line)."""
     fields = [f"from=<{logline.value(envelope.mail_from)}>"]
     described = logline.client_field(client)
     if described is not None:
         fields.insert(0, f"client={described}")
-    log.log(level, "%s: %s; %s; deferred (%s)", logline.queue_id(client), problem,
-            ", ".join(fields), logline.reply_shown(reply), extra=logline.PER_MESSAGE)
+    told = "bounced" if reply[:1] == "5" else "deferred"  # Postfix's words: 69 bounces
+    log.log(level, "%s: %s; %s; %s (%s)", logline.queue_id(client), problem,
+            ", ".join(fields), told, logline.reply_shown(reply), extra=logline.PER_MESSAGE)
     return Outcome.from_reply(reply)
 
 
@@ -223,23 +225,26 @@ async def reinject(config: Config, parts: list, envelope: Envelope, *, size: int
                          "announce SMTPUTF8", replies.R451_SMTPUTF8_UNSUPPORTED, logging.ERROR)
     assert sent.reply is not None or sent.refused  # every other stage leaves 10026's reply
     if sent.stage == "MAIL":
-        return _refused(client, config, "MAIL FROM", sent.reply)
+        return _refused(client, envelope, config, "MAIL FROM", sent.reply)
     if sent.stage == "RCPT":
         # Any temporary refusal makes it all temporary (and the text must then carry a 4.X.X
         # code: pipe(8) lets the text's code override the exit status).
         temporary = [(r, a) for r, a in sent.refused if a.code < 500]
         rcpt, answer = (temporary or sent.refused)[0]
-        return _refused(client, config, f"RCPT TO:<{logline.value(rcpt.path)}>", answer)
+        return _refused(client, envelope, config, f"RCPT TO:<{logline.value(rcpt.path)}>",
+                        answer)
     if not sent.delivered:
-        return _refused(client, config, "end of DATA", sent.reply)
+        return _refused(client, envelope, config, "end of DATA", sent.reply)
     return Outcome.from_reply(replies.relay(sent.reply))
 
 
-def _refused(client: Client, config: Config, stage: str, reply: Reply) -> Outcome:
-    outcome = Outcome.from_reply(replies.relay(reply))
-    log.warning("%s: %s refused %s: %s", logline.queue_id(client), config.forward, stage,
-                logline.reply_shown(str(reply)), extra=logline.PER_MESSAGE)
-    return outcome
+def _refused(client: Client, envelope: Envelope, config: Config, stage: str,
+             reply: Reply) -> Outcome:
+    """10026 refused the message: its reply decides, logged like a failure (the forward
+    address, queue id and client first, what pipe(8) was told last)."""
+    relayed = replies.relay(reply)
+    return _deferred(client, envelope, f"{config.forward} refused {stage}: "
+                     f"{logline.reply_shown(str(reply))}", relayed)
 
 
 def _load(path: str | None) -> tuple[Config, RuleSet]:

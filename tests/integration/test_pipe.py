@@ -117,8 +117,13 @@ async def test_a_refused_recipient_stops_the_whole_delivery(write_config, sink, 
 
 async def test_10026_refusing_the_message_permanently_is_a_bounce(write_config, sink):
     sink.data_reply = lambda txn: "554 5.7.1 Rejected by policy"
-    status, out, _ = await run_pipe(f"--config={write_config()}", "--sender=a@example.org", "--", "b@example.com")
+    status, out, err = await run_pipe(f"--config={write_config()}", "--queue-id=4F2B1",
+                                      "--sender=a@example.org", "--", "b@example.com")
     assert (status, out) == (69, ["5.7.1 Rejected by policy"])
+    # Our reason, queue id first, for pipe(8)'s log line (it appends our stderr).
+    assert err == (f"WARNING smtpfilter.frontdoors.pipe: 4F2B1: 127.0.0.1:{sink.port} refused end "
+                   "of DATA: 554 5.7.1 Rejected by policy; from=<a@example.org>; bounced (554 "
+                   "5.7.1 Rejected by policy)\n")
 
 
 @pytest.mark.parametrize(
