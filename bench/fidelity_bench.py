@@ -97,8 +97,8 @@ def main() -> int:
         bench_log.propagate = False
         bench_log.setLevel(logging.INFO)
         line = lambda: bench_log.info(  # noqa: E731 - the hand-over line, as transaction.py logs it
-            "handing over to %s: queue_id=%s from=<%s> size=%d", "127.0.0.1:10026",
-            "918CF20C401", "you@example.net", 2301)
+            "%s: handing over to %s: from=<%s>, size=%d", "918CF20C401", "127.0.0.1:10026",
+            "you@example.net", 2301)
         rows.append(("hand-over log line", f"{_rounds(line, loops, rounds) * 1e6:.1f} µs/line"))
 
     with tempfile.TemporaryDirectory() as scratch:

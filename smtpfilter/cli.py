@@ -88,14 +88,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("listen", args.listen), ("forward", args.forward)) if v}
     # systemd socket activation (smtpfilter.socket): take the port systemd holds for us.
     inherited = sdnotify.listen_sockets()
+    from smtpfilter.core.logline import peer  # an address as the log writes it (host:port)
+
     for extra in inherited[1:]:
-        log.warning("ignoring inherited socket %s: one listener is enough", extra.getsockname())
+        log.warning("ignoring inherited socket %s: one listener is enough",
+                    peer(extra.getsockname()))
         extra.close()
     sock = inherited[0] if inherited else None
     if sock is not None:
         log.info(
             "using the listening socket systemd passed (%s); 'listen' is not used",
-            sock.getsockname(),
+            peer(sock.getsockname()),
         )
     if args.workers == 1:
         # Only a supervisor sets up prometheus_client's multiprocess mode (service/workers.py);

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Iterable, Mapping, Sequence
 
@@ -35,6 +36,7 @@ import aiosmtplib
 from smtpfilter.config.settings import Config
 from smtpfilter.core.envelope import XFORWARD_GROUPS
 from smtpfilter.core.errors import DownstreamError
+from smtpfilter.core.logline import reply_shown
 from smtpfilter.core.replies import ENHANCED_STATUS, Reply
 from smtpfilter.core.text import neuter, xtext_encode
 
@@ -46,6 +48,16 @@ log = logging.getLogger(__name__)
 _COMMAND_LIMIT = 512
 # Write DATA in slices so the transport never buffers a second copy of a large message.
 _WRITE_SLICE = 256 * 1024
+
+
+def _reason(error: BaseException) -> str:
+    """Why a connection failed, as the system says it ("Connection refused"): aiosmtplib's own
+    text quotes a Python tuple ("Connect call failed ('127.0.0.1', 10026)"), which no log line
+    should show."""
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+    return str(error)
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
@@ -150,10 +162,10 @@ class Downstream:
     def _out_of_step(self, stage: str, reply: Reply, *, sent_data: bool = False) -> DownstreamError:
         self.close()
         log.error(
-            "10026 answered %s with %r, which cannot be its reply: closing that connection "
+            "10026 answered %s with \"%s\", which cannot be its reply: closing that connection "
             "as out of step",
             stage,
-            str(reply),
+            reply_shown(str(reply)),
         )
         return DownstreamError(stage, f"reply out of step: {reply}", sent_data=sent_data)
 
@@ -427,9 +439,14 @@ class DownstreamPool:
         except aiosmtplib.SMTPHeloError as error:
             smtp.close()
             raise DownstreamError("EHLO", f"{error.code} {error.message}") from None
+        except aiosmtplib.SMTPConnectTimeoutError:
+            smtp.close()
+            raise DownstreamError(
+                "connect", f"no connection within {self.connect_timeout:g}s"
+            ) from None
         except (aiosmtplib.SMTPException, OSError) as error:
             smtp.close()
-            raise DownstreamError("connect", str(error)) from None
+            raise DownstreamError("connect", _reason(error)) from None
         self.connects += 1
         conn = Downstream(smtp, self.command_timeout, self.data_timeout)
         self.last_extensions = conn.extensions

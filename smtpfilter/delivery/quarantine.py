@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from smtpfilter.config.settings import Config
-from smtpfilter.core import replies, wire
+from smtpfilter.core import logline, replies, wire
 from smtpfilter.core.envelope import Envelope, Recipient
 from smtpfilter.core.errors import QuarantineError
 from smtpfilter.core.message import MessageContext, parse_header_block
@@ -338,8 +338,12 @@ async def store_message(
             lambda: store.store(msg.data if msg.stuffed else wire.to_wire(msg.data), meta)
         )
     except QuarantineError as error:
-        log.error("quarantine failed, deferring the message (Postfix keeps it): %s", error)
-        return replies.R451_QUARANTINE_FAILED
+        # Logged as what Postfix was told (the summary line then says action=quarantine,
+        # status=deferred (451 ...)): never as a stored message.
+        reply = replies.R451_QUARANTINE_FAILED
+        log.error("%s: quarantine failed (%s); deferred (%s)", logline.queue_id(msg.client),
+                  error, logline.reply_shown(reply), extra=logline.PER_MESSAGE)
+        return reply
     return replies.quarantined(decision.rule or "score", entry_id)
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Callable
 
 from smtpfilter.config.settings import Config
-from smtpfilter.core import replies
+from smtpfilter.core import logline, replies
 from smtpfilter.core.envelope import Client, Envelope
 from smtpfilter.core.errors import RuleFailure
 from smtpfilter.core.message import MessageContext
@@ -32,7 +32,9 @@ from smtpfilter.engine.pipeline import evaluate
 from smtpfilter.engine.policy import Policy
 from smtpfilter.engine.rules import RuleSet
 
-__all__ = ["Engine", "Observer", "log_exceeded", "outcome_of", "summary_line"]
+__all__ = [
+    "Engine", "Observer", "log_exceeded", "message_id", "outcome_of", "status_of", "summary_line",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,13 @@ class Engine:
                 evaluate(self.ruleset, msg, self.policy), limits.scan_timeout
             )
         except TimeoutError:
-            log.warning("rules took longer than %gs (limits.scan_timeout)", limits.scan_timeout)
+            log.warning("%s: rules took longer than %gs (limits.scan_timeout); answering 451",
+                        logline.queue_id(client), limits.scan_timeout, extra=logline.PER_MESSAGE)
             self._give_back(msg)
             return msg, None, replies.R451_SCAN_TIMEOUT
         except RuleFailure as failure:
-            log.error("%s; answering 451", failure, exc_info=failure.__cause__)
+            log.error("%s: %s; answering 451", logline.queue_id(client), failure,
+                      exc_info=failure.__cause__, extra=logline.PER_MESSAGE)
             self._give_back(msg)
             return msg, None, replies.R451_LOCAL_ERROR
         except BaseException:  # cancelled (the client left): the front door never sees msg
@@ -125,13 +129,14 @@ class Engine:
         log.info(
             "%s",
             summary_line(client, envelope.mail_from or "", envelope.rcpt_to, size, decision,
-                         reply, elapsed, *extra),
+                         reply, elapsed, *extra, message_id=message_id(msg)),
         )
         if decision is not None:
             if log.isEnabledFor(logging.DEBUG):
                 for verdict in decision.verdicts:
                     log.debug(
-                        "rule %s: %s %s (score %g)",
+                        "%s: rule %s: %s %s (score %g)",
+                        logline.queue_id(client),
                         verdict.rule,
                         verdict.finding.code,
                         verdict.finding.reason,
@@ -157,43 +162,97 @@ def outcome_of(decision: Decision | None, reply: str) -> str:
     return "delivered"
 
 
+# outcome_of → the summary line's status word: Postfix's own (smtp(8), qmgr(8): sent, deferred,
+# bounced; a 5xx from us makes Postfix bounce the message after-queue, or refuse it
+# before-queue) and our two extensions for what Postfix has no word for.
+_STATUS = {
+    "delivered": "sent",
+    "deferred": "deferred",
+    "rejected": "bounced",
+    "discarded": "discarded",
+    "quarantined": "quarantined",
+}
+
+
+def status_of(decision: Decision | None, reply: str) -> str:
+    """``sent``, ``deferred``, ``bounced``, ``discarded`` or ``quarantined``: what Postfix was
+    told, in Postfix's words. A failed quarantine or re-injection answered 451 is
+    ``deferred``, whatever the decision was."""
+    return _STATUS[outcome_of(decision, reply)]
+
+
+def message_id(msg: MessageContext | None) -> str | None:
+    """The Message-ID header's value for the summary line, or None when there is none (the
+    field is then left out, as Postfix's cleanup(8) does)."""
+    if msg is None:
+        return None
+    found = msg.headers.get_all("message-id")
+    if not found or not found[0].text:
+        return None
+    return logline.value(found[0].text[:_MESSAGE_ID_LIMIT])
+
+
+# A Message-ID is at most a line (RFC 5322 §2.1.1: 998); the log keeps a bounded part of it.
+_MESSAGE_ID_LIMIT = 200
+
+
 def summary_line(
     client: Client,
     mail_from: str,
     rcpts: tuple[str, ...] | list[str],
-    size: int,
+    size: int | None,
     decision: Decision | None,
     reply: str,
     elapsed: float,
     *extra: str,
+    message_id: str | None = None,
 ) -> str:
-    """The one INFO line per message, stable key=value fields (every front door alike)."""
-    fields = [
-        f"queue_id={client.ident or '-'}",
-        f"client={client.describe()}",
-        f"from=<{mail_from}>",
-        f"rcpts={','.join(rcpts)}",
-        f"size={size}",
-        f"action={decision.action.value if decision else 'error'}",
-    ]
+    """The one INFO line per message, Postfix-shaped (README "Log format"; every front door
+    alike)::
+
+        918CF20C401: client=host[1.2.3.4], from=<a@b>, to=<c@d>, size=425,
+        message-id=<x@y>, action=accept, score=0, rules=-, delay=0.01,
+        status=sent (250 2.0.0 Ok: queued as 9441F20C025)
+
+    Fields in this order, those that do not exist left out (client, sasl_username, size,
+    message-id, by, would, would_by); ``extra`` (``name=value`` of a front door) before ``delay``; ``status``
+    always last, since its reply text may hold anything.
+    """
+    fields = []
+    described = logline.client_field(client)
+    if described is not None:
+        fields.append(f"client={described}")
+    if client.sasl_user:  # the milter's {auth_authen}: Postfix's smtpd logs it so too
+        fields.append(f"sasl_username={logline.value(client.sasl_user)}")
+    fields.append(f"from=<{logline.value(mail_from)}>")
+    fields.extend(logline.addresses("to", rcpts))
+    if size is not None:
+        fields.append(f"size={size}")
+    if message_id is not None:
+        fields.append(f"message-id={message_id}")
+    fields.append(f"action={decision.action.value if decision else 'error'}")
     if decision is not None:
+        if decision.rule:
+            fields.append(f"by={logline.value(decision.rule)}")
+        fields.append(f"score={decision.score:g}")
+        labels = "+".join(logline.value(v.label) for v in decision.verdicts)
+        fields.append(f"rules={labels or '-'}")
         if decision.intended is not None and decision.intended is not decision.action:
             fields.append(f"would={decision.intended.value}")
             if decision.intended_rule:
-                fields.append(f"would_by={decision.intended_rule}")
-        fields.append(f"score={decision.score:g}")
-        fields.append(f"rules={decision.rules_hit}")
-    shown = " / ".join(line[4:] if i else line for i, line in enumerate(reply.split("\r\n")))
-    fields.append(f'reply="{shown[:300]}"')
+                fields.append(f"would_by={logline.value(decision.intended_rule)}")
     fields.extend(extra)
-    fields.append(f"elapsed_ms={elapsed * 1000:.0f}")
-    return " ".join(fields)
+    fields.append(f"delay={elapsed:.2f}")
+    fields.append(f"status={status_of(decision, reply)} ({logline.reply_shown(reply)})")
+    return f"{logline.queue_id(client)}: {', '.join(fields)}"
 
 
 def log_exceeded(msg: MessageContext) -> None:
     """A WARNING for each parse limit the message went past, whether or not a rule watches it:
-    part of the message was not judged (every front door alike)."""
+    part of the message was not judged (every front door alike). ``QUEUEID: warning: ...``
+    in syslog, like Postfix's own warnings about one message."""
     for exceeded in msg.exceeded():
         log.warning(
-            "queue_id=%s from=<%s>: %s", msg.client.ident or "-", msg.mail_from, exceeded.reason
+            "%s: from=<%s>: %s", logline.queue_id(msg.client), logline.value(msg.mail_from),
+            exceeded.reason, extra=logline.PER_MESSAGE,
         )

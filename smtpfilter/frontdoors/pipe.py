@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Sequence
 
 from smtpfilter.config.settings import Config, ConfigError, load_config
-from smtpfilter.core import replies, wire
+from smtpfilter.core import logline, replies, wire
 from smtpfilter.core.envelope import Client, Envelope, Recipient, without_ipv6_prefix
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.replies import Reply
@@ -126,7 +126,7 @@ def client_from(args: argparse.Namespace) -> Client:
         try:
             address = str(ipaddress.ip_address(address))
         except ValueError:
-            log.warning("--client-address %r is not an IP address: ignored", address)
+            log.warning('--client-address "%s" is not an IP address: ignored', address)
             address = None
     return Client(
         addr=address,
@@ -178,10 +178,26 @@ async def filter_message(
     parts = outgoing(
         msg, decision.headers, *config.headers.incoming(decision.headers), drop=decision.drop
     )
-    return await reinject(config, parts, envelope, size=msg.size), decision
+    return await reinject(config, parts, envelope, size=msg.size, client=client), decision
 
 
-async def reinject(config: Config, parts: list, envelope: Envelope, *, size: int) -> Outcome:
+def _deferred(client: Client, envelope: Envelope, problem: str, reply: str,
+              level: int = logging.WARNING) -> Outcome:
+    """The outcome for ``reply`` (a 4xx: Postfix keeps the message), logged as Postfix logs a
+    problem with one message (the queue id first: ``grep QUEUEID mail.log`` finds it beside
+    pipe(8)'s own line)."""
+    fields = [f"from=<{logline.value(envelope.mail_from)}>"]
+    described = logline.client_field(client)
+    if described is not None:
+        fields.insert(0, f"client={described}")
+    told = "bounced" if reply[:1] == "5" else "deferred"  # Postfix's words: 69 bounces
+    log.log(level, "%s: %s; %s; %s (%s)", logline.queue_id(client), problem,
+            ", ".join(fields), told, logline.reply_shown(reply), extra=logline.PER_MESSAGE)
+    return Outcome.from_reply(reply)
+
+
+async def reinject(config: Config, parts: list, envelope: Envelope, *, size: int,
+                   client: Client | None = None) -> Outcome:
     """One SMTP transaction with the 10026 smtpd (delivery.deliver); its reply decides."""
     params = {"SIZE": f"SIZE={size}"}
     if not all(bytes(part).isascii() for part in parts):
@@ -192,40 +208,43 @@ async def reinject(config: Config, parts: list, envelope: Envelope, *, size: int
     pool = DownstreamPool.for_config(config, keep_idle=False)
     sent = await deliver(pool, sending, parts, all_or_nothing=True)
     error = sent.error
+    client = client or Client()
     if error is not None:
+        reply = replies.downstream_failure(error.stage)
         if not sent.connected:
-            log.warning("cannot reach %s (%s): deferring", config.forward, error)
+            problem = f"cannot reach {config.forward} ({error.detail})"
         elif error.sent_data:
-            log.error(
-                "%s failed after the final '.' (%s): it may have queued the message; Postfix will "
-                "retry, so it may be delivered twice",
-                config.forward,
-                error,
-            )
+            problem = (f"{config.forward} failed after the final '.' ({error}): it may have "
+                       "queued the message; Postfix will retry, so it may be delivered twice")
+            return _deferred(client, envelope, problem, reply, logging.ERROR)
         else:
-            log.warning("%s failed at %s", config.forward, error)
-        return Outcome.from_reply(replies.downstream_failure(error.stage))
+            problem = f"{config.forward} failed at {error}"
+        return _deferred(client, envelope, problem, reply)
     if sent.smtputf8_unsupported:
-        log.error("SMTPUTF8 address but %s does not announce SMTPUTF8", config.forward)
-        return Outcome.from_reply(replies.R451_SMTPUTF8_UNSUPPORTED)
+        return _deferred(client, envelope, f"SMTPUTF8 address but {config.forward} does not "
+                         "announce SMTPUTF8", replies.R451_SMTPUTF8_UNSUPPORTED, logging.ERROR)
     assert sent.reply is not None or sent.refused  # every other stage leaves 10026's reply
     if sent.stage == "MAIL":
-        return _refused("MAIL FROM", sent.reply)
+        return _refused(client, envelope, config, "MAIL FROM", sent.reply)
     if sent.stage == "RCPT":
         # Any temporary refusal makes it all temporary (and the text must then carry a 4.X.X
         # code: pipe(8) lets the text's code override the exit status).
         temporary = [(r, a) for r, a in sent.refused if a.code < 500]
         rcpt, answer = (temporary or sent.refused)[0]
-        return _refused(f"RCPT TO:<{rcpt.path}>", answer)
+        return _refused(client, envelope, config, f"RCPT TO:<{logline.value(rcpt.path)}>",
+                        answer)
     if not sent.delivered:
-        return _refused("end of DATA", sent.reply)
+        return _refused(client, envelope, config, "end of DATA", sent.reply)
     return Outcome.from_reply(replies.relay(sent.reply))
 
 
-def _refused(stage: str, reply: Reply) -> Outcome:
-    outcome = Outcome.from_reply(replies.relay(reply))
-    log.warning("after-filter server refused %s: %s", stage, reply)
-    return outcome
+def _refused(client: Client, envelope: Envelope, config: Config, stage: str,
+             reply: Reply) -> Outcome:
+    """10026 refused the message: its reply decides, logged like a failure (the forward
+    address, queue id and client first, what pipe(8) was told last)."""
+    relayed = replies.relay(reply)
+    return _deferred(client, envelope, f"{config.forward} refused {stage}: "
+                     f"{logline.reply_shown(str(reply))}", relayed)
 
 
 def _load(path: str | None) -> tuple[Config, RuleSet]:
@@ -278,7 +297,7 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
                 # the state's aclose() waits for that before the process exits.
                 engine.settle(
                     envelope, client, len(data), decision, result.text, started,
-                    f"status={result.status}", msg=judged[0] if judged else None,
+                    f"exit={result.status}", msg=judged[0] if judged else None,
                 )
                 await ruleset.env.dns.aclose()
                 await ruleset.env.state.aclose()

@@ -54,6 +54,7 @@ import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from smtpfilter.core import logline
 from smtpfilter.core.envelope import Client
 from smtpfilter.core.message import HeaderBlock, MessageContext
 from smtpfilter.core.replies import starts_with_status
@@ -221,9 +222,10 @@ class PolicyFrontDoor:
                 writer.write(f"action={answer}\n\n".encode("utf-8", "surrogateescape"))
                 await writer.drain()
         except ProtocolError as error:
-            log.warning("policy client %s: %s; disconnecting without an answer", peer, error)
+            log.warning("policy client %s: %s; disconnecting without an answer",
+                        logline.peer(peer), error)
         except TimeoutError:
-            log.debug("policy client %s idle for limits.idle_timeout; closing", peer)
+            log.debug("policy client %s idle for limits.idle_timeout; closing", logline.peer(peer))
         except ConnectionError:
             pass  # Postfix closed the connection (max_idle, max_ttl, smtpd exit)
         except Exception:  # our bug: no answer, Postfix applies its default_action (4xx)
@@ -291,10 +293,20 @@ class PolicyFrontDoor:
             else:
                 message.held.extend(granted)
         if answer != "DUNNO":
-            log.info("policy: queue_id=%s client=%s sasl_user=%s from=<%s> rcpt=<%s>: %s",
-                     message.client.ident or "-", message.client.describe(),
-                     message.client.sasl_user or "-", printable(message.sender),
-                     printable(recipient), answer)
+            # One line per recipient answered with something else than DUNNO: its outcome
+            # differs from the others' (README "Log format").
+            fields = [*_who(message, "rcpt"), *logline.addresses("to", [printable(recipient)]),
+                      f"action={decision.action.value}"]
+            if decision.rule:
+                fields.append(f"by={logline.value(decision.rule)}")
+            fields.append(f"score={decision.score:g}")
+            labels = "+".join(logline.value(v.label) for v in decision.verdicts)
+            fields.append(f"rules={labels or '-'}")
+            if decision.intended is not None and decision.intended is not decision.action:
+                fields.append(f"would={decision.intended.value}")
+            # Last, as a summary line's status: the answer's text may hold ", ".
+            fields.append(f"status=answered ({printable(answer)})")
+            log.info("%s: %s", logline.queue_id(message.client), ", ".join(fields))
         return answer
 
     def _finish(self, message: _Message, *, confirm: bool) -> None:
@@ -306,19 +318,35 @@ class PolicyFrontDoor:
         if not (message.accepted or message.refused):
             return
         if confirm:
-            outcome = "counted" if delivered else "not counted (held or discarded)"
+            outcome = "counted" if delivered else "uncounted (held or discarded)"
         else:
             outcome = "abandoned"
-        log.info(
-            "policy: queue_id=%s client=%s sasl_user=%s from=<%s> rcpts=%s refused=%s rules=%s "
-            "outcome=%s elapsed_ms=%.0f",
-            message.client.ident or "-", message.client.describe(),
-            message.client.sasl_user or "-", printable(message.sender),
-            ",".join(printable(r) for r in message.accepted) or "-",
-            ",".join(printable(r) for r in message.refused) or "-",
-            ",".join(dict.fromkeys(message.rules_hit)) or "-", outcome,
-            (time.monotonic() - message.started) * 1000,
-        )
+        labels = "+".join(logline.value(label) for label in dict.fromkeys(message.rules_hit))
+        delay = f"delay={time.monotonic() - message.started:.2f}"
+        # One line per outcome (README "Log format"): the recipients Postfix went on with, and
+        # those we refused (each also has its own line from the RCPT stage).
+        for recipients, status in ((message.accepted, outcome), (message.refused, "refused")):
+            if not recipients:
+                continue
+            fields = [*_who(message, "message"),
+                      *logline.addresses("to", map(printable, recipients)),
+                      f"rules={labels or '-'}", delay, f"status={status}"]
+            log.info("%s: %s", logline.queue_id(message.client), ", ".join(fields))
+
+
+def _who(message: _Message, line: str) -> list[str]:
+    """The fields that open every policy line: ``policy=rcpt`` (the answer to one RCPT) or
+    ``policy=message`` (what became of the message) marks the line as the policy service's (a
+    content filter line has none), then client, sasl_username (the name Postfix's smtpd logs)
+    and from; what Postfix did not send is left out."""
+    fields = [f"policy={line}"]
+    described = logline.client_field(message.client)
+    if described is not None:
+        fields.append(f"client={described}")
+    if message.client.sasl_user:
+        fields.append(f"sasl_username={logline.value(printable(message.client.sasl_user))}")
+    fields.append(f"from=<{logline.value(printable(message.sender))}>")
+    return fields
 
 
 class PolicyDaemon(Daemon):

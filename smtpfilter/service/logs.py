@@ -3,7 +3,14 @@ so our lines land in /var/log/mail.log beside Postfix's own.
 
 Syslog lines look like Postfix's: ``smtpfilter[PID]: text`` for information and
 ``smtpfilter[PID]: warning: text`` for problems (Postfix's msg(3) prefixes), so the tools that
-read mail.log (pflogsumm, grep "warning:") treat them alike.
+read mail.log (pflogsumm, grep "warning:") treat them alike. A problem with one message is
+``smtpfilter[PID]: QUEUEID: warning: text`` (core/logline.py PER_MESSAGE), as Postfix's
+cleanup(8) writes one, so that ``grep QUEUEID`` finds it beside Postfix's own lines.
+
+Under ``serve --workers N`` (or ``milter --workers N``) each worker's lines carry its number:
+the syslog tag ``smtpfilter/w2[PID]:`` (Postfix's ``postfix/smtpd[PID]:`` shape, so a pattern
+``smtpfilter[/[]`` finds every process and ``smtpfilter/w2`` one worker), and a ``w2 `` prefix on
+stderr. The supervisor and a single process write plain ``smtpfilter[PID]:``.
 
 Every line, whatever the target, is escaped (smtpfilter.core.text): log lines quote client data (MAIL
 FROM, XFORWARD values, header values, aiosmtpd's own "unrecognised: COMMAND" warning). A raw CR,
@@ -24,7 +31,18 @@ import sys
 from smtpfilter.config.settings import LogConfig
 from smtpfilter.core.text import escape, escape_lines
 
-__all__ = ["EscapingFormatter", "setup_logging"]
+__all__ = ["EscapingFormatter", "set_worker", "setup_logging"]
+
+_IDENT = "smtpfilter"
+# The worker number of this process (set_worker), None outside --workers.
+_worker: int | None = None
+
+
+def set_worker(number: int | None) -> None:
+    """This process is worker ``number`` of ``--workers N`` (service/workers.py, after the
+    fork): its log lines say so from now on, whatever handler was set up before."""
+    global _worker
+    _worker = number
 
 
 class EscapingFormatter(logging.Formatter):
@@ -56,9 +74,27 @@ class _SyslogFormatter(EscapingFormatter):
         super().__init__("%(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        # The PID per record, not per formatter: pipe mode and forks get their own.
+        # The PID and worker per record, not per formatter: pipe mode and forks get their own.
+        tag = _IDENT if _worker is None else f"{_IDENT}/w{_worker}"
         prefix = self._PREFIX.get(record.levelno, "")
-        return f"smtpfilter[{os.getpid()}]: {prefix}{super().format(record)}"
+        text = super().format(record)
+        if prefix and getattr(record, "per_message", False):
+            # "QUEUEID: text" → "QUEUEID: warning: text" (core/logline.py PER_MESSAGE)
+            queue_id, sep, rest = text.partition(": ")
+            if sep:
+                return f"{tag}[{os.getpid()}]: {queue_id}: {prefix}{rest}"
+        return f"{tag}[{os.getpid()}]: {prefix}{text}"
+
+
+class _StderrFormatter(EscapingFormatter):
+    """``LEVEL logger: text`` (journald adds time, unit and PID), ``wN `` first in a worker."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if _worker is None else f"w{_worker} {text}"
 
 
 def _unreachable(path: str) -> str | None:
@@ -107,7 +143,7 @@ def setup_logging(config: LogConfig, *, stream=None) -> None:
             )
     if config.target != "syslog" or fallback_reason is not None:
         handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_StderrFormatter())
     root.addHandler(handler)
     root.setLevel(config.level.upper())
     # aiosmtpd logs every command line at INFO on its "mail.log" logger (and the peer of every

@@ -15,8 +15,11 @@ Design (the pre-fork model of Postfix's master(8) and of gunicorn):
   the same validation as a single process) and re-read by the supervisor for the workers it
   starts later; SIGTERM/SIGINT are passed on and the supervisor waits for the workers to drain;
   a worker that dies unexpectedly is logged and replaced.
-- Only the supervisor talks to systemd (NotifyAccess=main): READY=1 once the socket is bound and
-  the rules load, STATUS= with the worker count.
+- Only the supervisor talks to systemd (NotifyAccess=main): READY=1 once the rules load and
+  every worker has bound its socket (each says so on a pipe; a kernel queue then holds new
+  connections until that worker accepts them), STATUS= with the worker count. READY=1 before
+  that left a window where a client, or Postfix, got "connection refused".
+- Each worker's log lines carry its number (service/logs.py: ``smtpfilter/w2[PID]:``).
 - Metrics (when ``metrics.listen`` is set): ONE port with the totals of all workers, through
   prometheus_client's multiprocess mode. Before forking, the supervisor makes a private
   directory (mode 0700, empty: a new one each start, under ``$RUNTIME_DIRECTORY`` when systemd
@@ -32,6 +35,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -43,6 +47,7 @@ from typing import TYPE_CHECKING, Callable
 from smtpfilter.config.settings import Config, ConfigError, load_config
 from smtpfilter.engine.rules import RuleSet, rules_for
 from smtpfilter.service import sdnotify
+from smtpfilter.service.logs import set_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     from smtpfilter.service.lifecycle import Daemon
@@ -53,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 _RESPAWN_DELAY = 1.0  # a worker that dies at once must not turn into a fork loop
+_BIND_TIMEOUT = 30.0  # how long READY=1 waits for the workers to listen
 
 
 def bind(config: Config, *, reuse_port: bool = False, backlog: int = 128) -> socket.socket:
@@ -79,9 +85,10 @@ Binder = Callable[..., socket.socket]
 
 def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
             overrides: dict[str, str], number: int, inherited: socket.socket | None,
-            daemon: DaemonLoader, binder: Binder) -> int:
+            daemon: DaemonLoader, binder: Binder, bound: int | None = None) -> int:
     from smtpfilter.service.lifecycle import run  # in the child: no event loop in the parent
 
+    set_worker(number)  # every line of this worker names it (service/logs.py)
     server_class = daemon()
 
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor speaks to systemd
@@ -89,6 +96,9 @@ def _worker(config: Config, ruleset: RuleSet, config_path: Path | None,
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     sock = inherited if inherited is not None else binder(config, reuse_port=True)
+    if bound is not None:  # listening (bind() listens): the supervisor may say READY=1
+        os.write(bound, b"1")
+        os.close(bound)
     server = server_class(
         config, ruleset, config_path=config_path, overrides=overrides, sock=sock,
         handed_over=inherited is not None,
@@ -125,21 +135,34 @@ def run_workers(
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, int] = {}  # pid → worker number
     stopping = False
+    # Each first worker writes one byte once it listens; closed (None) once all did, before
+    # any respawn, so that a later child never closes an fd number reused since.
+    bound_pipe: list[int | None] = list(os.pipe())
 
-    def spawn(number: int) -> None:
+    def spawn(number: int, bound: int | None = None) -> None:
         pid = os.fork()
         if pid == 0:  # the child
             code = 1
             try:
+                for fd in bound_pipe:
+                    if fd is not None and fd != bound:
+                        os.close(fd)
                 code = _worker(config, ruleset, config_path, overrides, number, sock, daemon,
-                               binder)
+                               binder, bound)
             finally:
                 logging.shutdown()
                 os._exit(code)
         workers[pid] = number
 
+    bound_r, bound_w = bound_pipe
     for number in range(count):
-        spawn(number)
+        spawn(number, bound_w)
+    assert bound_r is not None and bound_w is not None
+    os.close(bound_w)
+    bound_pipe[1] = None
+    _wait_bound(bound_r, count)
+    os.close(bound_r)
+    bound_pipe[0] = None
     where = config.listen if binder is bind else config.milter.listen
     log.info("supervisor %d: %d workers on %s", os.getpid(), count, where)
     sdnotify.notify(f"READY=1\nSTATUS={count} workers, {len(ruleset)} rules")
@@ -191,6 +214,23 @@ def run_workers(
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _wait_bound(fd: int, count: int, timeout: float = _BIND_TIMEOUT) -> None:
+    """Until ``count`` workers said they listen, or all that will have (a worker that fails
+    first closes its end: EOF), or ``timeout``: READY=1 is never withheld for good."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            log.warning("supervisor: %d of %d workers listening after %gs; going on",
+                        seen, count, timeout)
+            return
+        data = os.read(fd, count)
+        if not data:
+            return  # every worker has written or died
+        seen += len(data)
 
 
 def _metrics_dir(config: Config) -> str | None:

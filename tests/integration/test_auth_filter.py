@@ -17,6 +17,7 @@ import authres
 import pytest
 
 from smtpfilter.cli import main
+from tests.support import loglines
 from tests.support.auth import AUTHSERV_ID, BAD_IP, GOOD_IP, message, serve_auth_zones, sign, wire
 from tests.support.client import send_message
 from tests.support.dnsserver import DnsServer, Fault
@@ -102,9 +103,12 @@ async def test_forged_dmarc_is_quarantined_and_released_with_the_header(
                                xforward=xforward(BAD_IP))
     assert reply.code == 250 and "quarantined as" in reply.text and "(DMARC_REJECT)" in reply.text
     assert sink.messages == []
-    line = next(r.getMessage() for r in caplog.records if "action=quarantine" in r.getMessage())
-    assert ("rules=SPF_FAIL(fail reject.test),DKIM_BROKEN(fail d=reject.test),"
-            "DMARC_REJECT(fail p=reject reject.test)") in line
+    [line] = loglines.from_caplog(caplog)
+    assert (line["action"], line["by"]) == ("quarantine", "DMARC_REJECT")
+    # Findings joined with "+": a finding's own "=" and spaces stay inside its field.
+    assert line["rules"] == ("SPF_FAIL(fail reject.test)+DKIM_BROKEN(fail d=reject.test)+"
+                             "DMARC_REJECT(fail p=reject reject.test)")
+    assert line["status"].startswith("quarantined (250 2.0.0 Ok: quarantined as ")
     entry_id = reply.text.split(" as ", 1)[1].split(" ", 1)[0]
     meta = json.loads((tmp_path / "q" / "meta" / f"{entry_id}.json").read_text())
     [[name, value]] = meta["headers"]

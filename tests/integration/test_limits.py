@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from tests.support import loglines
 from tests.support.client import send_message
 from tests.support.messages import message
 
@@ -38,15 +39,13 @@ async def test_headers_past_header_size_are_tagged_by_the_shipped_rules(start_fi
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
-        "from=<sender@example.org>: header section longer than limits.header_size (1048576 "
-        "bytes): " in w and "the rules did not read the rest" in w for w in warnings
+        w.startswith("NOQUEUE: from=<sender@example.org>: header section longer than "
+                     "limits.header_size (1048576 bytes): ")
+        and "the rules did not read the rest" in w for w in warnings
     ), warnings
-    [summary] = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno == logging.INFO and r.getMessage().startswith("queue_id=")
-    ]
-    assert "action=tag score=5 rules=PARSE_LIMIT(HEADER_LIMIT)" in summary
+    [summary] = loglines.from_caplog(caplog)
+    assert (summary["action"], summary["score"]) == ("tag", "5")
+    assert summary["rules"] == "PARSE_LIMIT(HEADER_LIMIT)"
 
 
 async def test_the_log_says_so_even_when_no_rule_watches_the_limit(start_filter, sink, caplog):

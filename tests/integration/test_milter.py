@@ -163,11 +163,13 @@ async def test_tag_strips_forged_copies_and_the_engine_sees_the_message_as_recei
     assert (c.addr, c.name, c.port, c.helo, c.ident, c.sasl_user) == (
         "192.0.2.7", "mail.example", "4321", "client.example", "ABC123", "alice")
     # The one summary line per message, as in SMTP mode, with Postfix's queue id.
+    # The queue id is the milter macro i; the status what Postfix was told (go on).
     [line] = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.engine.judge"]
     assert re.fullmatch(
-        r'queue_id=ABC123 client=mail\.example\[192\.0\.2\.7\] from=<s@example> rcpts=r@example '
-        r'size=\d+ action=tag score=0 rules=TAG_ME\(MATCH\) reply="250 2\.0\.0 Ok: continue" '
-        r"elapsed_ms=\d+", line), line
+        r"ABC123: client=mail\.example\[192\.0\.2\.7\], sasl_username=alice, from=<s@example>, "
+        r"to=<r@example>, "
+        r"size=\d+, action=tag, by=TAG_ME, score=0, rules=TAG_ME\(MATCH\), delay=\d+\.\d\d, "
+        r"status=sent \(250 2\.0\.0 Ok: continue\)", line), line
     await mta.close()
 
 

@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from smtpfilter.cli import main
+from tests.support import loglines
 from tests.support.client import send_message
 from tests.support.mime import (
     MIME_RULES,
@@ -53,7 +54,8 @@ async def test_tagged_multipart_reaches_10026_byte_exact_apart_from_added_header
     assert delivered.data.endswith(data)
     added = delivered.data[: len(delivered.data) - len(data)]
     assert b"rules=WIRE_FRAUD(MATCH)" in added
-    assert "action=tag score=4 rules=WIRE_FRAUD(MATCH)" in caplog.text
+    [line] = loglines.from_caplog(caplog)
+    assert (line["action"], line["score"], line["rules"]) == ("tag", "4", "WIRE_FRAUD(MATCH)")
 
 
 async def test_disguised_executable_is_quarantined_and_nothing_reaches_10026(

@@ -70,7 +70,7 @@ def test_smtpfilter_scan_lists_part_findings(tmp_path, capsys):
     assert "DISGUISED_EXECUTABLE(statement.pdf)" in out and "BANNED_ATTACHMENT(scan_0304.js)" in out
     part_findings = out.split("Part findings (which part, its name, its type):\n", 1)[1]
     assert (f"{box / 'scan.eml'}\n  BANNED_ATTACHMENT: part 2 'Scan vom 04.03.zip' (declared "
-            f"application/zip, detected zip) contains 'scan/scan_0304.js', which matches *.js"
+            f"application/zip, detected zip) contains \"scan/scan_0304.js\", which matches *.js"
             ) in part_findings
     assert main(["scan", "--json", str(box)]) == 0
     flagged = json.loads(capsys.readouterr().out)["not_delivered"]

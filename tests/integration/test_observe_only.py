@@ -9,6 +9,7 @@ import pytest
 from smtpfilter.config.settings import HeadersConfig, PolicyConfig
 from smtpfilter.core.verdict import Action, Finding, Mode, Verdict
 from smtpfilter.engine.policy import Policy
+from tests.support import loglines
 from tests.support.client import send_message
 from tests.support.messages import date_header, message
 
@@ -42,9 +43,8 @@ def rules(mailer: str = "enforce", subject: str = "enforce") -> str:
     return RULES.format(mailer_mode=mailer, subject_mode=subject)
 
 
-def message_line(caplog) -> str:
-    [line] = [r.getMessage() for r in caplog.records if r.name == "smtpfilter.engine.judge"
-              and r.getMessage().startswith("queue_id=")]
+def message_line(caplog) -> loglines.LogLine:
+    [line] = loglines.from_caplog(caplog)
     caplog.clear()
     return line
 
@@ -62,8 +62,9 @@ async def test_warn_mode_delivers_untouched_and_logs_what_it_would_do(start_filt
     assert reply.code == 250 and reply.text.startswith("2.0.0 Ok: queued as")
     assert sink.messages[-1].data == wire  # nothing added, nothing removed
     line = message_line(caplog)
-    assert " action=accept would=discard would_by=SPAM_MAILER " in line
-    assert "rules=SPAM_MAILER(MATCH)" in line
+    assert (line["action"], line["would"], line["would_by"]) == ("accept", "discard", "SPAM_MAILER")
+    assert line["rules"] == "SPAM_MAILER(MATCH)"
+    assert line["status"].startswith("sent (250 2.0.0 Ok: queued as")
 
 
 async def test_warn_mode_alongside_an_enforced_tag(start_filter, sink, caplog):
@@ -74,23 +75,26 @@ async def test_warn_mode_alongside_an_enforced_tag(start_filter, sink, caplog):
     assert reply.code == 250
     assert sink.messages[-1].data.startswith(b"X-Spam-Flag: YES\r\n")  # OLD_DATE's tag is real
     line = message_line(caplog)
-    assert " action=tag would=reject would_by=BAD_SUBJECT " in line
+    assert (line["action"], line["would"], line["would_by"]) == ("tag", "reject", "BAD_SUBJECT")
+    assert line["rules"] == "OLD_DATE(IN_PAST)+BAD_SUBJECT(MATCH)", line
 
 
 async def test_dry_run_delivers_everything_and_logs_the_rule(start_filter, sink, caplog):
     server = await start_filter(rules=rules(), config="dry_run: true\nquarantine: {directory: q}\n")
     cases = [
-        (message("Subject: viagra"), "would=reject would_by=BAD_SUBJECT"),
-        (message("X-Mailer: MaxBulk"), "would=discard would_by=SPAM_MAILER"),
-        (message("Subject: hold me"), "would=quarantine would_by=HELD"),
-        (message("Subject: x", date_header(days_ago=45)), "would=tag would_by=OLD_DATE"),
+        (message("Subject: viagra"), ("reject", "BAD_SUBJECT")),
+        (message("X-Mailer: MaxBulk"), ("discard", "SPAM_MAILER")),
+        (message("Subject: hold me"), ("quarantine", "HELD")),
+        (message("Subject: x", date_header(days_ago=45)), ("tag", "OLD_DATE")),
     ]
     for wire, expected in cases:
         reply = await send_message(server.port, wire)
         assert reply.code == 250 and "queued as" in reply.text
         assert sink.messages[-1].data == wire  # untouched, not even tagged
         line = message_line(caplog)
-        assert " action=accept " in line and expected in line, line
+        assert line["action"] == "accept", line
+        assert (line["would"], line["would_by"]) == expected, line
+        assert line.names[-2:] == ["delay", "status"], line
     assert len(sink.messages) == len(cases)
     assert server.runtime.counters.get("delivered") == len(cases)
 
@@ -101,7 +105,8 @@ async def test_warn_mode_reject_next_to_an_enforced_discard(start_filter, sink, 
     reply = await send_message(server.port, message("X-Mailer: MaxBulk", "Subject: viagra"))
     assert reply.text == "2.0.0 Ok: discarded by content filter (SPAM_MAILER)"
     assert sink.messages == []
-    assert " action=discard " in message_line(caplog)
+    line = message_line(caplog)
+    assert line["action"] == "discard" and line["status"].startswith("discarded (250 "), line
 
 
 # --- what "would" means --------------------------------------------------------------------------

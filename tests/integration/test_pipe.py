@@ -117,8 +117,13 @@ async def test_a_refused_recipient_stops_the_whole_delivery(write_config, sink, 
 
 async def test_10026_refusing_the_message_permanently_is_a_bounce(write_config, sink):
     sink.data_reply = lambda txn: "554 5.7.1 Rejected by policy"
-    status, out, _ = await run_pipe(f"--config={write_config()}", "--sender=a@example.org", "--", "b@example.com")
+    status, out, err = await run_pipe(f"--config={write_config()}", "--queue-id=4F2B1",
+                                      "--sender=a@example.org", "--", "b@example.com")
     assert (status, out) == (69, ["5.7.1 Rejected by policy"])
+    # Our reason, queue id first, for pipe(8)'s log line (it appends our stderr).
+    assert err == (f"WARNING smtpfilter.frontdoors.pipe: 4F2B1: 127.0.0.1:{sink.port} refused end "
+                   "of DATA: 554 5.7.1 Rejected by policy; from=<a@example.org>; bounced (554 "
+                   "5.7.1 Rejected by policy)\n")
 
 
 @pytest.mark.parametrize(
@@ -158,7 +163,7 @@ async def test_a_client_address_that_is_not_one_is_left_out(write_config, sink):
     )
     assert status == 0
     assert sink.messages[0].xforward == [b"XFORWARD NAME=x.example\r\n"]
-    assert "--client-address 'unknown' is not an IP address: ignored" in err
+    assert '--client-address "unknown" is not an IP address: ignored' in err  # no Python repr
 
 
 async def test_dns_lists_use_the_configured_nameservers(write_config, sink):
@@ -220,7 +225,7 @@ async def test_a_header_section_past_header_size_is_logged_and_tagged(write_conf
     )
     assert (status, out) == (0, ["2.0.0 Ok: queued as Q1"])
     assert (
-        "WARNING smtpfilter.engine.judge: queue_id=4F2B1 from=<a@example.org>: header section longer "
+        "WARNING smtpfilter.engine.judge: 4F2B1: from=<a@example.org>: header section longer "
         "than limits.header_size (4096 bytes): the rules did not read the rest"
     ) in err
     [txn] = sink.messages

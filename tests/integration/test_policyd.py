@@ -13,6 +13,7 @@ from smtpfilter.config.settings import load_config
 from smtpfilter.engine.rules import RuleEnv, load_rules
 from smtpfilter.engine.state import StateService
 from smtpfilter.frontdoors.policyd import PolicyDaemon
+from tests.support import loglines
 from tests.support.redisserver import redis_server  # noqa: F401  (fixture)
 from tests.support.service import FilterProcess, free_port
 from tests.support.sink import wait_until
@@ -101,9 +102,20 @@ async def test_the_fourth_message_from_a_client_is_deferred(policyd, caplog):
         answers = await client.message(end=False)
     assert answers == ["DEFER_IF_PERMIT 4.7.1 Rate limit exceeded: "
                        "CLIENT_RATE(192.0.2.1 4/3 per 1h), try again later"]
-    assert "outcome=counted" in caplog.text  # one summary line per message
+    lines = lambda: [line for line in map(loglines.parse, caplog.messages) if line]  # noqa: E731
+    counted = [line for line in lines() if line.get("status") == "counted"]
+    assert len(counted) == 3, caplog.messages  # one summary line per message
+    assert counted[0].names == ["policy", "client", "from", "to", "rules", "delay", "status"]
+    assert counted[0]["client"] == "unknown[192.0.2.1]" and counted[0]["policy"] == "message"
+    # The deferred recipient's own line, at RCPT: what was decided and answered
+    [deferred] = [line for line in lines() if line.get("policy") == "rcpt"]
+    assert (deferred["action"], deferred["by"]) == ("tempfail", "CLIENT_RATE")
+    assert deferred["status"] == ("answered (DEFER_IF_PERMIT 4.7.1 Rate limit exceeded: "
+                                  "CLIENT_RATE(192.0.2.1 4/3 per 1h), try again later)")
     # ...and one for the message whose connection then closed
-    await wait_until(lambda: "rules=CLIENT_RATE(192.0.2.1 4/3 per 1h) outcome=abandoned" in caplog.text)
+    await wait_until(lambda: any(line.get("status") == "refused" for line in lines()))
+    [refused] = [line for line in lines() if line.get("status") == "refused"]
+    assert refused["rules"] == "CLIENT_RATE(192.0.2.1 4/3 per 1h)"
 
 
 async def test_aborted_messages_and_closed_connections_do_not_count(policyd):

@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import start
+from tests.support import loglines
 from tests.support.client import Client, send_message
 from tests.support.messages import message
+from tests.support.service import REPO, child_env
 from tests.support.sink import Hang
 
 OLD = message("Subject: old", "Date: Mon, 1 Jan 2024 10:00:00 +0000")
@@ -215,8 +219,14 @@ async def test_syslog_target_logs_to_facility_mail_with_ident_smtpfilter(service
         )
         await send_message(process.port, OLD)
         line = await next_line()
-        assert line.startswith(f"<22>smtpfilter[{process.pid}]: queue_id=- client=local ")
-        assert "action=reject" in line and "rules=OLD_DATE(IN_PAST)" in line
+        # Postfix's shape through the real SysLogHandler: TAG[PID]: QUEUEID: fields; NOQUEUE
+        # and no client= for a message without XFORWARD (README "Log format").
+        assert line.startswith(f"<22>smtpfilter[{process.pid}]: NOQUEUE: from=<"), line
+        [summary] = loglines.summaries([line])
+        assert (summary["action"], summary["by"], summary["rules"]) == (
+            "reject", "OLD_DATE", "OLD_DATE(IN_PAST)")
+        assert summary["status"].startswith("bounced (550 5.7.1 "), line
+        assert summary.names[-2:] == ["delay", "status"]
         assert process.log() == ""  # nothing on stderr
     finally:
         syslog.close()
@@ -254,3 +264,62 @@ async def test_rule_warnings_go_to_syslog_with_the_log(service):
         syslog.close()
         path.unlink(missing_ok=True)
         directory.rmdir()
+
+
+def _listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on 127.0.0.1:``port`` now (the kernel's own table)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return sum(1 for row in table.read().splitlines()[1:]
+                   if row.split()[1] == wanted and row.split()[3] == "0A")
+
+
+# A supervisor whose workers take a second to bind (the binder runs in each worker): READY=1
+# must still mean "every worker listens".
+_SLOW_WORKERS = """\
+import os, sys, time
+from pathlib import Path
+from smtpfilter.cli import _smtp_daemon
+from smtpfilter.config.settings import load_config
+from smtpfilter.engine.rules import rules_for
+from smtpfilter.service.workers import bind, run_workers
+
+supervisor = os.getpid()
+
+def slow(config, reuse_port=False):
+    if os.getpid() != supervisor:
+        time.sleep(1)
+    return bind(config, reuse_port=reuse_port)
+
+config = load_config(Path(sys.argv[1]))
+sys.exit(run_workers(config, rules_for(config), 2, daemon=_smtp_daemon, binder=slow))
+"""
+
+
+async def test_ready_with_workers_only_once_every_worker_listens(service, tmp_path):
+    # READY=1 came right after the fork: until a worker had bound its SO_REUSEPORT socket a
+    # client got "connection refused" (seen as a flaky test_workers_share_an_inet_port).
+    process = service()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = Path(tempfile.mkdtemp(prefix="sf-n-")) / "notify"
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WORKERS, str(process.config_path)], cwd=REPO,
+        env=child_env(NOTIFY_SOCKET=str(notify_path)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        while True:
+            datagram = await asyncio.wait_for(loop.sock_recv(notify, 4096), 20)
+            if datagram.startswith(b"READY=1"):
+                break
+        assert _listening_sockets(process.port) == 2
+        assert (await send_message(process.port, message("Subject: hi"))).code == 250
+    finally:
+        child.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(child.wait, 20)
+        notify.close()
+        notify_path.unlink()
+        notify_path.parent.rmdir()

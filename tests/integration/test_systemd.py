@@ -82,7 +82,7 @@ async def test_socket_activation_serves_connections_made_before_it_started(servi
         process = await start(service(), listen_socket=listener)
         reply = await asyncio.wait_for(early, 20)
         assert reply.code == 250
-        assert f"using the listening socket systemd passed (('127.0.0.1', {port}))" in process.log()
+        assert f"using the listening socket systemd passed (127.0.0.1:{port})" in process.log()
         assert f"smtpfilter listening on 127.0.0.1:{port}," in process.log()
         # The configured "listen" port was never bound.
         with pytest.raises(ConnectionRefusedError):

@@ -177,8 +177,8 @@ def test_a_filter_killed_after_10026_queued_leaves_the_line_that_matches_both_co
         system.postfix.wait_log(rf"postfix/reinject/smtpd\[\d+\]: {copy1}: client=.*, "
                                 rf"orig_queue_id={first}, ")
         # The dead filter's last word about it: the line that matches that copy.
-        handed = re.findall(rf"(?m)^INFO smtpfilter\.frontdoors\.smtp\.transaction: handing over "
-                            rf"to 127\.0\.0\.1:{proxy.port}: queue_id={first} from=<{SENDER}> ",
+        handed = re.findall(rf"(?m)^INFO smtpfilter\.frontdoors\.smtp\.transaction: {first}: "
+                            rf"handing over to 127\.0\.0\.1:{proxy.port}: from=<{SENDER}>, ",
                             first_filter.log())
         assert len(handed) == 1, first_filter.log()
     finally:
@@ -188,8 +188,8 @@ def test_a_filter_killed_after_10026_queued_leaves_the_line_that_matches_both_co
     second_filter = system.start_filter()
     system.postfix.flush()
     [copy2] = system.sent_onward(first)
-    second_filter.wait_log(rf"^INFO smtpfilter\.engine\.judge: queue_id={first} .* "
-                           rf'reply="250 2\.0\.0 Ok: queued as {copy2}"')
+    second_filter.wait_log(rf"^INFO smtpfilter\.engine\.judge: {first}: .*, "
+                           rf"status=sent \(250 2\.0\.0 Ok: queued as {copy2}\)$")
     system.delivered_finally(copy1)
     system.delivered_finally(copy2)
     assert [d.header("Message-ID") for d in system.delivered()] == [message_id, message_id]

@@ -86,9 +86,10 @@ def test_clean_and_tagged_mail_is_delivered_once_in_one_queue_pass(mail_system):
     assert len(mail.message.get_all("Received")) == 1
     # The one summary line per message, with Postfix's queue id and the real client.
     system.filter.wait_log(
-        rf"INFO smtpfilter\.engine\.judge: queue_id={tagged_id} client=unknown\[127\.0\.0\.2\] "
-        rf"from=<{SENDER}> rcpts={RCPT} size=\d+ action=tag score=0 rules=TAG_ME\(MATCH\) "
-        rf'reply="250 2\.0\.0 Ok: continue" elapsed_ms=\d+$')
+        rf"INFO smtpfilter\.engine\.judge: {tagged_id}: client=unknown\[127\.0\.0\.2\], "
+        rf"from=<{SENDER}>, to=<{RCPT}>, size=\d+, (message-id=\S+, )?action=tag, by=TAG_ME, "
+        rf"score=0, rules=TAG_ME\(MATCH\), delay=\d+\.\d\d, "
+        rf"status=sent \(250 2\.0\.0 Ok: continue\)$")
     system.postfix.wait_log(rf"{tagged_id}: removed")
     assert system.postfix.queue() == []
 
@@ -170,7 +171,8 @@ def test_a_dnsbl_rule_sees_the_real_client_from_the_macros(mail_system, dns):
         client.ehlo("listed.example")
         assert send(client, data) == (
             550, b"5.7.1 Service unavailable; client [1.2.3.4] blocked using zen.dnsbl.test")
-    system.filter.wait_log(r"client=mail\.listed\.example\[1\.2\.3\.4\] .*action=reject")
+    system.filter.wait_log(r"client=mail\.listed\.example\[1\.2\.3\.4\], .*, action=reject, "
+                           r".*, status=bounced \(550 5\.7\.1 ")
     nothing_queued_and_nothing_delivered(system, "from a listed client")
 
 
@@ -212,7 +214,7 @@ def test_many_messages_on_one_connection_without_a_delayed_ack_stall(mail_system
             else:
                 assert code == 550
     for n, qid in zip([n for n in range(12) if n != 5], ids, strict=True):
-        system.filter.wait_log(rf"queue_id={qid} client=\S+ from=<s{n}@sender\.test> ")
+        system.filter.wait_log(rf"{qid}: client=\S+, from=<s{n}@sender\.test>, ")
     assert statistics.median(times) < 0.030, times
 
 
@@ -236,7 +238,7 @@ def test_an_smtputf8_sender_and_an_8bit_helo_pass(mail_system):
                 pass
             replies.append(reply[:3])
     assert replies == [b"250", b"250", b"250", b"354", b"250", b"221"]
-    system.filter.wait_log("from=<j\u00f6rg@sender.test> rcpts=")
+    system.filter.wait_log("from=<j\u00f6rg@sender.test>, to=<")
 
 
 def readme_commands() -> list[list[str]]:

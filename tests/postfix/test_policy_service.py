@@ -110,7 +110,13 @@ def test_limits_reach_the_client_through_postfix(mail_system):
     ])
     problems = [line for line in postfix.log().splitlines() if "warning:" in line or "fatal:" in line]
     assert problems == [], problems
-    policy.wait_log(r"policy: .*rcpts=y@fresh\.test refused=x@d0\.test "
-                    r"rules=DOMAIN_RATE\(d0\.test 3/2 per 1h\) outcome=counted")
-    policy.wait_log(r"policy: .*rcpts=a@one\.test refused=- rules=- outcome=abandoned", count=3)
+    # One line per outcome: the recipient Postfix went on with, and the one refused at RCPT.
+    policy.wait_log(r"[0-9A-Z]+: policy=message, client=unknown\[127\.0\.0\.3\], .*"
+                    r"to=<y@fresh\.test>, rules=DOMAIN_RATE\(d0\.test 3/2 per 1h\), "
+                    r"delay=\d+\.\d\d, status=counted$")
+    policy.wait_log(r": policy=message, .*to=<x@d0\.test>, .*status=refused$")
+    policy.wait_log(r": policy=rcpt, .*to=<x@d0\.test>, action=reject, by=DOMAIN_RATE, .*"
+                    r"status=answered \(REJECT ")
+    policy.wait_log(r": policy=message, .*to=<a@one\.test>, rules=-, .*status=abandoned$",
+                    count=3)
     assert "Traceback" not in policy.log()

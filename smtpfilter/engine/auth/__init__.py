@@ -38,6 +38,7 @@ from typing import Awaitable, Callable, Iterable
 
 from smtpfilter.config.options import Options
 from smtpfilter.config.settings import AuthenticationConfig
+from smtpfilter.core import logline
 from smtpfilter.core.message import Header, MessageContext
 from smtpfilter.engine.auth.dkim import DkimOutcome, DkimResult, DkimSignature, verify_message
 from smtpfilter.engine.auth.dmarc import (
@@ -232,8 +233,8 @@ class Authenticator:
             receiver=settings.authserv_id or "unknown",
         )
         if outcome is not None:
-            log.debug("queue_id=%s SPF %s for %s %s: %s (%d DNS-querying terms, %d void)",
-                      msg.client.ident or "-", outcome.result, outcome.identity,
+            log.debug("%s: SPF %s for %s %s: %s (%d DNS-querying terms, %d void)",
+                      logline.queue_id(msg.client), outcome.result, outcome.identity,
                       outcome.sender or "-", outcome.reason, outcome.lookups,
                       outcome.void_lookups)
         return outcome
@@ -272,7 +273,7 @@ class Authenticator:
         outcome = await evaluate(
             from_values, spf, dkim, query=dns.query, org=org, sample=self._sample
         )
-        log.debug("queue_id=%s DMARC %s for %s: %s (p=%s, applied %s)", msg.client.ident or "-",
+        log.debug("%s: DMARC %s for %s: %s (p=%s, applied %s)", logline.queue_id(msg.client),
                   outcome.result, outcome.from_domain or "-", outcome.reason,
                   outcome.policy or "-", outcome.disposition or "-")
         return outcome

@@ -124,7 +124,7 @@ def parse_record(text: str) -> DmarcRecord:
     if problems:
         if any(uri.strip().lower().startswith("mailto:") for uri in rua.split(",")):
             # RFC 7489 §6.6.3 step 6: with a usable rua=, act as if p=none.
-            log.debug("DMARC record %r: %s; acting as p=none (it has rua=)", text, "; ".join(problems))
+            log.debug('DMARC record "%s": %s; acting as p=none (it has rua=)', text, "; ".join(problems))
             p, sp = "none", None
         else:
             raise DmarcSyntaxError("; ".join(problems))

@@ -43,6 +43,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from smtpfilter.core.text import snippet
 from smtpfilter.engine.resolver import Lookup
 
 __all__ = [
@@ -697,7 +698,7 @@ async def check_message(
     except ValueError:
         return SpfOutcome(
             SpfResult.NONE, "mailfrom", "", mail_from,
-            f"client address {client_ip[:60]!r} is not an IP address",
+            f"client address \"{snippet(client_ip, 60)}\" is not an IP address",
         )
     helo = (helo or "").strip()
     if mail_from:

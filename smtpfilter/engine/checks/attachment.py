@@ -45,6 +45,7 @@ import re
 from smtpfilter.config.options import Options
 from smtpfilter.config.settings import MimeConfig
 from smtpfilter.core.message import MessageContext
+from smtpfilter.core.text import snippet
 from smtpfilter.core.verdict import Finding
 from smtpfilter.engine.filetype import FAMILIES, Detection, detect
 from smtpfilter.engine.mime import Part, glob_forms, record_limit, walk_message
@@ -170,7 +171,8 @@ class AttachmentCheck:
                     if glob is not None:
                         return Finding(
                             "NAME",
-                            f"{describe_part(part, detection)} contains {path!r}, which "
+                            f"{describe_part(part, detection)} contains "
+                            f"\"{snippet(path)}\", which "
                             f"matches {glob}",
                             (path,),
                             label=finding_label(member),

@@ -128,7 +128,7 @@ class BodyCheck:
                     if match is not None:
                         return Finding(
                             "MATCH",
-                            f"body line {snippet(line)!r} matches "
+                            f"body line \"{snippet(line)}\" matches "
                             f"/{match.pattern.removeprefix('(?s)')}/",
                             match.groups,
                         )

@@ -23,6 +23,7 @@ from datetime import timedelta
 from smtpfilter.config.options import Options
 from smtpfilter.core.fields import parse_date
 from smtpfilter.core.message import MessageContext
+from smtpfilter.core.text import snippet
 from smtpfilter.core.verdict import Finding
 
 __all__ = ["DateCheck", "parse_date"]
@@ -101,7 +102,9 @@ class DateCheck:
             which = f"Date #{number} of {count}" if count > 1 else "Date"
             if moment is None:
                 if self.invalid:
-                    return Finding("INVALID", f"{which} header is not a date: {value[:80]!r}")
+                    return Finding(
+                        "INVALID", f"{which} header is not a date: \"{snippet(value, 80)}\""
+                    )
                 continue
             age = msg.received_at - moment
             if self.older_than is not None and age > self.older_than:

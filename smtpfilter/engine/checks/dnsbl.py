@@ -60,6 +60,7 @@ from smtpfilter.config.yamlfile import Mapping
 from smtpfilter.core.envelope import without_ipv6_prefix
 from smtpfilter.core.fields import received_address
 from smtpfilter.core.message import MessageContext
+from smtpfilter.core.text import snippet
 from smtpfilter.core.verdict import Action, Finding
 from smtpfilter.engine.resolver import DnsService, Lookup, Zone, error_answer
 
@@ -246,7 +247,7 @@ def client_address(msg: MessageContext, received_hop: int | None = None) -> tupl
         return None, "no client address (local submission, or no XFORWARD ADDR)"
     ip = _parse_ip(text)
     if ip is None:
-        return None, f"client address {text[:60]!r} ({source}) is not an IP address"
+        return None, f"client address \"{snippet(text, 60)}\" ({source}) is not an IP address"
     if not ip.is_global:
         # Loopback, RFC 1918/4193 private, link-local, documentation, CGNAT...: no DNS list
         # has an opinion on them, and asking leaks internal addresses.

@@ -35,6 +35,7 @@ import weakref
 from dataclasses import replace
 
 from smtpfilter.config.settings import Config, in_networks
+from smtpfilter.core import logline
 from smtpfilter.frontdoors.milter import protocol as p
 from smtpfilter.frontdoors.milter.session import MilterSession
 from smtpfilter.service.lifecycle import Daemon
@@ -147,7 +148,8 @@ class MilterFrontDoor:
     def _admit(self, peer: object) -> bool:
         rt, config = self.runtime, self.runtime.config
         if isinstance(peer, tuple) and not in_networks(peer, config.allow_clients):
-            log.warning("refused milter connection from %s: not in allow_clients", peer)
+            log.warning("refused milter connection from %s: not in allow_clients",
+                        logline.peer(peer))
             rt.count("refused_clients")
             return False
         if not rt.accepting:
@@ -155,7 +157,7 @@ class MilterFrontDoor:
         if rt.sessions >= config.limits.sessions:
             log.warning("refused milter connection from %s: %d connections open "
                         "(limits.sessions); Postfix answers that SMTP session with "
-                        "milter_default_action", peer, rt.sessions)
+                        "milter_default_action", logline.peer(peer), rt.sessions)
             rt.count("refused_busy")
             return False
         return True
@@ -164,17 +166,18 @@ class MilterFrontDoor:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        peer = writer.get_extra_info("peername") or "unix"
-        if not self._admit(peer):
+        address = writer.get_extra_info("peername") or "unix"
+        if not self._admit(address):
             writer.close()
             self._tasks.discard(task)
             return
+        peer = logline.peer(address)  # as the log writes it
         rt = self.runtime
         rt.sessions += 1
         sock = writer.get_extra_info("socket")
         quickack = (self.quickack and sock is not None
                     and sock.family in (socket.AF_INET, socket.AF_INET6))
-        session = MilterSession(rt, peer=str(peer))
+        session = MilterSession(rt, peer=peer)
         conn = _Connection(session, writer)
         self._connections.add(conn)
         decoder = p.Decoder()

@@ -41,7 +41,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from smtpfilter.core import replies
+from smtpfilter.core import logline, replies
 from smtpfilter.core.envelope import Client, Envelope, Recipient
 from smtpfilter.core.message import Header, MessageContext, parse_header_block
 from smtpfilter.core.errors import QuarantineError
@@ -285,9 +285,10 @@ class MilterSession:
         try:
             if self._oversize:
                 log.warning(
-                    "queue_id=%s from=<%s>: message larger than limits.message_size (%d "
-                    "bytes); answering 451 (raise it to Postfix's message_size_limit)",
-                    client.ident or "-", envelope.mail_from, engine.config.limits.message_size,
+                    "%s: from=<%s>: message larger than limits.message_size (%d bytes); "
+                    "answering 451 (raise it to Postfix's message_size_limit)",
+                    logline.queue_id(client), logline.value(envelope.mail_from),
+                    engine.config.limits.message_size, extra=logline.PER_MESSAGE,
                 )
                 packet = reply_packet(replies.R451_LOCAL_ERROR)
             else:
@@ -296,13 +297,15 @@ class MilterSession:
                         engine, envelope, client, received_at
                     )
         except TimeoutError:
-            log.warning("queue_id=%s: no decision within %gs (milter.timeout); answering 451",
-                        client.ident or "-", engine.config.milter.timeout)
+            log.warning("%s: no decision within %gs (milter.timeout); answering 451",
+                        logline.queue_id(client), engine.config.milter.timeout,
+                        extra=logline.PER_MESSAGE)
             decision, summary = None, replies.R451_SCAN_TIMEOUT
             packet = reply_packet(summary)
         except Exception:  # any fault of ours is a 4xx for this message, never a 5xx
-            log.exception("internal error on message from <%s>; answering 451",
-                          envelope.mail_from)
+            log.exception("%s: internal error on the message from <%s>; answering 451",
+                          logline.queue_id(client), logline.value(envelope.mail_from),
+                          extra=logline.PER_MESSAGE)
             decision, summary = None, replies.R451_LOCAL_ERROR
             packet = reply_packet(summary)
         finally:

@@ -16,7 +16,7 @@ import time
 import weakref
 
 from smtpfilter.config.settings import Config
-from smtpfilter.core import replies
+from smtpfilter.core import logline, replies
 from smtpfilter.frontdoors.smtp.session import FilterSMTP
 from smtpfilter.frontdoors.smtp.transaction import FilterHandler
 from smtpfilter.service.lifecycle import Daemon, run
@@ -80,7 +80,7 @@ class SmtpFrontDoor:
         log.info(
             "closing idle session from %s (idle %.1fs) for a new one: %d sessions open "
             "(limits.sessions)",
-            oldest.session.peer,
+            logline.peer(oldest.session.peer),
             time.monotonic() - oldest_since,
             self.runtime.sessions,
         )

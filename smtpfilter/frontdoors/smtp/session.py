@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope
 
-from smtpfilter.core import replies
+from smtpfilter.core import logline, replies
 from smtpfilter.core.envelope import Envelope, Recipient
 from smtpfilter.delivery.downstream import Downstream
 from smtpfilter.frontdoors.smtp.data import DataReader
@@ -187,7 +187,7 @@ class FilterSMTP(PipeliningOutbox, DataReader, SMTP):
         Postfix delivers it again later. That duplicate is inherent in an after-queue filter
         (FILTER_README; it is the same when Postfix dies just after our reply).
         """
-        log.debug("%s: end of input from the client", self.session.peer)
+        log.debug("%s: end of input from the client", logline.peer(self.session.peer))
         keep_open = asyncio.StreamReaderProtocol.eof_received(self)  # feeds EOF to the reader
         # On a TLS transport a half-close cannot be kept (aiosmtpd's own eof_received says so).
         return False if self.session.ssl is not None else keep_open
@@ -244,7 +244,7 @@ class FilterSMTP(PipeliningOutbox, DataReader, SMTP):
         up), it arrives here. The session then ends quietly (see push and _handle_client).
         """
         if isinstance(error, (asyncio.IncompleteReadError, ConnectionError)):
-            log.debug("%s closed the connection", self.session.peer)
+            log.debug("%s closed the connection", logline.peer(self.session.peer))
             self._client_gone = True
             if self.transport is not None:
                 self.transport.close()

@@ -18,10 +18,11 @@ import time
 from datetime import datetime, timezone
 
 from smtpfilter.config.settings import in_networks as _in_networks
-from smtpfilter.core import replies, wire
+from smtpfilter.core import logline, replies, wire
 from smtpfilter.core.envelope import Client, Envelope, Recipient
 from smtpfilter.core.errors import DownstreamError
 from smtpfilter.core.message import MessageContext
+from smtpfilter.core.replies import Reply
 from smtpfilter.core.verdict import Action, Decision
 from smtpfilter.core.wire import outgoing
 from smtpfilter.delivery import quarantine
@@ -70,7 +71,8 @@ class FilterHandler:
         """None to greet the client, or the reply that refuses it."""
         config = self.rt.config
         if not _in_networks(session.peer, config.allow_clients):
-            log.warning("refused connection from %s: not in allow_clients", session.peer)
+            log.warning("refused connection from %s: not in allow_clients",
+                        logline.peer(session.peer))
             self.rt.count("refused_clients")
             return replies.R554_ACCESS_DENIED
         if not self.rt.accepting:
@@ -80,7 +82,7 @@ class FilterHandler:
         ):
             log.warning(
                 "refused connection from %s: %d sessions open and busy (limits.sessions)",
-                session.peer,
+                logline.peer(session.peer),
                 self.rt.sessions,
             )
             self.rt.count("refused_busy")
@@ -151,6 +153,36 @@ class FilterHandler:
             log.exception("RSET to 10026 failed unexpectedly, dropping that connection")
             self._drop(session)
 
+    def _deferred(self, envelope: Envelope, problem: str, stage: str = "", *,
+                  reply: str | None = None, rcpt: str | None = None,
+                  level: int = logging.WARNING) -> str:
+        """The 4xx for a failure at 10026 (``stage``), logged as Postfix logs a problem with
+        one message, so that ``grep QUEUEID mail.log`` finds our reason next to Postfix's:
+        ``QUEUEID: warning: cannot reach 127.0.0.1:10026 (Connection refused);
+        client=host[1.2.3.4], from=<a@b>; deferred (451 4.4.1 ...)``."""
+        reply = reply or replies.downstream_failure(stage)
+        client = envelope.client()
+        fields = [f"from=<{logline.value(envelope.mail_from)}>"]
+        if rcpt is not None:
+            fields.append(f"to=<{logline.value(rcpt)}>")
+        described = logline.client_field(client)
+        if described is not None:
+            fields.insert(0, f"client={described}")
+        told = "bounced" if reply[:1] == "5" else "deferred"  # Postfix's words
+        log.log(level, "%s: %s; %s; %s (%s)", logline.queue_id(client), problem,
+                ", ".join(fields), told, logline.reply_shown(reply), extra=logline.PER_MESSAGE)
+        return reply
+
+    def _relayed(self, envelope: Envelope, command: str, reply: Reply,
+                 rcpt: str | None = None) -> str:
+        """10026's own answer, relayed; a refusal is logged like a failure (the queue id, the
+        forward address, the client), since Postfix's line only says "host 127.0.0.1 said"."""
+        relayed = replies.relay(reply)
+        if not reply.positive:
+            self._deferred(envelope, f"{self.rt.config.forward} refused {command}: "
+                           f"{logline.reply_shown(str(reply))}", reply=relayed, rcpt=rcpt)
+        return relayed
+
     # --- MAIL / RCPT ---------------------------------------------------------------------
     async def mail(self, session: FilterSession, txn: Transaction) -> str:
         """MAIL, in lockstep: 10026's own answer to the same MAIL (after XFORWARD)."""
@@ -159,17 +191,16 @@ class FilterHandler:
             try:
                 conn, reused = await self._downstream(session)
             except DownstreamError as error:
-                log.warning("cannot reach 10026 (%s): deferring <%s>", error, envelope.mail_from)
                 self.rt.count("downstream_errors")
-                return replies.downstream_failure(error.stage)
+                return self._deferred(envelope, f"cannot reach {self.rt.config.forward} "
+                                      f"({error.detail})", error.stage)
             params = conn.mail_params(envelope.mail_params)
             if params is None:
-                log.error(
-                    "SMTPUTF8 mail from <%s> but 10026 does not announce SMTPUTF8 (set "
-                    "smtputf8_enable = yes for the 10026 smtpd); deferring it",
-                    envelope.mail_from,
+                return self._deferred(
+                    envelope, f"SMTPUTF8 mail but {self.rt.config.forward} does not announce "
+                    "SMTPUTF8 (set smtputf8_enable = yes for its smtpd)",
+                    reply=replies.R451_SMTPUTF8_UNSUPPORTED, level=logging.ERROR,
                 )
-                return replies.R451_SMTPUTF8_UNSUPPORTED
             try:
                 await conn.xforward(envelope.xforward)
                 reply = await conn.mail(envelope.mail_path, params)
@@ -181,12 +212,12 @@ class FilterHandler:
                     # would then cost the client two command_timeouts instead of one.
                     log.debug("stale 10026 connection (%s), reconnecting", error)
                     continue
-                log.warning("10026 failed at %s: deferring <%s>", error, envelope.mail_from)
                 self.rt.count("downstream_errors")
-                return replies.downstream_failure(error.stage)
+                return self._deferred(envelope, f"{self.rt.config.forward} failed at {error}",
+                                      error.stage)
             if not conn.connected:
                 self._drop(session)
-            return replies.relay(reply)
+            return self._relayed(envelope, "MAIL FROM", reply)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def rcpt(self, session: FilterSession, txn: Transaction, rcpt: Recipient) -> str:
@@ -200,10 +231,10 @@ class FilterHandler:
             reply = await conn.rcpt(rcpt.path, conn.rcpt_params(rcpt.params))
         except DownstreamError as error:
             self._drop(session)
-            log.warning("10026 failed at %s: deferring <%s>", error, rcpt.address)
             self.rt.count("downstream_errors")
-            return replies.downstream_failure(error.stage)
-        return replies.relay(reply)
+            return self._deferred(txn.envelope, f"{self.rt.config.forward} failed at {error}",
+                                  error.stage, rcpt=rcpt.address)
+        return self._relayed(txn.envelope, "RCPT TO", reply, rcpt=rcpt.address)
 
     # --- DATA ----------------------------------------------------------------------------
     async def data(self, session: FilterSession, txn: Transaction, data: bytearray) -> str:
@@ -227,7 +258,9 @@ class FilterHandler:
             reply = "(client disconnected)"
             raise
         except Exception:
-            log.exception("internal error on message from <%s>; answering 451", envelope.mail_from)
+            log.exception("%s: internal error on the message from <%s>; answering 451",
+                          logline.queue_id(client), logline.value(envelope.mail_from),
+                          extra=logline.PER_MESSAGE)
             self._drop(session)
             reply = replies.R451_LOCAL_ERROR
         finally:
@@ -251,7 +284,9 @@ class FilterHandler:
             return replies.downstream_failure("DATA"), None
         if wire.has_bare_line_ends(data):
             # Never pass a bare CR or LF on to the 10026 smtpd (SMTP smuggling, core/wire.py).
-            log.warning("message from <%s> has bare CR/LF: normalised to CRLF", envelope.mail_from)
+            log.warning("%s: from=<%s>: bare CR or LF in the message: normalised to CRLF",
+                        logline.queue_id(client), logline.value(envelope.mail_from),
+                        extra=logline.PER_MESSAGE)
             data = bytearray(wire.normalise(data))
         msg, decision, failure = await engine.judge(
             envelope, client, data, received_at=received_at
@@ -276,13 +311,13 @@ class FilterHandler:
         # even if this process dies before it can answer Postfix, which then sends it again
         # (FILTER_README's design: the one duplicate an after-queue filter cannot prevent).
         # This line is what ties that first copy (10026's log: orig_queue_id=, XFORWARD IDENT)
-        # to the message Postfix retries (issue 12: a SIGKILL left no line for it). It does
-        # not start with "queue_id=": that is the summary line's, one per message.
+        # to the message Postfix retries (issue 12: a SIGKILL left no line for it). Its fields
+        # are not the summary line's (no action=, no status=): one summary line per message.
         log.info(
-            "handing over to %s: queue_id=%s from=<%s> size=%d",
+            "%s: handing over to %s: from=<%s>, size=%d",
+            logline.queue_id(client),
             config.forward,
-            client.ident or "-",
-            envelope.mail_from or "",
+            logline.value(envelope.mail_from or ""),
             len(data),
         )
         try:
@@ -291,14 +326,12 @@ class FilterHandler:
             self._drop(session)
             self.rt.count("downstream_errors")
             if error.sent_data:
-                log.error(
-                    "10026 failed after the final '.' (%s): it may have queued the message; "
-                    "Postfix will retry, so it may be delivered twice",
-                    error,
-                )
-            else:
-                log.warning("10026 failed at %s", error)
-            return replies.downstream_failure(error.stage), decision
+                problem = (f"{config.forward} failed after the final '.' ({error}): it may have "
+                           "queued the message; Postfix will retry, so it may be delivered twice")
+                return self._deferred(envelope, problem, error.stage,
+                                      level=logging.ERROR), decision
+            return self._deferred(envelope, f"{config.forward} failed at {error}",
+                                  error.stage), decision
         if conn.in_transaction:  # 10026 refused DATA itself: end that transaction
             await self.reset(session)
         if not conn.connected:
