@@ -48,10 +48,12 @@ def text_blocks_after(marker: str) -> list[str]:
 
 
 def shape(line: str) -> re.Pattern[str]:
-    """A README sample log line as a pattern: its size= and elapsed_ms= may differ."""
-    variable = r"((?:size|elapsed_ms)=)\d+"
+    """A README sample log line as a pattern: its size=, message-id= (swaks makes one from the
+    time and host) and delay= may differ."""
+    variable = r"(size=\d+|message-id=<[^>]*>|delay=[\d.]+)"
+    patterns = {"size": r"size=\d+", "message-id": r"message-id=<[^>]*>", "delay": r"delay=[\d.]+"}
     parts = re.split(variable, line)  # text, field, text, field, ... text
-    return re.compile("".join(re.escape(part) if i % 2 == 0 else re.escape(part) + r"\d+"
+    return re.compile("".join(re.escape(part) if i % 2 == 0 else patterns[part.split("=")[0]]
                               for i, part in enumerate(parts)))
 
 
