@@ -16,9 +16,10 @@ import re
 from typing import Any, Iterable, Sequence
 
 from smtpfilter.config.yamlfile import Mapping
+from smtpfilter.config.yamlfile import Sequence as YamlList
 from smtpfilter.core.errors import ConfigError, Problem
 
-__all__ = ["ConfigError", "Options", "Problem", "parse_duration", "parse_size"]
+__all__ = ["ConfigError", "Options", "Problem", "in_file_order", "parse_duration", "parse_size"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,18 @@ def parse_size(value: Any) -> int:
 _MISSING = object()
 
 
+def in_file_order(problems: Iterable[Problem]) -> list[Problem]:
+    """Problems sorted as an admin reads the file: by file, then line (sections are checked
+    in code order, which is not the file's). Places without a line keep their order, first."""
+
+    def key(problem: Problem) -> tuple[str, int]:
+        source, _, line = problem.where.partition(":")
+        number = line.split(":")[0]
+        return source, int(number) if number.isdigit() else 0
+
+    return sorted(problems, key=key)
+
+
 class Options:
     """Read typed values out of one mapping; unknown keys are problems.
 
@@ -87,14 +100,27 @@ class Options:
         # Shared with the caller like ``problems``; None: each warning is logged at once.
         self.warnings = warnings
         self._used: set[str] = set()
+        self._needs: list[str] = []
+        self._problems_before = len(problems)
 
     # --- bookkeeping -------------------------------------------------------------------
-    def where(self, key: str | None = None) -> str:
+    def where(self, key: str | None = None, index: int | None = None) -> str:
+        """``file:line`` of ``key`` (of its ``index``-th item when it holds a list)."""
+        value = self.mapping.get(key) if key is not None else None
+        if index is not None and isinstance(value, YamlList):
+            return value.where(index)
         return self.mapping.where(key)
 
-    def problem(self, key: str | None, message: str) -> None:
+    def problem(self, key: str | None, message: str, *, index: int | None = None) -> None:
         label = f"{self.prefix}{key}: " if key else ""
-        self.problems.append(Problem(self.where(key), label + message, self.rule))
+        self.problems.append(Problem(self.where(key, index), label + message, self.rule))
+
+    def need(self, message: str) -> None:
+        """Something missing as a whole ("a date rule needs at least one of ..."): reported
+        by :meth:`finish` only if nothing else was wrong here. A mistyped ``older_then`` or a
+        bad ``older_than: yes`` leaves older_than unset too; saying so a second time would
+        send the admin after a second mistake that is not there (one mistake, one error)."""
+        self._needs.append(message)
 
     def warn(self, key: str | None, message: str, *, where: str | None = None) -> None:
         """Something usable but probably not meant; ``where`` names another file:line (a line
@@ -123,8 +149,25 @@ class Options:
             if key in valid:
                 continue
             close = difflib.get_close_matches(key, sorted(valid), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            self.problem(None, f"unknown key '{self.prefix}{key}'{hint}")
+            # The full path in both names: "limits.sesions" → "limits.sessions" is what the
+            # admin searches the README for.
+            hint = f"; did you mean '{self.prefix}{close[0]}'?" if close else ""
+            # The typo's own line, not its block's: key_lines keeps every key's line.
+            self.problems.append(Problem(
+                self.mapping.where(key), f"unknown key '{self.prefix}{key}'{hint}", self.rule
+            ))
+        if len(self.problems) == self._problems_before:
+            for message in self._needs:
+                self.problem(None, message)
+        self._needs.clear()
+
+    def ignore_rest(self, known: Sequence[str] = ()) -> None:
+        """Mark every key as read but near misses of ``known``: when the rule kind is unknown
+        its options cannot be checked, and calling each of them an unknown key would bury the
+        one real mistake (a mistyped ``chek:`` is still reported, as a typo of ``check``)."""
+        self._used.update(
+            key for key in self.mapping if not difflib.get_close_matches(key, known, n=1)
+        )
 
     # --- typed accessors ---------------------------------------------------------------
     def raw(self, key: str, default: Any = None) -> Any:

@@ -30,7 +30,7 @@ import yaml
 
 from smtpfilter.core.errors import YamlError
 
-__all__ = ["Mapping", "Sequence", "YamlError", "load_file", "load_text"]
+__all__ = ["Mapping", "Sequence", "YamlError", "load_bytes", "load_file", "load_text"]
 
 
 class Mapping(dict):
@@ -248,8 +248,13 @@ def load_file(path: Path) -> Any:
         raw = path.read_bytes()
     except OSError as error:
         # No line to point at: the caller that knows why the file was read (--config, a rules
-        # entry) adds its own place; see settings.load_config and rules.rule_files.
+        # entry) adds its own place; see settings.load_config and rules.load_rules.
         raise YamlError(str(path), f"cannot read: {error.strerror or error}") from None
+    return load_bytes(raw, path)
+
+
+def load_bytes(raw: bytes, path: Path) -> Any:
+    """Parse what was read from ``path``: the encoding checks of :func:`load_file`."""
     for bom, encoding in _BOMS:
         if raw.startswith(bom):
             raise YamlError(f"{path}:1", f"{encoding} text: save the file as UTF-8")
