@@ -66,6 +66,24 @@ def parse_size(value: Any) -> int:
 _MISSING = object()
 
 
+def what_it_is(value: Any) -> str:
+    """A YAML value as the admin wrote it ("a list [1]"), not as Python holds it ("Sequence")."""
+    if isinstance(value, list):
+        return f"a list {_short(value)}"
+    if isinstance(value, dict):
+        return "a mapping (key: value lines)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return repr(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(list(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def in_file_order(problems: Iterable[Problem]) -> list[Problem]:
     """Problems sorted as an admin reads the file: by file, then line (sections are checked
     in code order, which is not the file's). Places without a line keep their order, first."""
@@ -185,7 +203,7 @@ class Options:
         if isinstance(value, (int, float)):
             return str(value)
         if not isinstance(value, str):
-            self.problem(key, f"expected text, got {type(value).__name__}")
+            self.problem(key, f"expected text, got {what_it_is(value)}")
             return default
         return value
 
@@ -286,7 +304,7 @@ class Options:
                 warnings=self.warnings,
             )
         if not isinstance(value, Mapping):
-            self.problem(key, f"expected a mapping of settings, got {type(value).__name__}")
+            self.problem(key, f"expected a mapping of settings, got {what_it_is(value)}")
             value = Mapping(source=self.mapping.source, line=self.mapping.line)
         return Options(
             value, self.problems, rule=self.rule, prefix=f"{self.prefix}{key}.",

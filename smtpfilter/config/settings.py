@@ -16,6 +16,7 @@ The README documents every section; ``smtpfilter check-config`` validates a file
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import sys
 from dataclasses import dataclass, field, replace
@@ -833,6 +834,9 @@ def _authentication(opts: Options, base: Path) -> AuthenticationConfig:
     if psl_path is not None and not psl_path.is_file():
         opts.problem("psl_file", f"{psl_path} does not exist (Debian: apt install publicsuffix, "
                      f"/usr/share/publicsuffix/public_suffix_list.dat)")
+    elif psl_path is not None and not os.access(psl_path, os.R_OK):
+        # Read on the first DMARC check, not now: unreadable, every such message would be a 451.
+        opts.problem("psl_file", f"{psl_path}: Permission denied (as uid {os.geteuid()})")
     dkim = opts.section("dkim")
     config = AuthenticationConfig(
         authserv_id=authserv_id,
