@@ -763,7 +763,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["pipe"]:
         return _pipe(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:
+        # argparse has printed the usage and "error: ..."; its status 2 is no sysexits code, and
+        # the docstring promises 64 (EX_USAGE). --help and --version (0) pass through.
+        if exit.code == 2:
+            raise SystemExit(EX_USAGE) from None
+        raise
     try:
         return args.func(args)
     except BrokenPipeError:

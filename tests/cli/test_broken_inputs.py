@@ -307,3 +307,19 @@ def test_a_table_line_re2_cannot_run_is_named_with_its_line(runner, tmp_path):
     result = runner.run(["import-header-checks", "hc"], tmp_path)
     assert result.status == 0 and "Traceback" not in result.stderr, result
     assert re.search(r"^smtpfilter: hc:2: .*backreference", result.stderr, re.M), result
+
+
+# --- a wrong argument ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [pytest.param([*command.split(), "--no-such-option"], 64, id=command)
+     for command in [*READS_CONFIG, *QUARANTINE, "import-header-checks"] if command != "pipe"]
+    + [pytest.param(["pipe", "--no-such-option"], 75, id="pipe")],
+)
+def test_a_wrong_argument_is_a_usage_error(runner, tmp_path, argv, status):
+    # sysexits(3) EX_USAGE, not argparse's 2; pipe(8) would bounce on 64, so pipe says 75.
+    result = runner.run(argv, tmp_path)
+    assert result.status == status, result
+    assert "Traceback" not in result.stderr, result
+    # argparse's usage, then one line that says what is wrong (pipe: that line only)
+    assert re.match(r"smtpfilter[a-z -]*: (error: )?", result.stderr.splitlines()[-1]), result
