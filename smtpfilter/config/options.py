@@ -170,6 +170,8 @@ class Options:
             # The full path in both names: "limits.sesions" → "limits.sessions" is what the
             # admin searches the README for.
             hint = f"; did you mean '{self.prefix}{close[0]}'?" if close else ""
+            if not close and len(valid) <= 20:
+                hint = f"; known: {', '.join(sorted(valid))}"
             # The typo's own line, not its block's: key_lines keeps every key's line.
             self.problems.append(Problem(
                 self.mapping.where(key), f"unknown key '{self.prefix}{key}'{hint}", self.rule
@@ -195,7 +197,8 @@ class Options:
         value = self._get(key, _MISSING)
         if value is _MISSING:
             if required:
-                self.problem(key, "is required")
+                # Deferred: after "unknown key 'result'; did you mean 'results'?" it is noise.
+                self.need(f"{self.prefix}{key}: is required")
             return default
         if isinstance(value, bool):
             self.problem(key, f"expected text, got {value!r} (quote it)")
@@ -271,7 +274,8 @@ class Options:
         value = self._get(key, _MISSING)
         if value is _MISSING:
             if required:
-                self.problem(key, "is required")
+                # Deferred: after "unknown key 'result'; did you mean 'results'?" it is noise.
+                self.need(f"{self.prefix}{key}: is required")
             return default
         items = value if isinstance(value, list) else [value]
         result = []
