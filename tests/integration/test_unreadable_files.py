@@ -96,3 +96,27 @@ async def test_sighup_with_an_unreadable_rules_directory_logs_it_and_keeps_the_o
     reply = await send_message(process.port, OLD)  # still serving, with the old rules
     assert (reply.code, reply.text) == (550, "5.7.1 Message content rejected (OLD_DATE)")
     assert process.process.poll() is None
+
+
+async def test_sighup_under_workers_keeps_the_supervisor_and_every_worker(service, tmp_path):
+    # The supervisor reads the config and rules at SIGHUP too, before passing it on: on main
+    # its PermissionError ended the supervisor, and with it the whole service.
+    process = service()
+    (tmp_path / "r").mkdir()
+    process.rules.rename(tmp_path / "r" / "rules.yaml")
+    process.config_path.write_text(
+        process.config_path.read_text().replace("rules: [rules.yaml]", "rules: [r]"))
+    process.args = ("--workers", "2")
+    process.unprivileged = True
+    await start(process)
+
+    os.chmod(tmp_path / "r", 0)
+    process.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(process.wait_log, r"reload failed: keeping the previous "
+                            r"configuration and rules", 20, 2)  # one per worker
+    log = process.log()
+    assert "Traceback" not in log, log
+    assert log.count(f"reload: {process.config_path}:4: rules: r: Permission denied") == 2, log
+    assert process.process.poll() is None
+    reply = await send_message(process.port, OLD)
+    assert (reply.code, reply.text) == (550, "5.7.1 Message content rejected (OLD_DATE)")
