@@ -414,7 +414,7 @@ class Config:
     rules: tuple[Path, ...] = field(default_factory=lambda: (shipped_rules_dir(),))
     # For each of ``rules`` named in the file: (file:line, the path as written), so that
     # "Permission denied" is reported at the line an admin has to look at.
-    rules_written: tuple[tuple[str, str], ...] = ()
+    rules_written: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
     allow_clients: tuple[Network, ...] = LOOPBACK
     xforward_clients: tuple[Network, ...] = LOOPBACK
     dry_run: bool = False

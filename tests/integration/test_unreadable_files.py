@@ -19,7 +19,7 @@ import sys
 from tests.integration.conftest import start
 from tests.support.client import send_message
 from tests.support.messages import message
-from tests.support.service import REPO, child_env
+from tests.support.service import child_env
 from tests.support.unprivileged import drop_file_override
 
 OLD = message("Subject: old", "Date: Mon, 1 Jan 2024 10:00:00 +0000")
