@@ -296,7 +296,10 @@ def load_rules(
             problems.append(Problem(error.where, error.problem))
             continue
         if data is None:
-            continue  # an empty file is a file with no rules
+            # Usable (a file with no rules), but an empty file is more often a copy or an
+            # editor's save gone wrong than a decision; "rules: []" says it on purpose.
+            warnings.append(Problem(f"{path}:1", "empty file: no rules in it"))
+            continue
         if not isinstance(data, Mapping) or set(data) - {"rules"}:
             problems.append(Problem(f"{path}:1", "a rule file has one top-level key: rules"))
             continue

@@ -323,3 +323,11 @@ def test_a_wrong_argument_is_a_usage_error(runner, tmp_path, argv, status):
     assert "Traceback" not in result.stderr, result
     # argparse's usage, then one line that says what is wrong (pipe: that line only)
     assert re.match(r"smtpfilter[a-z -]*: (error: )?", result.stderr.splitlines()[-1]), result
+
+
+def test_an_empty_rule_file_is_usable_but_said(runner, tmp_path):
+    # No rules is a valid rule file ("rules: []"); an empty one is more often a failed copy.
+    lay_out(tmp_path, Broken("", "", rules=b""))
+    result = runner.run(["check-config", "-c", "c.yaml"], tmp_path)
+    assert result.status == 0, result
+    assert result.stderr.splitlines() == ["smtpfilter: warning: r.yaml:1: empty file: no rules in it"]

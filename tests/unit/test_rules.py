@@ -110,7 +110,9 @@ def test_bad_rule_files(tmp_path, text, problem):
 
 def test_missing_path_and_empty_file(tmp_path):
     write(tmp_path, "", "empty.yaml")
-    assert len(load_rules([tmp_path / "empty.yaml"])) == 0
+    empty = load_rules([tmp_path / "empty.yaml"])
+    assert len(empty) == 0
+    assert [str(w) for w in empty.warnings] == [f"{tmp_path / 'empty.yaml'}:1: empty file: no rules in it"]
     with pytest.raises(ConfigError, match="nope.yaml: No such file or directory"):
         load_rules([tmp_path / "nope.yaml"])
 
