@@ -330,4 +330,5 @@ def test_an_empty_rule_file_is_usable_but_said(runner, tmp_path):
     lay_out(tmp_path, Broken("", "", rules=b""))
     result = runner.run(["check-config", "-c", "c.yaml"], tmp_path)
     assert result.status == 0, result
-    assert result.stderr.splitlines() == ["smtpfilter: warning: r.yaml:1: empty file: no rules in it"]
+    # (check-config may warn of other things too, such as a forward that does not answer)
+    assert "smtpfilter: warning: r.yaml:1: empty file: no rules in it" in result.stderr.splitlines()
