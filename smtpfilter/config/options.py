@@ -119,6 +119,7 @@ class Options:
         self.warnings = warnings
         self._used: set[str] = set()
         self._needs: list[str] = []
+        self._sections: set[str] = set()  # keys read as nested mappings (section())
         self._problems_before = len(problems)
 
     # --- bookkeeping -------------------------------------------------------------------
@@ -170,7 +171,12 @@ class Options:
             # The full path in both names: "limits.sesions" → "limits.sessions" is what the
             # admin searches the README for.
             hint = f"; did you mean '{self.prefix}{close[0]}'?" if close else ""
-            if not close and len(valid) <= 20:
+            head, _, rest = key.partition("_")
+            if not close and head in self._sections and rest:
+                # "log_level:" for "log: {level: ...}", a habit of flat config formats
+                hint = (f"; did you mean '{self.prefix}{head}.{rest}' ({rest}: indented "
+                        f"under {head}:)?")
+            elif not close and len(valid) <= 20:
                 hint = f"; known: {', '.join(sorted(valid))}"
             # The typo's own line, not its block's: key_lines keeps every key's line.
             self.problems.append(Problem(
@@ -300,6 +306,7 @@ class Options:
 
     def section(self, key: str) -> "Options":
         """A nested mapping, read with the same problem list."""
+        self._sections.add(key)
         value = self._get(key, _MISSING)
         if value is _MISSING:
             empty = Mapping(source=self.mapping.source, line=self.mapping.line)

@@ -60,7 +60,7 @@ def rule(*lines: str) -> bytes:
 # Mistakes in the config: every command that reads it.
 CONFIG_MISTAKES = {
     "typo at the top": Broken(
-        "c.yaml:5", "unknown key 'log_level'",
+        "c.yaml:5", "unknown key 'log_level'; did you mean 'log.level' (level: indented under log:)?",
         BASE_CONFIG + b"hostname: filter.test\nlisten: 127.0.0.1:10025\nlog_level: info\n"),
     "typo in log": Broken(
         "c.yaml:5", "unknown key 'log.levle'; did you mean 'log.level'?",
