@@ -85,13 +85,18 @@ def _short(value: Any) -> str:
 
 
 def in_file_order(problems: Iterable[Problem]) -> list[Problem]:
-    """Problems sorted as an admin reads the file: by file, then line (sections are checked
-    in code order, which is not the file's). Places without a line keep their order, first."""
+    """Problems sorted as an admin reads the file: by line within each file (sections are
+    checked in code order, which is not the file's), the files in the order they were first
+    named. Places without a line come first in their file, in their own order."""
+    problems = list(problems)
+    first: dict[str, int] = {}
+    for problem in problems:
+        first.setdefault(problem.where.partition(":")[0], len(first))
 
-    def key(problem: Problem) -> tuple[str, int]:
+    def key(problem: Problem) -> tuple[int, int]:
         source, _, line = problem.where.partition(":")
         number = line.split(":")[0]
-        return source, int(number) if number.isdigit() else 0
+        return first[source], int(number) if number.isdigit() else 0
 
     return sorted(problems, key=key)
 
