@@ -97,6 +97,10 @@ CONFIG_MISTAKES = {
                                               BASE_CONFIG + b"limits: 5\n"),
     "metrics beyond loopback": Broken("c.yaml:3", "loopback only",
                                       BASE_CONFIG + b"metrics: {listen: '0.0.0.0:9125'}\n"),
+    "public suffix list unreadable": Broken(
+        "c.yaml:3", "authentication.psl_file: psl.dat: Permission denied",
+        BASE_CONFIG + b"authentication: {psl_file: psl.dat}\n", files={"psl.dat": b"com\n"},
+        unreadable=("psl.dat",)),
     "config unreadable": Broken("c.yaml", "cannot read: Permission denied",
                                 unreadable=("c.yaml",)),
     "config is a directory": Broken("conf.d", "is a directory; --config names the YAML file",

@@ -2,7 +2,7 @@
 
 ``python -m smtpfilter`` costs 0.5-1 s on this machine before it does anything (interpreter start
 and the imports: python -X importtime shows 0.5 s for smtpfilter.cli under load). A table of
-broken inputs run through every subcommand is some 400 command lines: minutes. So this helper is
+broken inputs run through every subcommand is some 500 command lines: minutes. So this helper is
 started once (``python -m tests.support.clirunner``), imports what the commands import, and forks
 one child per command line. Each child is a process of its own, as ``python -m smtpfilter``
 would be after its imports: its own stdin (/dev/null), stdout and stderr (files), working
