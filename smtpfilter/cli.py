@@ -16,7 +16,8 @@ Without ``--config`` the commands read /etc/smtpfilter/smtpfilter.yaml when it e
 built-in defaults and the shipped rules (DEFAULT_CONFIG).
 
 Exit codes follow sysexits(3): 0 fine, 64 usage, 66 no input (``scan`` and ``test`` also when a
-message was skipped, ``quarantine`` for a directory that does not exist), 78 configuration
+message was skipped, ``quarantine`` for a directory that does not exist), 71 an OS error
+(cannot listen, a file the system refused), 73 cannot create an output file, 78 configuration
 error (systemd's RestartPreventExitStatus=78 keeps a broken config from restart-looping);
 ``doctor`` exits 1 when it found problems and 69 when it cannot read Postfix's configuration.
 ``pipe`` is different: pipe(8) bounces mail on any status but 0 and a few sysexits, so it only
@@ -49,6 +50,9 @@ log = logging.getLogger("smtpfilter.serve")
 EX_OK = 0
 EX_USAGE = 64
 EX_NOINPUT = 66
+EX_SOFTWARE = 70
+EX_OSERR = 71
+EX_CANTCREAT = 73
 EX_CONFIG = 78
 
 
@@ -119,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run(server.serve(), config.event_loop)
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
-        return 71  # EX_OSERR
+        return EX_OSERR
     return EX_OK
 
 
@@ -171,7 +175,7 @@ def cmd_milter(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.milter.listen}: "
               f"{error.strerror or error}", file=sys.stderr)
-        return 71  # EX_OSERR
+        return EX_OSERR
     return EX_OK
 
 
@@ -645,9 +649,14 @@ def cmd_import_header_checks(args: argparse.Namespace) -> int:
         except ConfigError as error:
             print(f"smtpfilter: internal error, the generated rules do not load: {error}",
                   file=sys.stderr)
-            return 70  # EX_SOFTWARE
+            return EX_SOFTWARE
     if args.output:
-        args.output.write_text(conversion.yaml, encoding="utf-8")
+        try:
+            args.output.write_text(conversion.yaml, encoding="utf-8")
+        except OSError as error:
+            print(f"smtpfilter: --output {args.output}: cannot write: "
+                  f"{error.strerror or error}", file=sys.stderr)
+            return EX_CANTCREAT
     else:
         print(conversion.yaml, end="")
     skipped = sum(1 for note in conversion.notes if note.skipped)
@@ -681,7 +690,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         run(daemon.serve(), config.event_loop)
     except OSError as error:
         print(f"smtpfilter: cannot listen on {config.listen}: {error.strerror}", file=sys.stderr)
-        return 71  # EX_OSERR
+        return EX_OSERR
     return EX_OK
 
 
@@ -741,7 +750,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from smtpfilter.tools.doctor import diagnose
 
     try:
-        config = load_config(args.config)
+        # The rules too: a rules directory the service user cannot read stops serve as surely
+        # as a wrong port does, and doctor is where an admin asks "why does it not start?".
+        config, _ruleset = _load(args, private_state=True)
     except ConfigError as error:
         _report_config_error(error, "cannot check Postfix against it")
         return EX_CONFIG
@@ -965,7 +976,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["pipe"]:
         return _pipe(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:
+        # argparse has printed the usage and "error: ..."; its status 2 is no sysexits code, and
+        # the docstring promises 64 (EX_USAGE). --help and --version (0) pass through.
+        if exit.code == 2:
+            raise SystemExit(EX_USAGE) from None
+        raise
     if getattr(args, "config", "") is None and DEFAULT_CONFIG.exists():
         args.config = DEFAULT_CONFIG  # what the systemd units pass; see CONFIG_HELP
     try:
@@ -977,6 +995,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EX_OK
+    except OSError as error:
+        # The last word on what the system refused (a file, a socket, a limit) that no command
+        # caught itself: one line, sysexits' EX_OSERR, never a traceback (issue 13).
+        name = f"{error.filename}: " if error.filename else ""
+        print(f"smtpfilter: {name}{error.strerror or error}", file=sys.stderr)
+        return EX_OSERR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,9 +16,10 @@ import re
 from typing import Any, Iterable, Sequence
 
 from smtpfilter.config.yamlfile import Mapping
+from smtpfilter.config.yamlfile import Sequence as YamlList
 from smtpfilter.core.errors import ConfigError, Problem
 
-__all__ = ["ConfigError", "Options", "Problem", "parse_duration", "parse_size"]
+__all__ = ["ConfigError", "Options", "Problem", "in_file_order", "parse_duration", "parse_size"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,41 @@ def parse_size(value: Any) -> int:
 _MISSING = object()
 
 
+def what_it_is(value: Any) -> str:
+    """A YAML value as the admin wrote it ("a list [1]"), not as Python holds it ("Sequence")."""
+    if isinstance(value, list):
+        return f"a list {_short(value)}"
+    if isinstance(value, dict):
+        return "a mapping (key: value lines)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return repr(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(list(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def in_file_order(problems: Iterable[Problem]) -> list[Problem]:
+    """Problems sorted as an admin reads the file: by line within each file (sections are
+    checked in code order, which is not the file's), the files in the order they were first
+    named. Places without a line come first in their file, in their own order."""
+    problems = list(problems)
+    first: dict[str, int] = {}
+    for problem in problems:
+        first.setdefault(problem.where.partition(":")[0], len(first))
+
+    def key(problem: Problem) -> tuple[int, int]:
+        source, _, line = problem.where.partition(":")
+        number = line.split(":")[0]
+        return first[source], int(number) if number.isdigit() else 0
+
+    return sorted(problems, key=key)
+
+
 class Options:
     """Read typed values out of one mapping; unknown keys are problems.
 
@@ -87,14 +123,28 @@ class Options:
         # Shared with the caller like ``problems``; None: each warning is logged at once.
         self.warnings = warnings
         self._used: set[str] = set()
+        self._needs: list[str] = []
+        self._sections: set[str] = set()  # keys read as nested mappings (section())
+        self._problems_before = len(problems)
 
     # --- bookkeeping -------------------------------------------------------------------
-    def where(self, key: str | None = None) -> str:
+    def where(self, key: str | None = None, index: int | None = None) -> str:
+        """``file:line`` of ``key`` (of its ``index``-th item when it holds a list)."""
+        value = self.mapping.get(key) if key is not None else None
+        if index is not None and isinstance(value, YamlList):
+            return value.where(index)
         return self.mapping.where(key)
 
-    def problem(self, key: str | None, message: str) -> None:
+    def problem(self, key: str | None, message: str, *, index: int | None = None) -> None:
         label = f"{self.prefix}{key}: " if key else ""
-        self.problems.append(Problem(self.where(key), label + message, self.rule))
+        self.problems.append(Problem(self.where(key, index), label + message, self.rule))
+
+    def need(self, message: str) -> None:
+        """Something missing as a whole ("a date rule needs at least one of ..."): reported
+        by :meth:`finish` only if nothing else was wrong here. A mistyped ``older_then`` or a
+        bad ``older_than: yes`` leaves older_than unset too; saying so a second time would
+        send the admin after a second mistake that is not there (one mistake, one error)."""
+        self._needs.append(message)
 
     def warn(self, key: str | None, message: str, *, where: str | None = None) -> None:
         """Something usable but probably not meant; ``where`` names another file:line (a line
@@ -123,8 +173,32 @@ class Options:
             if key in valid:
                 continue
             close = difflib.get_close_matches(key, sorted(valid), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            self.problem(None, f"unknown key '{self.prefix}{key}'{hint}")
+            # The full path in both names: "limits.sesions" → "limits.sessions" is what the
+            # admin searches the README for.
+            hint = f"; did you mean '{self.prefix}{close[0]}'?" if close else ""
+            head, _, rest = key.partition("_")
+            if not close and head in self._sections and rest:
+                # "log_level:" for "log: {level: ...}", a habit of flat config formats
+                hint = (f"; did you mean '{self.prefix}{head}.{rest}' ({rest}: indented "
+                        f"under {head}:)?")
+            elif not close and len(valid) <= 20:
+                hint = f"; known: {', '.join(sorted(valid))}"
+            # The typo's own line, not its block's: key_lines keeps every key's line.
+            self.problems.append(Problem(
+                self.mapping.where(key), f"unknown key '{self.prefix}{key}'{hint}", self.rule
+            ))
+        if len(self.problems) == self._problems_before:
+            for message in self._needs:
+                self.problem(None, message)
+        self._needs.clear()
+
+    def ignore_rest(self, known: Sequence[str] = ()) -> None:
+        """Mark every key as read but near misses of ``known``: when the rule kind is unknown
+        its options cannot be checked, and calling each of them an unknown key would bury the
+        one real mistake (a mistyped ``chek:`` is still reported, as a typo of ``check``)."""
+        self._used.update(
+            key for key in self.mapping if not difflib.get_close_matches(key, known, n=1)
+        )
 
     # --- typed accessors ---------------------------------------------------------------
     def raw(self, key: str, default: Any = None) -> Any:
@@ -134,7 +208,8 @@ class Options:
         value = self._get(key, _MISSING)
         if value is _MISSING:
             if required:
-                self.problem(key, "is required")
+                # Deferred: after "unknown key 'result'; did you mean 'results'?" it is noise.
+                self.need(f"{self.prefix}{key}: is required")
             return default
         if isinstance(value, bool):
             self.problem(key, f"expected text, got {value!r} (quote it)")
@@ -142,7 +217,7 @@ class Options:
         if isinstance(value, (int, float)):
             return str(value)
         if not isinstance(value, str):
-            self.problem(key, f"expected text, got {type(value).__name__}")
+            self.problem(key, f"expected text, got {what_it_is(value)}")
             return default
         return value
 
@@ -210,7 +285,8 @@ class Options:
         value = self._get(key, _MISSING)
         if value is _MISSING:
             if required:
-                self.problem(key, "is required")
+                # Deferred: after "unknown key 'result'; did you mean 'results'?" it is noise.
+                self.need(f"{self.prefix}{key}: is required")
             return default
         items = value if isinstance(value, list) else [value]
         result = []
@@ -235,6 +311,7 @@ class Options:
 
     def section(self, key: str) -> "Options":
         """A nested mapping, read with the same problem list."""
+        self._sections.add(key)
         value = self._get(key, _MISSING)
         if value is _MISSING:
             empty = Mapping(source=self.mapping.source, line=self.mapping.line)
@@ -243,7 +320,7 @@ class Options:
                 warnings=self.warnings,
             )
         if not isinstance(value, Mapping):
-            self.problem(key, f"expected a mapping of settings, got {type(value).__name__}")
+            self.problem(key, f"expected a mapping of settings, got {what_it_is(value)}")
             value = Mapping(source=self.mapping.source, line=self.mapping.line)
         return Options(
             value, self.problems, rule=self.rule, prefix=f"{self.prefix}{key}.",

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 import sysconfig
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from smtpfilter.config.options import ConfigError, Options, Problem
+from smtpfilter.config.options import ConfigError, Options, Problem, in_file_order
 from smtpfilter.config.postconf import Postconf, PostconfError
 from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+from smtpfilter.config.yamlfile import Sequence as YamlList
 from smtpfilter.core.verdict import Action
 
 __all__ = [
@@ -119,6 +121,10 @@ def parse_hostport(text: str, default_port: int | None = None) -> HostPort:
         raise ValueError(f"{text!r}: missing host (use 127.0.0.1, not an empty host)")
     if not port_text:
         if default_port is None:
+            if host.isdigit():
+                # "listen: 10025" (Postfix writes a port alone in master.cf): we want the
+                # address too, and loopback is the only safe guess (never all interfaces).
+                raise ValueError(f"{text!r}: missing address, e.g. 127.0.0.1:{host}")
             raise ValueError(f"{text!r}: missing port, e.g. {host}:10025")
         return HostPort(host, default_port)
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -445,6 +451,9 @@ class Config:
     forward: HostPort = DEFAULT_FORWARD
     hostname: str = field(default_factory=_default_hostname)
     rules: tuple[Path, ...] = field(default_factory=lambda: (shipped_rules_dir(),))
+    # For each of ``rules`` named in the file: (file:line, the path as written), so that
+    # "Permission denied" is reported at the line an admin has to look at.
+    rules_written: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
     allow_clients: tuple[Network, ...] = LOOPBACK
     xforward_clients: tuple[Network, ...] = LOOPBACK
     dry_run: bool = False
@@ -864,6 +873,9 @@ def _authentication(opts: Options, base: Path) -> AuthenticationConfig:
     if psl_path is not None and not psl_path.is_file():
         opts.problem("psl_file", f"{psl_path} does not exist (Debian: apt install publicsuffix, "
                      f"/usr/share/publicsuffix/public_suffix_list.dat)")
+    elif psl_path is not None and not os.access(psl_path, os.R_OK):
+        # Read on the first DMARC check, not now: unreadable, every such message would be a 451.
+        opts.problem("psl_file", f"{psl_path}: Permission denied (as uid {os.geteuid()})")
     dkim = opts.section("dkim")
     config = AuthenticationConfig(
         authserv_id=authserv_id,
@@ -926,6 +938,16 @@ def _follow_postfix(config: Config) -> Config:
     return replace(config, limits=replace(config.limits, message_size=size))
 
 
+def _rules_written(mapping: Mapping, rules: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """(file:line, text) of each ``rules`` entry: a list item's own line when it has one."""
+    if rules is None:
+        return ()
+    items = mapping.get("rules")
+    if isinstance(items, YamlList):
+        return tuple((items.where(i), text) for i, text in enumerate(rules))
+    return tuple((mapping.where("rules"), text) for text in rules)
+
+
 def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Config:
     problems: list[Problem] = []
     opts = Options(mapping, problems)
@@ -936,6 +958,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         forward=_hostport(opts, "forward", DEFAULT_FORWARD),
         hostname=_hostname(opts),
         rules=tuple(base / r for r in rules) if rules is not None else (shipped_rules_dir(),),
+        rules_written=_rules_written(mapping, rules),
         allow_clients=_networks(opts, "allow_clients", LOOPBACK),
         xforward_clients=_networks(opts, "xforward_clients", LOOPBACK),
         dry_run=opts.bool("dry_run"),
@@ -972,7 +995,7 @@ def config_from_mapping(mapping: Mapping, base: Path, source: str | None) -> Con
         )
     opts.finish(_TOP_KEYS)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(in_file_order(problems))
     return _follow_postfix(config)
 
 
@@ -983,6 +1006,9 @@ def load_config(path: Path | None) -> Config:
             return _follow_postfix(Config(postfix=read_postfix()))
         except PostconfError as error:
             raise ConfigError([Problem("postfix", str(error))]) from None
+    if path.is_dir():
+        raise ConfigError([Problem(str(path), "is a directory; --config names the YAML file, "
+                                   "e.g. /etc/smtpfilter/smtpfilter.yaml")])
     try:
         data = load_file(path)
     except YamlError as error:

@@ -30,7 +30,7 @@ import yaml
 
 from smtpfilter.core.errors import YamlError
 
-__all__ = ["Mapping", "YamlError", "load_file", "load_text"]
+__all__ = ["Mapping", "Sequence", "YamlError", "load_bytes", "load_file", "load_text"]
 
 
 class Mapping(dict):
@@ -45,6 +45,22 @@ class Mapping(dict):
     def where(self, key: str | None = None) -> str:
         line = self.key_lines.get(key, self.line) if key is not None else self.line
         return f"{self.source}:{line}"
+
+
+class Sequence(list):
+    """A list that knows the line of each item: a bad pattern in a list of ten is reported on
+    its own line, not on the line of the key that holds the list."""
+
+    def __init__(self, *args: Any, source: str = "<defaults>", line: int = 0) -> None:
+        super().__init__(*args)
+        self.source = source
+        self.line = line
+        self.item_lines: list[int] = []
+
+    def where(self, index: int | None = None) -> str:
+        if index is not None and 0 <= index < len(self.item_lines):
+            return f"{self.source}:{self.item_lines[index]}"
+        return f"{self.source}:{self.line}"
 
 
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
@@ -146,7 +162,16 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Mapping:
     return result
 
 
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> Sequence:
+    result = Sequence(source=loader.source, line=node.start_mark.line + 1)
+    for item in node.value:
+        result.append(loader.construct_object(item, deep=True))
+        result.item_lines.append(item.start_mark.line + 1)
+    return result
+
+
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
@@ -164,18 +189,35 @@ def load_text(text: str, source: str = "<string>") -> Any:
     except yaml.reader.ReaderError as error:
         raise YamlError(_line_of(text, error.position, source), _forbidden(error)) from None
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark else 0
-        raise YamlError(f"{source}:{line}", f"not valid YAML: {error.problem or error}") from None
+        raise _marked(error, source) from None
     except yaml.YAMLError as error:
-        raise YamlError(f"{source}:0", f"not valid YAML: {error}") from None
+        raise YamlError(source, f"not valid YAML: {error}") from None
     finally:
         if loader is not None:
             loader.dispose()
 
 
+def _marked(error: yaml.MarkedYAMLError, source: str) -> YamlError:
+    """``file:line:col`` and PyYAML's problem in one line (its ``str()`` spans four, with the
+    offending line quoted and a caret under it)."""
+    mark = error.problem_mark or error.context_mark
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+    problem = error.problem or error.context or str(error)
+    if "'\\t'" in problem:
+        # PyYAML: "found character '\t' that cannot start any token". YAML 1.2 §6.1: "tab
+        # characters must not be used in indentation"; editors hide them, so say it plainly.
+        return YamlError(where, "a tab: YAML indents with spaces only")
+    if error.context and error.problem and error.context_mark is not None:
+        # "while parsing a flow sequence ... expected ',' or ']'": the context says where the
+        # construct that is left open began, often the line the admin has to fix.
+        problem = f"{problem} ({error.context} at line {error.context_mark.line + 1})"
+    return YamlError(where, f"not valid YAML: {problem}")
+
+
 def _line_of(text: str, position: int, source: str) -> str:
-    return f"{source}:{text.count(chr(10), 0, position) + 1}"
+    line = text.count("\n", 0, position) + 1
+    column = position - text.rfind("\n", 0, position)  # rfind: -1 on line 1, so 1-based
+    return f"{source}:{line}:{column}"
 
 
 def _forbidden(error: yaml.reader.ReaderError) -> str:
@@ -205,7 +247,14 @@ def load_file(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise YamlError(f"{path}:0", f"cannot read: {error.strerror or error}") from None
+        # No line to point at: the caller that knows why the file was read (--config, a rules
+        # entry) adds its own place; see settings.load_config and rules.load_rules.
+        raise YamlError(str(path), f"cannot read: {error.strerror or error}") from None
+    return load_bytes(raw, path)
+
+
+def load_bytes(raw: bytes, path: Path) -> Any:
+    """Parse what was read from ``path``: the encoding checks of :func:`load_file`."""
     for bom, encoding in _BOMS:
         if raw.startswith(bom):
             raise YamlError(f"{path}:1", f"{encoding} text: save the file as UTF-8")

@@ -72,7 +72,12 @@ class YamlError(SmtpfilterError):
 
 
 class PatternError(SmtpfilterError, ValueError):
-    """A rule's regular expression that RE2 cannot run; the text names the pattern."""
+    """A rule's regular expression that RE2 cannot run; the text names the pattern, ``index``
+    its place in the rule's list (for the line of that item)."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class TranslationError(SmtpfilterError, ValueError):

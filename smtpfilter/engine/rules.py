@@ -22,15 +22,19 @@ reload in the log), as Postfix's daemons log a bad table line and go on.
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from smtpfilter.config.options import ConfigError, Options, Problem
+from smtpfilter.config.options import ConfigError, Options, Problem, in_file_order
 from smtpfilter.config.settings import Config, MimeConfig
-from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
+from smtpfilter.config.yamlfile import Mapping, YamlError, load_bytes
+from smtpfilter.config.yamlfile import Sequence as YamlList
 from smtpfilter.core.message import MessageContext
 from smtpfilter.core.replies import starts_with_status
 from smtpfilter.core.verdict import Action, Decision, Finding, Mode, Verdict
@@ -121,18 +125,50 @@ class RuleSet:
             check.settle(msg, decision, delivered)  # type: ignore[attr-defined]
 
 
-def rule_files(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
-    """Expand directories into their *.yaml/*.yml files, sorted by name (10-x before 20-y)."""
+def rule_files(
+    paths: Iterable[Path], problems: list[Problem], origins: Origins | None = None
+) -> list[Path]:
+    """Expand directories into their *.yaml/*.yml files, sorted by name (10-x before 20-y).
+
+    A path that cannot be used is a problem at the config line that named it (``origins``:
+    path → (file:line, the text written there)), as ``c.yaml:1: rules: r: Permission denied``:
+    the service runs as an unprivileged user, and a rules directory only root can read is the
+    first thing a newcomer meets (issue 13)."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
-            files.extend(p for p in found if p.is_file())
-        elif path.is_file():
-            files.append(path)
+        try:
+            mode = path.stat().st_mode
+            if stat.S_ISDIR(mode):
+                names = sorted(os.listdir(path))
+        except OSError as error:
+            problems.append(_unusable(path, path, error, origins))
+            continue
+        if stat.S_ISDIR(mode):
+            for name in names:
+                entry = path / name
+                if entry.suffix in (".yaml", ".yml") and entry.is_file():
+                    files.append(entry)
         else:
-            problems.append(Problem(str(path), "rules path does not exist"))
+            files.append(path)
     return files
+
+
+# path → (file:line, the path as written there) of the config entry that named it.
+Origins = dict[Path, tuple[str, str]]
+
+
+def _unusable(named: Path, path: Path, error: OSError, origins: Origins | None) -> Problem:
+    """``c.yaml:1: rules: r/10-date.yaml: Permission denied``, or without a config line to
+    point at (the shipped rules, a test) ``path: Permission denied``."""
+    reason = error.strerror or str(error)
+    if isinstance(error, PermissionError):
+        reason += f" (as uid {os.geteuid()})"
+    origin = (origins or {}).get(named)
+    if origin is None:
+        return Problem(str(path), reason)
+    where, written = origin
+    shown = written if path == named else str(Path(written) / path.relative_to(named))
+    return Problem(where, f"rules: {shown}: {reason}")
 
 
 def _text(opts: Options, action: Action | None) -> str | None:
@@ -155,6 +191,27 @@ def _text(opts: Options, action: Action | None) -> str | None:
     return text
 
 
+_ACTIONS = tuple(a.value for a in Action)
+
+
+def _action(opts: Options) -> Action | None:
+    """``action:``, in any case: Postfix's tables write REJECT and DISCARD (access(5),
+    header_checks(5)), and an admin coming from them writes it so here too."""
+    text = opts.str("action")
+    if text is None:
+        return None
+    word, _, rest = text.strip().partition(" ")
+    if word.lower() in _ACTIONS and rest:
+        # "REJECT go away", as in a Postfix table: the reply has a key of its own here.
+        opts.problem("action", f"{text!r}: the reply goes in text:, e.g. action: "
+                     f"{word.lower()} and text: \"5.7.1 {rest.strip()}\"")
+        return None
+    if word.lower() not in _ACTIONS:
+        opts.problem("action", f"{text!r} is not one of {', '.join(_ACTIONS)}")
+        return None
+    return Action(word.lower())
+
+
 def _rule(
     item: object, where: str, problems: list[Problem], env: RuleEnv, warnings: list[Problem]
 ) -> Rule | None:
@@ -165,28 +222,35 @@ def _rule(
     label = name if isinstance(name, str) else None
     opts = Options(item, problems, rule=label, warnings=warnings)
     before = len(problems)
-    name = opts.str("name", required=True)
-    if name is not None and not _NAME.match(name):
+    name = opts.str("name")
+    if name is None:
+        opts.need("name: is required")
+    elif not _NAME.match(name):
         opts.problem("name", f"{name!r}: use UPPER_SNAKE_CASE (A-Z, 0-9, _), up to 64 characters")
-    kind = opts.str("check", required=True)
+    kind = opts.str("check")
+    if kind is None:
+        opts.need("check: is required (the rule kind)")
     check_class = CHECK_KINDS.get(kind) if kind else None
     if kind is not None and check_class is None:
-        opts.problem("check", f"unknown rule kind {kind!r}; known: {', '.join(CHECK_KINDS)}")
-    action_text = opts.choice("action", [a.value for a in Action])
-    action = Action(action_text) if action_text else None
+        close = difflib.get_close_matches(kind, list(CHECK_KINDS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        opts.problem("check", f"unknown rule kind {kind!r}; {hint}known: {', '.join(CHECK_KINDS)}")
+    action = _action(opts)
     score = opts.number("score", 0.0)
     mode = Mode(opts.choice("mode", [m.value for m in Mode], Mode.ENFORCE.value))
     text = _text(opts, action)
     description = opts.str("description", "")
     table_actions = getattr(check_class, "table_actions", False)  # its table's lines decide
     if action is None and not opts.has("score") and not table_actions:
-        opts.problem(None, "a rule needs an action, a score, or both")
+        opts.need("a rule needs an action, a score, or both")
     check = None
     if check_class is not None:
         if getattr(check_class, "needs_env", False):
             check = check_class.from_options(opts, env)
         else:
             check = check_class.from_options(opts)
+    else:
+        opts.ignore_rest(_RULE_KEYS)  # the kind's own options are unknown to us: not errors
     opts.finish(_RULE_KEYS)
     if len(problems) > before or check is None or name is None or kind is None:
         return None
@@ -204,7 +268,9 @@ def _rule(
     )
 
 
-def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
+def load_rules(
+    paths: Iterable[Path], env: RuleEnv | None = None, origins: Origins | None = None
+) -> RuleSet:
     """Load every rule file; raise ConfigError listing every problem in every file.
 
     ``env`` holds what the checks share (the DNS resolver and cache); a fresh one with default
@@ -213,26 +279,36 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
     env = env if env is not None else RuleEnv()
     problems: list[Problem] = []
     warnings: list[Problem] = []
-    files = rule_files(paths, problems)
+    paths = list(paths)
+    files = rule_files(paths, problems, origins)
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     for path in files:
         try:
-            data = load_file(path)
+            raw = path.read_bytes()
+        except OSError as error:
+            named = next((p for p in paths if p == path or p in path.parents), path)
+            problems.append(_unusable(named, path, error, origins))
+            continue
+        try:
+            data = load_bytes(raw, path)
         except YamlError as error:
             problems.append(Problem(error.where, error.problem))
             continue
         if data is None:
-            continue  # an empty file is a file with no rules
+            # Usable (a file with no rules), but an empty file is more often a copy or an
+            # editor's save gone wrong than a decision; "rules: []" says it on purpose.
+            warnings.append(Problem(f"{path}:1", "empty file: no rules in it"))
+            continue
         if not isinstance(data, Mapping) or set(data) - {"rules"}:
             problems.append(Problem(f"{path}:1", "a rule file has one top-level key: rules"))
             continue
-        items = data.get("rules") or []
-        if not isinstance(items, list):
+        items = data.get("rules") or YamlList(source=str(path))
+        if not isinstance(items, YamlList):
             problems.append(Problem(data.where("rules"), "rules: expected a list of rules"))
             continue
         for index, item in enumerate(items):
-            where = item.where() if isinstance(item, Mapping) else data.where("rules")
+            where = item.where() if isinstance(item, Mapping) else items.where(index)
             rule = _rule(item, where, problems, env, warnings)
             if rule is None:
                 continue
@@ -244,7 +320,7 @@ def load_rules(paths: Iterable[Path], env: RuleEnv | None = None) -> RuleSet:
             seen[rule.name] = rule.where
             rules.append(rule)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(in_file_order(problems))
     return RuleSet(
         tuple(rules),
         tuple(str(p) for p in files),
@@ -268,4 +344,4 @@ def rules_for(
         )
         env.auth.configure(config.authentication)
     env.mime = config.mime  # the checks built now keep these; a set in use keeps its own
-    return load_rules(config.rules, env)
+    return load_rules(config.rules, env, dict(zip(config.rules, config.rules_written)))

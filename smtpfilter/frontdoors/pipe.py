@@ -314,10 +314,13 @@ def run(argv: Sequence[str], stdin: io.BufferedIOBase, stdout, stderr) -> int:
         outcome = Outcome(EX_TEMPFAIL, reply_text(f"4.3.5 smtpfilter pipe: {error}"))
         return outcome.status
     except BaseException as error:  # anything at all: Postfix must keep the mail
-        print(f"smtpfilter pipe: {type(error).__name__}: {error}", file=buffered)
+        # One line, where pipe(8) appends it to its log line and its defer notice: a traceback
+        # there is a page of Python in the admin's mail.log. The innermost frame says where.
         import traceback
 
-        traceback.print_exc(file=buffered)
+        frames = traceback.extract_tb(error.__traceback__)
+        at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+        print(f"smtpfilter pipe: {type(error).__name__}: {error}{at}", file=buffered)
         outcome = Outcome.from_reply(replies.R451_LOCAL_ERROR)
         return outcome.status
     finally:

@@ -277,6 +277,10 @@ class Daemon:
             if isinstance(error, ConfigError):
                 for problem in error.problems:
                     log.error("reload: %s", problem)
+            elif isinstance(error, OSError):
+                # What the system refused and where; not a bug of ours, so no traceback.
+                name = f"{error.filename}: " if error.filename else ""
+                log.error("reload: %s%s", name, error.strerror or error)
             else:
                 log.exception("reload: unexpected error")
             log.error("reload failed: keeping the previous configuration and rules")

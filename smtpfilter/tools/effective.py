@@ -26,9 +26,10 @@ from smtpfilter.config.yamlfile import Mapping, YamlError, load_file
 
 __all__ = ["effective_config"]
 
-# Fields of the dataclasses that are not keys of the file: derived when it was read.
+# Fields of the dataclasses that are not keys of the file: derived when it was read
+# (rules_written: the rules paths as the file spelled them, for error messages).
 _DERIVED = {("source",), ("limits", "follows_postfix"), ("postfix", "message_size_limit"),
-            ("postfix", "read")}
+            ("postfix", "read"), ("rules_written",)}
 
 
 def _scalar(value: Any) -> str:

@@ -117,5 +117,5 @@ def test_the_readme_rules_and_config_load(tmp_path, capsys):
     path.write_text("mime:\n  max_part: 10\n")
     assert main(["check-config", "--config", str(path)]) == 78
     err = capsys.readouterr().err
-    assert f"{path}:2: unknown key 'mime.max_part'; did you mean 'max_parts'?" in err
+    assert f"{path}:2: unknown key 'mime.max_part'; did you mean 'mime.max_parts'?" in err
     assert "Traceback" not in err

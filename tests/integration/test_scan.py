@@ -18,7 +18,7 @@ import pytest
 from smtpfilter.cli import main
 from smtpfilter.tools.scan import Stored, from_line_date, stored_view
 from tests.support.dnsserver import SITES, DnsServer
-from tests.support.privileges import without_file_override
+from tests.support.unprivileged import drop_file_override
 
 RULES = f"""
 rules:
@@ -293,10 +293,9 @@ def run_cli(*args: str, stdin: bytes | None = None, unprivileged: bool = False):
     import sys
 
     command = [sys.executable, "-m", "smtpfilter", *args]
-    if unprivileged:
-        command = without_file_override(command)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.run(command, input=stdin, capture_output=True, env=env, timeout=60)
+    return subprocess.run(command, input=stdin, capture_output=True, env=env, timeout=60,
+                          preexec_fn=drop_file_override if unprivileged else None)
 
 
 async def test_scan_says_what_it_skipped_and_exits_66(tmp_path, config, capsys):

@@ -70,6 +70,7 @@ def test_loading_the_example_gives_the_defaults():
 # Fields that are not keys of their own: derived from a key's value or read from Postfix.
 _NOT_KEYS = {
     "source",  # the file's name
+    "rules_written",  # the rules paths as the file spelled them, for error messages
     "limits.follows_postfix",  # limits.message_size: postfix
     "policy.thresholds",  # policy.tag, policy.reject, ...
     "postfix.message_size_limit",  # read with postconf

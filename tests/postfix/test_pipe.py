@@ -78,3 +78,24 @@ def test_broken_configuration_defers_and_loses_nothing(mail_system):
     system.delivered_finally(match.group(1))
     [delivered] = system.delivered()
     assert delivered.header("Message-ID") == message_id
+
+
+def test_rules_the_pipe_user_cannot_read_defer_with_the_reason(mail_system):
+    # Issue 13: pipe(8) runs us as an unprivileged user (nobody here); rules only root can read
+    # put a PermissionError traceback into Postfix's defer reason. Now one line: where, what.
+    system = mail_system("pipe")
+    rules = system.root / "rules.d"  # the issue's setup: install -d -m 700, as root
+    rules.mkdir(mode=0o700)
+    (system.root / "rules.yaml").rename(rules / "rules.yaml")
+    config = system.filter_config
+    config.write_text(config.read_text().replace(str(system.root / "rules.yaml"), str(rules)))
+    _, data = content("a message the filter cannot read its rules for")
+
+    queue_id = system.submit(data)
+    piped(
+        system, queue_id, "4.3.5", "deferred",
+        rf"smtpfilter configuration error: {re.escape(str(system.filter_config))}:4: rules: "
+        rf"{re.escape(str(rules))}: Permission denied \(as uid \d+\) ?\)$",
+    )
+    assert "Traceback" not in system.postfix.log()
+    assert [m["queue_name"] for m in system.postfix.queue()] == ["deferred"]

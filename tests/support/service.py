@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.unprivileged import drop_file_override
+
 __all__ = ["REPO", "FilterProcess", "free_port", "poll"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +110,8 @@ class FilterProcess:
         self.notifications: list[str] = []
         self.process: subprocess.Popen | None = None
         self._notify: socket.socket | None = None
+        # True: reads files as a service user would (mode 000 refused), see unprivileged.py.
+        self.unprivileged = False
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(
@@ -133,6 +137,7 @@ class FilterProcess:
                 stdout=log,
                 stderr=log,
                 pass_fds=pass_fds,
+                preexec_fn=drop_file_override if self.unprivileged else None,
             )
         if wait_ready:
             self.wait_notification("READY=1", timeout)

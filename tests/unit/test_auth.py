@@ -66,8 +66,8 @@ def test_authentication_section(tmp_path):
         ("authentication: {timeout: 60s}", "authentication.timeout (60s) must be shorter than limits.scan_timeout (60s)"),
         ("authentication: {dkim: {partial_body: yes}}", "authentication.dkim.partial_body: 'yes' is not one of policy, pass"),
         ("authentication: {dkim: {min_key_bits: 256}}", "authentication.dkim.min_key_bits: must be at least 512"),
-        ("authentication: {dkim: {min_bits: 2048}}", "unknown key 'authentication.dkim.min_bits'; did you mean 'min_key_bits'?"),
-        ("authentication: {authserv: x}", "unknown key 'authentication.authserv'; did you mean 'authserv_id'?"),
+        ("authentication: {dkim: {min_bits: 2048}}", "unknown key 'authentication.dkim.min_bits'; did you mean 'authentication.dkim.min_key_bits'?"),
+        ("authentication: {authserv: x}", "unknown key 'authentication.authserv'; did you mean 'authentication.authserv_id'?"),
     ],
 )
 def test_authentication_problems_name_file_line_and_key(tmp_path, text, problem):

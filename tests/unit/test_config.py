@@ -150,5 +150,5 @@ def test_the_milter_section(tmp_path):
                 "unix:relative.sock", "inet:11332@localhost"):
         with pytest.raises(ValueError):
             parse_milter_listen(bad)
-    with pytest.raises(ConfigError, match=r"smtpfilter.yaml:1: unknown key 'milter.lissen'; did you mean 'listen'"):
+    with pytest.raises(ConfigError, match=r"smtpfilter.yaml:1: unknown key 'milter.lissen'; did you mean 'milter.listen'"):
         load(tmp_path, "milter: {lissen: 'inet:127.0.0.1:1'}\n")

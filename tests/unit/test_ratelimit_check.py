@@ -26,7 +26,9 @@ from tests.unit.test_ratelimit_state import FakeClock
 def build(text: str, env: RuleEnv | None = None):
     problems: list = []
     env = env or RuleEnv(state=StateService(clock=FakeClock()))
-    check = RatelimitCheck.from_options(Options(load_text(text), problems, rule="RULE"), env)
+    opts = Options(load_text(text), problems, rule="RULE")
+    check = RatelimitCheck.from_options(opts, env)
+    opts.finish()  # reports what is missing, unless something else was wrong (rules._rule)
     return check, [p.message for p in problems]
 
 

@@ -78,8 +78,9 @@ def test_every_problem_is_reported_with_file_line_and_rule(tmp_path):
         """,
     )
     text = "\n".join(problems)
-    assert "rules.yaml:2: rule OLD_DATE: unknown key 'older_then'; did you mean 'older_than'?" in text
-    assert "rule OLD_DATE: a date rule needs at least one of" in text
+    # Each key on its own line; the typo is the one mistake (older_than unset follows from it).
+    assert "rules.yaml:4: rule OLD_DATE: unknown key 'older_then'; did you mean 'older_than'?" in text
+    assert "rule OLD_DATE: a date rule needs at least one of" not in text
     assert "rules.yaml:6" in text and "UPPER_SNAKE_CASE" in text
     assert "rule BAD_ACTION: action: 'bounce' is not one of" in text
     assert "rule NOTHING: a rule needs an action, a score, or both" in text
@@ -109,8 +110,10 @@ def test_bad_rule_files(tmp_path, text, problem):
 
 def test_missing_path_and_empty_file(tmp_path):
     write(tmp_path, "", "empty.yaml")
-    assert len(load_rules([tmp_path / "empty.yaml"])) == 0
-    with pytest.raises(ConfigError, match="does not exist"):
+    empty = load_rules([tmp_path / "empty.yaml"])
+    assert len(empty) == 0
+    assert [str(w) for w in empty.warnings] == [f"{tmp_path / 'empty.yaml'}:1: empty file: no rules in it"]
+    with pytest.raises(ConfigError, match="nope.yaml: No such file or directory"):
         load_rules([tmp_path / "nope.yaml"])
 
 

@@ -115,7 +115,7 @@ class AttachmentCheck:
             if not glob.strip():
                 opts.problem("names", "an empty glob matches nothing")
         if not names and not types:
-            opts.problem(None, "an attachment rule needs names (globs), types, or both")
+            opts.need("an attachment rule needs names (globs), types, or both")
         archives = opts.bool("archives")
         limits = getattr(env, "mime", None) or MimeConfig()
         return cls(names, types, archives=archives, limits=limits)

@@ -102,7 +102,7 @@ class BodyCheck:
             try:
                 patterns = PatternSet(shown, case_sensitive=case_sensitive)
             except PatternError as error:
-                opts.problem("match", str(error))
+                opts.problem("match", str(error), index=error.index)
         limits = getattr(env, "mime", None) or MimeConfig()
         require = _patterns(opts, "if", case_sensitive, form == "postfix")
         exempt = _patterns(opts, "unless", case_sensitive, form == "postfix")
@@ -164,5 +164,5 @@ def _patterns(opts: Options, key: str, case_sensitive: bool, dot_nl: bool) -> Pa
         return PatternSet(["(?s)" + p for p in raw] if dot_nl else raw,
                           case_sensitive=case_sensitive)
     except PatternError as error:
-        opts.problem(key, str(error))
+        opts.problem(key, str(error), index=error.index)
         return None

@@ -69,8 +69,7 @@ class DateCheck:
         )
         if not (check.older_than or check.in_future or check.missing or check.invalid
                 or check.duplicate):
-            opts.problem(
-                None,
+            opts.need(
                 "a date rule needs at least one of older_than, in_future, missing: true, "
                 "invalid: true, duplicate: true",
             )

@@ -51,7 +51,7 @@ class DmarcCheck:
         policy = read_results(opts, "policy", _POLICIES, required=False)
         results = read_results(opts, "results", [r.value for r in DmarcResult], required=False)
         if not policy and not results:
-            opts.problem(None, "a dmarc rule needs policy: [...] or results: [...]")
+            opts.need("a dmarc rule needs policy: [...] or results: [...]")
         return cls(env.auth, policy=policy, results=results)
 
     def describe(self) -> str:

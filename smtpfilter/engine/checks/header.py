@@ -96,14 +96,14 @@ class HeaderCheck:
             if names == ["*"]:
                 opts.problem("missing", 'missing: true needs a header name, not "*"')
         elif not raw_patterns:
-            opts.problem(None, "a header rule needs match (a regex or a list) or missing: true")
+            opts.need("a header rule needs match (a regex or a list) or missing: true")
         else:
             try:
                 patterns = PatternSet(
                     _dot_nl(raw_patterns, form == "postfix"), case_sensitive=case_sensitive
                 )
             except PatternError as error:
-                opts.problem("match", str(error))
+                opts.problem("match", str(error), index=error.index)
         return cls(
             names,
             patterns,
@@ -207,7 +207,7 @@ def _patterns(opts: Options, key: str, case_sensitive: bool, *, dot_nl: bool) ->
     try:
         return PatternSet(_dot_nl(raw, dot_nl), case_sensitive=case_sensitive)
     except PatternError as error:
-        opts.problem(key, str(error))
+        opts.problem(key, str(error), index=error.index)
         return None
 
 
