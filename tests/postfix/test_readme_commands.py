@@ -131,9 +131,12 @@ def test_step_5_swaks_and_the_log_lines_of_both_passes(mail_system):
                      rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{system.ports.filter}, .*status=sent "
                      rf"\(250 2\.0\.0 Ok: queued as {onward}\)", lines), lines
     assert system.filter is not None
-    system.filter.wait_log(rf"handing over to 127\.0\.0\.1:{system.ports.reinject}: queue_id={first} "
-                           r"from=<you@example\.net>")
-    system.filter.wait_log(rf"queue_id={first} .*action=accept .*queued as {onward}")
+    # The README's two smtpfilter lines, in the Postfix shape of its sample.
+    system.filter.wait_log(rf"{first}: handing over to 127\.0\.0\.1:{system.ports.reinject}: "
+                           r"from=<you@example\.net>, size=\d+")
+    system.filter.wait_log(rf"{first}: client=\S+\[127\.0\.0\.1\], from=<you@example\.net>, "
+                           rf"to=<postmaster@example\.test>, .*action=accept, .*status=sent "
+                           rf"\(250 2\.0\.0 Ok: queued as {onward}\)")
 
 
 def test_step_7_turns_filtering_off_and_requeues_what_waited(mail_system):
