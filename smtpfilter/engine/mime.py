@@ -105,21 +105,25 @@ class Part:
 
     ``kind`` is ``leaf``, ``multipart`` or ``message`` (message/rfc822: its one child is the
     attached message). ``path`` numbers parts as IMAP does (``1.2``); the top-level entity is
-    ``""``.
+    ``""``, at ``depth`` 0.
+
+    A part points down (``children``) and at the buffer (``source``), never up at its parent or
+    its tree: without a reference cycle, a judged message and its buffer are freed by reference
+    counting the moment the front door drops them. With the cycle they waited for the cyclic
+    garbage collector, and under load (1m-attach) several megabytes of messages piled up.
     """
 
     __slots__ = (
-        "tree", "path", "depth", "parent", "kind", "header_start", "headers", "start", "end",
+        "source", "path", "depth", "kind", "header_start", "headers", "start", "end",
         "ctype", "params", "disposition", "cte", "names", "children", "defects", "nested",
         "delimiters", "epilogue", "boundaries", "child_default", "_head", "_head_complete",
         "_text",
     )
 
-    def __init__(self, tree: "MimeTree", path: str, depth: int, parent: "Part | None") -> None:
-        self.tree = tree
+    def __init__(self, source: "_Source", path: str, depth: int) -> None:
+        self.source = source
         self.path = path
         self.depth = depth
-        self.parent = parent
         self.kind = "leaf"
         self.header_start = 0
         self.headers: HeaderBlock = HeaderBlock([], 0)
@@ -176,13 +180,13 @@ class Part:
     # --- content -------------------------------------------------------------------------
     def raw(self) -> bytes:
         """The body as on the wire (dot-stuffed), copied: only for small parts and tests."""
-        return bytes(self.tree.data[self.start : self.end])
+        return bytes(self.source.data[self.start : self.end])
 
     def _unstuffed(self, start: int, end: int) -> bytes:
-        chunk = bytes(self.tree.data[start:end])
-        if self.tree.stuffed:
+        chunk = bytes(self.source.data[start:end])
+        if self.source.stuffed:
             chunk = chunk.replace(b"\r\n..", b"\r\n.")
-            if start == 0 or self.tree.data[start - 2 : start] == CRLF:
+            if start == 0 or self.source.data[start - 2 : start] == CRLF:
                 if chunk[:2] == b"..":
                     chunk = chunk[1:]
         return chunk
@@ -200,7 +204,7 @@ class Part:
         return decoded[:size]
 
     def _decode_prefix(self, size: int) -> tuple[bytes, bool]:
-        data, start, end = self.tree.data, self.start, self.end
+        data, start, end = self.source.data, self.start, self.end
         cte = self.cte
         if cte == "base64":
             want = (size + 2) // 3 * 4  # base64 characters needed
@@ -235,7 +239,7 @@ class Part:
         length is a multiple of four (padding included), so the end is aligned and nothing
         before the tail needs decoding, or even counting.
         """
-        data, start, end = self.tree.data, self.start, self.end
+        data, start, end = self.source.data, self.start, self.end
         if self.cte == "base64":
             want = (size + 2) // 3 * 4 + 4
             span = want + want // 32 + 64
@@ -252,7 +256,7 @@ class Part:
                 clean += b"=" * (-len(clean) % 4)
             return _b64(clean, self)[-size:]
         if self.cte == "quoted-printable":
-            return self.content(self.tree.settings.content_size)[-size:]
+            return self.content(self.source.settings.content_size)[-size:]
         first = max(start, end - size - size // 8 - 64)
         return self._unstuffed(first, end)[-size:]
 
@@ -270,8 +274,8 @@ class Part:
     def text(self, limit: int | None = None) -> str:
         """The first ``limit`` decoded bytes as text: charset decoded with replacement (an
         unknown or unusable charset is read as UTF-8), HTML reduced to its text."""
-        limit = self.tree.settings.text_size if limit is None else limit
-        if self._text is None or limit != self.tree.settings.text_size:
+        limit = self.source.settings.text_size if limit is None else limit
+        if self._text is None or limit != self.source.settings.text_size:
             # The HTML reducer is only needed for text/html.
             from smtpfilter.engine.htmltext import html_to_text
 
@@ -279,7 +283,7 @@ class Part:
             text = decode_charset(raw, self.param("charset"))
             if self.ctype == "text/html":
                 text = html_to_text(text)
-            if limit != self.tree.settings.text_size:
+            if limit != self.source.settings.text_size:
                 return text
             self._text = text
         return self._text
@@ -302,7 +306,7 @@ def _b64(chunk: bytes, part: Part) -> bytes:
         return binascii.a2b_base64(chunk)
     except binascii.Error:
         if "BAD_BASE64" not in part.defects:
-            part.tree.defect(part, "BAD_BASE64")
+            part.source.defect(part, "BAD_BASE64")
         usable = len(chunk) // 4 * 4
         try:
             return binascii.a2b_base64(chunk[:usable])
@@ -353,6 +357,25 @@ def glob_forms(name: str) -> tuple[str, ...]:
 
 
 # --- the tree -------------------------------------------------------------------------------
+class _Source:
+    """What every part of one walk reads (the buffer, how it is written, the limits) and where
+    its defects are listed: shared by the tree and its parts, pointing at neither."""
+
+    __slots__ = ("data", "stuffed", "settings", "defects")
+
+    def __init__(self, data: bytes | bytearray, stuffed: bool, settings: MimeConfig,
+                 defects: list[str]) -> None:
+        self.data = data
+        self.stuffed = stuffed
+        self.settings = settings
+        self.defects = defects  # the tree's own list
+
+    def defect(self, part: Part, what: str) -> None:
+        part.defects.append(what)
+        if what not in self.defects:
+            self.defects.append(what)
+
+
 @dataclass(slots=True)
 class MimeTree:
     """The walk's result: the top-level entity, every part in document order, what stopped it."""
@@ -364,6 +387,10 @@ class MimeTree:
     parts: list[Part] = field(default_factory=list)
     limits: list[str] = field(default_factory=list)  # limits reached: parts, depth, header
     defects: list[str] = field(default_factory=list)
+    source: _Source = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.source = _Source(self.data, self.stuffed, self.settings, self.defects)
 
     def leaves(self) -> Iterator[Part]:
         return (p for p in self.parts if p.kind == "leaf")
@@ -384,9 +411,7 @@ class MimeTree:
             log.debug("MIME limit reached: %s", what)
 
     def defect(self, part: Part, what: str) -> None:
-        part.defects.append(what)
-        if what not in self.defects:
-            self.defects.append(what)
+        self.source.defect(part, what)
 
 
 class _Finder:
@@ -447,13 +472,13 @@ class _Walker:
         self.stack: list[tuple[Part, tuple[bytes, ...]]] = []
         self.stopped = False  # the parts limit: no new parts after this
 
-    def new_part(self, path: str, depth: int, parent: Part | None) -> Part | None:
+    def new_part(self, path: str, depth: int) -> Part | None:
         tree = self.tree
         if len(tree.parts) >= tree.settings.max_parts:
             tree.limit("parts")
             self.stopped = True
             return None
-        part = Part(tree, path, depth, parent)
+        part = Part(tree.source, path, depth)
         tree.parts.append(part)
         return part
 
@@ -489,7 +514,7 @@ class _Walker:
             if self.stopped:
                 part.kind = "leaf"
             else:
-                child = self.new_part(_child_path(part, 1), part.depth + 1, part)
+                child = self.new_part(_child_path(part, 1), part.depth + 1)
                 if child is not None:
                     part.children.append(child)
                     end, level = self.entity(child, body, nested=True, default_type="text/plain")
@@ -548,7 +573,7 @@ class _Walker:
                     found, level = self.finder.next_delimiter(self.stack, line_end - 2)
                     continue
                 number += 1
-                child = self.new_part(_child_path(part, number), part.depth + 1, part)
+                child = self.new_part(_child_path(part, number), part.depth + 1)
                 if child is None:
                     found, level = self.finder.next_delimiter(self.stack, line_end - 2)
                     continue
@@ -704,7 +729,7 @@ def walk(data: bytes | bytearray, limits: MimeConfig | None = None, *, stuffed: 
     its top-level header block when already parsed (MessageContext.headers)."""
     tree = MimeTree(data, stuffed, limits or MimeConfig())
     walker = _Walker(tree)
-    root = walker.new_part("", 0, None)
+    root = walker.new_part("", 0)
     assert root is not None
     tree.root = root
     walker.entity(root, 0, nested=False, default_type="text/plain", parsed=headers)
@@ -746,7 +771,7 @@ def postfix_class(part: Part, header: Header) -> str:
     attached message to nested_header_checks."""
     if header.lname in MIME_HEADER_NAMES:
         return "mime_header"
-    if part.parent is None and not part.nested:
+    if part.depth == 0 and not part.nested:
         return "header"
     if part.nested:
         return "nested_header"
