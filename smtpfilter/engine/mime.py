@@ -97,7 +97,58 @@ _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 _NOT_B64 = bytes(b for b in range(256) if b not in _B64_ALPHABET)
 _NOT_B64_KEEP_PAD = bytes(b for b in range(256) if b not in _B64_ALPHABET + b"=")
 _IDENTITY = ("7bit", "8bit", "binary", "")
+_KNOWN_ENCODINGS = frozenset(("base64", "quoted-printable", *_IDENTITY))
 HEAD_CACHE = 256 * 1024  # decoded bytes a part keeps for later rules (type sniffing, text)
+
+
+_NO_HEADERS = HeaderBlock([], 0)  # shared, never modified
+
+# A part's header block in wire form, every line a header field or a continuation: what
+# core.message.parse_header_block reads as one (a line runs to CRLF; a leading "." is
+# dot-stuffing; the field name syntax of _FIELD_NAME). A line with a lone CR or LF does not
+# match, and parse_header_block then decides.
+_UNSTUFF = rb"(?:\.|(?!\.))"  # exactly one stuffing dot if the line has one
+_BLOCK = re.compile(
+    rb"(?:" + _UNSTUFF + rb"[\x21-\x39\x3b-\x7e]+[ \t]*:[^\r\n]*\r\n(?:\.?[ \t][^\r\n]*\r\n)*)+"
+)
+# In such a block, the fields the walk reads, each with its continuation lines.
+_CONTENT = re.compile(
+    rb"\r\n\.?(?i:content-(type|disposition|transfer-encoding))[ \t]*:"
+    rb"([^\r\n]*(?:\r\n\.?[ \t][^\r\n]*)*)"
+)
+_CONTENT_FIELDS = {b"type": 0, b"disposition": 1, b"transfer-encoding": 2}
+
+
+def _field_text(value: bytes) -> str:
+    """Header.text of a field whose value (with continuation lines) is ``value``."""
+    if b"\r\n" in value:
+        lines = value.split(b"\r\n")
+        value = lines[0] + b"".join(line[1:] if line[:1] == b"." else line for line in lines[1:])
+    return value.decode("utf-8", "replace").strip()
+
+
+def _scan_fields(data: bytes | bytearray, start: int, end: int) -> list[str | None] | None:
+    """The first Content-Type, Content-Disposition and Content-Transfer-Encoding values (as
+    Header.text) of the header lines in ``data[start:end]``, which must follow and end with
+    CRLF; None when a line there is not a header field or a continuation (the caller then
+    parses the block in full: Postfix's reading of a malformed block is subtle)."""
+    if _BLOCK.fullmatch(data, start, end) is None or data[start - 2 : start] != b"\r\n":
+        return None
+    fields: list[str | None] = [None, None, None]
+    for name, value in _CONTENT.findall(data, start - 2, end):
+        slot = _CONTENT_FIELDS[name.lower()]
+        if fields[slot] is None:
+            fields[slot] = _field_text(value)
+    return fields
+
+
+def _header_fields(headers: HeaderBlock) -> list[str | None]:
+    """The same three values from a parsed header block."""
+    found = []
+    for name in ("content-type", "content-disposition", "content-transfer-encoding"):
+        fields = headers.get_all(name)
+        found.append(fields[0].text if fields else None)
+    return found
 
 
 class Part:
@@ -114,7 +165,8 @@ class Part:
     """
 
     __slots__ = (
-        "source", "path", "depth", "kind", "header_start", "headers", "start", "end",
+        "source", "path", "depth", "kind", "header_start", "_headers", "_header_region",
+        "start", "end",
         "ctype", "params", "disposition", "cte", "names", "children", "defects", "nested",
         "delimiters", "epilogue", "boundaries", "child_default", "_head", "_head_complete",
         "_text",
@@ -126,7 +178,8 @@ class Part:
         self.depth = depth
         self.kind = "leaf"
         self.header_start = 0
-        self.headers: HeaderBlock = HeaderBlock([], 0)
+        self._headers: HeaderBlock | None = _NO_HEADERS
+        self._header_region = (0, 0)  # parsed on first use when _headers is None
         self.start = 0  # body: [start, end) in tree.data
         self.end = 0
         self.ctype = "text/plain"
@@ -147,6 +200,17 @@ class Part:
         self._text: str | None = None
 
     # --- what it is ----------------------------------------------------------------------
+    @property
+    def headers(self) -> HeaderBlock:
+        """The part's header block, parsed on first use: the walk itself reads only the
+        Content-* fields it needs (:func:`_scan_fields`), and most rule sets nothing more."""
+        headers = self._headers
+        if headers is None:
+            start, end = self._header_region
+            region = bytes(self.source.data[start:end])
+            headers = self._headers = parse_header_block(region, len(region) + 1)
+        return headers
+
     @property
     def maintype(self) -> str:
         return self.ctype.partition("/")[0]
@@ -443,14 +507,14 @@ class _Finder:
         self.cache[needle] = (start, stop, found)
         return found
 
-    def next_delimiter(self, stack: list[tuple[Part, tuple[bytes, ...]]], start: int) -> tuple[int, int]:
+    def next_delimiter(self, stack: list[tuple[bytes, ...]], start: int) -> tuple[int, int]:
         """(position of the CRLF before ``--boundary``, stack level) of the nearest delimiter
-        at or after ``start``; (-1, -1) when none. Ties go to the innermost level."""
+        at or after ``start``; (-1, -1) when none. Ties go to the innermost level. ``stack``:
+        each level's live delimiters, ``CRLF--boundary``."""
         best, level = -1, -1
         stop = len(self.data)
-        for index, (_, boundaries) in enumerate(stack):  # outermost first
-            for boundary in boundaries:
-                needle = b"\r\n--" + boundary
+        for index, needles in enumerate(stack):  # outermost first
+            for needle in needles:
                 limit = stop if best < 0 else best + len(needle)
                 found = self.find(needle, start, limit)
                 if found >= 0 and (best < 0 or found <= best):
@@ -469,8 +533,30 @@ class _Walker:
         self.tree = tree
         self.data = tree.data
         self.finder = _Finder(tree.data)
-        self.stack: list[tuple[Part, tuple[bytes, ...]]] = []
+        # Each open multipart's live delimiters (CRLF--boundary), outermost first.
+        self.stack: list[tuple[bytes, ...]] = []
         self.stopped = False  # the parts limit: no new parts after this
+        # The last answer of next_delimiter: (from, found, level), good until the stack
+        # changes. A part's header block is bounded by the same delimiter that ends its body.
+        self.last: tuple[int, int, int] = (-1, -1, -1)
+
+    def next_delimiter(self, start: int) -> tuple[int, int]:
+        """The finder's next_delimiter over the current stack (the last answer when it still
+        holds: no delimiter between where that search began and what it found)."""
+        origin, found, level = self.last
+        if 0 <= origin <= start and (found >= start or found < 0):
+            return found, level
+        found, level = self.finder.next_delimiter(self.stack, start)
+        self.last = (start, found, level)
+        return found, level
+
+    def push(self, needles: tuple[bytes, ...]) -> None:
+        self.stack.append(needles)
+        self.last = (-1, -1, -1)
+
+    def pop(self) -> None:
+        self.stack.pop()
+        self.last = (-1, -1, -1)
 
     def new_part(self, path: str, depth: int) -> Part | None:
         tree = self.tree
@@ -493,11 +579,11 @@ class _Walker:
         part.header_start = start
         part.ctype = default_type
         if parsed is not None:  # the top-level block, already parsed by core.message
-            headers, body = parsed, _body_start(data, parsed)
+            part._headers = parsed
+            body, fields = _body_start(data, parsed), _header_fields(parsed)
         else:
-            headers, body = self.header_block(part, start)
-        part.headers = headers
-        self.interpret(part, default_type)
+            body, fields = self.header_block(part, start)
+        self.interpret(part, default_type, fields)
         part.start = body
         depth_ok = part.depth < limits.max_depth
 
@@ -522,7 +608,7 @@ class _Walker:
                     return end, level
                 part.kind = "leaf"
         # A leaf: its body runs to the next delimiter of any live boundary.
-        found, level = self.finder.next_delimiter(self.stack, max(body - 2, 0))
+        found, level = self.next_delimiter(max(body - 2, 0))
         part.end = found if found >= 0 else len(data)
         if part.end < part.start:  # the body is empty: the delimiter follows the headers
             part.end = part.start
@@ -530,13 +616,12 @@ class _Walker:
 
     def multipart(self, part: Part, body: int) -> tuple[int, int]:
         data, tree = self.data, self.tree
-        boundaries = part.boundaries
-        self.stack.append((part, boundaries))
+        self.push(tuple(b"\r\n--" + boundary for boundary in part.boundaries))
         level_here = len(self.stack) - 1
         number = 0
         position = max(body - 2, 0)  # the CRLF that ends the header block may start a delimiter
         try:
-            found, level = self.finder.next_delimiter(self.stack, position)
+            found, level = self.next_delimiter(position)
             while True:
                 if found < 0:  # the buffer ends inside this multipart
                     tree.defect(part, "UNTERMINATED_MULTIPART")
@@ -548,34 +633,36 @@ class _Walker:
                     return found, level
                 line_start = found + 2
                 line_end = _line_end(data, line_start)
-                active = self.stack[level_here][1]
-                index = _matched(data, line_start, active)
-                boundary_end = line_start + 2 + len(active[index])
+                active = self.stack[level_here]
+                index = _matched(data, found, active)
+                boundary_end = found + len(active[index])
                 closes = data[boundary_end : boundary_end + 2] == b"--"
                 part.delimiters.append((line_start, line_end, closes))
                 # Several boundary= parameters are stacked in order, as Postfix pushes them:
                 # a line matching one drops those declared after it; closing one leaves those
                 # declared before it live (mime_state.c).
-                active = active[:index] if closes else active[: index + 1]
-                self.stack[level_here] = (part, active)
+                new = active[:index] if closes else active[: index + 1]
+                if new != active:
+                    self.stack[level_here] = active = new
+                    self.last = (-1, -1, -1)
                 if closes and not active:  # the close delimiter of the multipart
-                    self.stack.pop()
-                    next_found, next_level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    self.pop()
+                    next_found, next_level = self.next_delimiter(line_end - 2)
                     epilogue_end = next_found if next_found >= 0 else len(data)
                     part.epilogue = (line_end, max(line_end, epilogue_end))
                     part.end = line_end
-                    self.stack.append((part, ()))  # keep the level numbering; nothing matches it
+                    self.push(())  # keep the level numbering; nothing matches it
                     return (next_found, next_level) if next_found >= 0 else (len(data), -1)
                 if closes:  # an inner boundary closed: body text until the next delimiter
-                    found, level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    found, level = self.next_delimiter(line_end - 2)
                     continue
                 if self.stopped:
-                    found, level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    found, level = self.next_delimiter(line_end - 2)
                     continue
                 number += 1
                 child = self.new_part(_child_path(part, number), part.depth + 1)
                 if child is None:
-                    found, level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    found, level = self.next_delimiter(line_end - 2)
                     continue
                 part.children.append(child)
                 found, level = self.entity(child, line_end, nested=False,
@@ -583,21 +670,29 @@ class _Walker:
                 if found >= len(data):
                     found = -1
         finally:
-            self.stack.pop()
+            self.pop()
 
-    def header_block(self, part: Part, start: int) -> tuple[HeaderBlock, int]:
-        """Parse the header block at ``start``; returns it and where the body begins."""
+    def header_block(self, part: Part, start: int) -> tuple[int, list[str | None]]:
+        """The header block at ``start``: where the body begins, and the Content-Type,
+        Content-Disposition and Content-Transfer-Encoding values. A well-formed block is only
+        scanned for those (Part.headers parses it when a rule asks); any other is parsed."""
         data, tree = self.data, self.tree
         if data[start : start + 2] == CRLF:
-            return HeaderBlock([], 0), start + 2
+            part._headers = _NO_HEADERS
+            return start + 2, [None, None, None]
         limit = tree.settings.header_size
         # Headers end at the empty line, at the next delimiter (a part with no body), or at
         # the limit; find the empty line within those bounds only.
-        bound, _ = self.finder.next_delimiter(self.stack, start)
+        bound, _ = self.next_delimiter(start)
         bound = len(data) if bound < 0 else bound + 2
         blank = data.find(b"\r\n\r\n", start, min(bound, start + limit))
         cut = False
         if blank >= 0:
+            fields = _scan_fields(data, start, blank + 2)
+            if fields is not None:  # every line a header field: the body follows the blank
+                part._headers = None
+                part._header_region = (start, blank + 4)
+                return blank + 4, fields
             region = bytes(data[start : blank + 4])
         elif bound > start + limit:  # no end within the limit: headers up to the last line end
             cut = True
@@ -605,9 +700,11 @@ class _Walker:
         else:
             region = bytes(data[start:bound])
         headers = parse_header_block(region, len(region) + 1)
+        part._headers = headers
+        fields = _header_fields(headers)
         if cut and headers.malformed_at is None:
             tree.limit("header")  # the rest is read as body, as Postfix does past its limit
-            return headers, start + headers.end
+            return start + headers.end, fields
         if headers.malformed_at is not None:
             body = start + headers.malformed_at
             tree.defect(part, "MALFORMED_HEADER")
@@ -615,37 +712,43 @@ class _Walker:
             body = start + headers.end + 2
         else:
             body = start + headers.end
-        return headers, body
+        return body, fields
 
-    def interpret(self, part: Part, default_type: str) -> None:
-        """Content-Type, Content-Disposition, Content-Transfer-Encoding and the file names.
-
-        The first of each header counts, as in mail readers. Parameters are split by
+    def interpret(self, part: Part, default_type: str, fields: list[str | None]) -> None:
+        """Content-Type, Content-Disposition, Content-Transfer-Encoding (``fields``: the first
+        of each header, as mail readers take them) and the file names. Parameters are split by
         :func:`parse_params`; RFC 2231 continuations and charsets by the email package."""
-        headers = part.headers
-        ct_headers = headers.get_all("content-type")
-        cd_headers = headers.get_all("content-disposition")
-        cte_headers = headers.get_all("content-transfer-encoding")
+        ct_text, cd_text, cte_text = fields
         ctype = default_type
         params: list[tuple[str, str]] = []
-        if ct_headers:
-            value, params = parse_params(ct_headers[0].text)
+        names: list[str] = []  # the first filename of the disposition, the first name of the type
+        if cd_text is not None:
+            value, disposition_params = parse_params(cd_text)
+            part.disposition = value.lower()
+            for key, name in disposition_params:
+                if key == "filename":
+                    names.append(name)
+                    break
+        if ct_text is not None:
+            value, params = parse_params(ct_text)
             value = value.lower()
             # RFC 2045 §5.2: a syntactically invalid type is text/plain (we keep the default).
-            if "/" in value and all(value.partition("/")[::2]) and " " not in value:
-                ctype = value
+            if "/" in value and " " not in value:
+                main, _, sub = value.partition("/")
+                if main and sub:
+                    ctype = value
+            for key, name in params:
+                if key == "name":
+                    names.append(name)
+                    break
         part.ctype = ctype
         part.params = params
-        disposition_params: list[tuple[str, str]] = []
-        if cd_headers:
-            value, disposition_params = parse_params(cd_headers[0].text)
-            part.disposition = value.lower()
-        part.cte = cte_headers[0].text.strip().lower() if cte_headers else ""
-        if part.cte not in ("base64", "quoted-printable") and part.cte not in _IDENTITY:
-            self.tree.defect(part, "UNKNOWN_ENCODING")
-        names = [v for k, v in disposition_params if k == "filename"][:1]
-        names += [v for k, v in params if k == "name"][:1]
-        part.names = tuple(dict.fromkeys(n for n in (clean_name(x) for x in names) if n))
+        if cte_text is not None:
+            part.cte = cte_text.strip().lower()
+            if part.cte not in _KNOWN_ENCODINGS:
+                self.tree.defect(part, "UNKNOWN_ENCODING")
+        if names:
+            part.names = tuple(dict.fromkeys(n for n in (clean_name(x) for x in names) if n))
         maintype, _, subtype = ctype.partition("/")
         if maintype == "multipart":
             # Every boundary parameter, as Postfix does; the value cut at the boundary limit.
@@ -675,17 +778,17 @@ def parse_params(value: str) -> tuple[str, list[tuple[str, str]]]:
     case; RFC 2231 (``name*0*=utf-8''...``) joined and decoded with the email package's own
     functions (email.utils.decode_params), an unknown charset keeping the raw value."""
     head, sep, rest = value.partition(";")
+    if not sep:
+        return head.strip(), []
     params: list[tuple[str, str]] = []
-    extended = False
-    for match in _PARAM.finditer(";" + rest if sep else ""):
-        name, raw = match.group(1).lower(), match.group(2).strip()
+    for name, raw in _PARAM.findall(";" + rest):
+        raw = raw.strip()
         if raw[:1] == '"':
             raw = raw[1:-1] if raw.endswith('"') and len(raw) > 1 else raw[1:]
             if "\\" in raw:  # a quoted-pair (RFC 5322 §3.2.1); most values have none
                 raw = _UNQUOTE.sub(r"\1", raw)
-        extended = extended or name.endswith("*") or "*" in name
-        params.append((name, raw))
-    if extended:
+        params.append((name.lower(), raw))
+    if "*" in rest and any("*" in name for name, _ in params):  # RFC 2231
         try:
             decoded = email.utils.decode_params([("", "")] + params)[1:]
             params = [(k.lower(), _param_text(v)) for k, v in decoded]
@@ -702,11 +805,11 @@ def _param_text(value: object) -> str:
     return email.utils.unquote(str(value))
 
 
-def _matched(data: bytes | bytearray, line_start: int, boundaries: tuple[bytes, ...]) -> int:
-    """Index of the boundary the delimiter line at ``line_start`` belongs to: the last declared
-    one that it starts with (the innermost of Postfix's stack)."""
-    for index in range(len(boundaries) - 1, -1, -1):
-        if data.startswith(boundaries[index], line_start + 2):
+def _matched(data: bytes | bytearray, found: int, needles: tuple[bytes, ...]) -> int:
+    """Index of the boundary the delimiter at ``found`` (its CRLF) belongs to: the last
+    declared one that it starts with (the innermost of Postfix's stack)."""
+    for index in range(len(needles) - 1, -1, -1):
+        if data.startswith(needles[index], found):
             return index
     return 0  # pragma: no cover - the finder found one of them here
 
