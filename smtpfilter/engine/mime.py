@@ -452,6 +452,7 @@ class MimeTree:
     limits: list[str] = field(default_factory=list)  # limits reached: parts, depth, header
     defects: list[str] = field(default_factory=list)
     source: _Source = field(init=False, repr=False)
+    _attachments: list[Part] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.source = _Source(self.data, self.stuffed, self.settings, self.defects)
@@ -460,7 +461,10 @@ class MimeTree:
         return (p for p in self.parts if p.kind == "leaf")
 
     def attachments(self) -> Iterator[Part]:
-        return (p for p in self.parts if p.is_attachment)
+        found = self._attachments
+        if found is None:  # every attachment rule asks: the list is made once
+            found = self._attachments = [p for p in self.parts if p.is_attachment]
+        return iter(found)
 
     def text_parts(self) -> Iterator[Part]:
         """text/plain and text/html leaves that are not attachments: the message's own text."""
@@ -522,12 +526,6 @@ class _Finder:
         return best, level
 
 
-def _line_end(data: bytes | bytearray, position: int) -> int:
-    """Offset just after the CRLF ending the line at ``position`` (the buffer end if none)."""
-    found = data.find(CRLF, position)
-    return len(data) if found < 0 else found + 2
-
-
 class _Walker:
     def __init__(self, tree: MimeTree) -> None:
         self.tree = tree
@@ -571,7 +569,7 @@ class _Walker:
     # The walk of one entity. ``start`` is where its header block begins; it returns the offset
     # of the CRLF before the delimiter that ended it (or the buffer end) and that delimiter's
     # stack level (-1: the end of the buffer).
-    def entity(self, part: Part, start: int, *, nested: bool, default_type: str,
+    def entity(self, part: Part, start: int, nested: bool, default_type: str,
                parsed: HeaderBlock | None = None) -> tuple[int, int]:
         data, tree = self.data, self.tree
         limits = tree.settings
@@ -603,7 +601,7 @@ class _Walker:
                 child = self.new_part(_child_path(part, 1), part.depth + 1)
                 if child is not None:
                     part.children.append(child)
-                    end, level = self.entity(child, body, nested=True, default_type="text/plain")
+                    end, level = self.entity(child, body, True, "text/plain")
                     part.end = end
                     return end, level
                 part.kind = "leaf"
@@ -632,18 +630,21 @@ class _Walker:
                     part.end = found
                     return found, level
                 line_start = found + 2
-                line_end = _line_end(data, line_start)
+                line_end = data.find(CRLF, line_start)
+                line_end = len(data) if line_end < 0 else line_end + 2
                 active = self.stack[level_here]
-                index = _matched(data, found, active)
+                index = len(active) - 1
+                if index:  # several boundaries: the innermost this line starts with
+                    index = _matched(data, found, active)
                 boundary_end = found + len(active[index])
                 closes = data[boundary_end : boundary_end + 2] == b"--"
                 part.delimiters.append((line_start, line_end, closes))
                 # Several boundary= parameters are stacked in order, as Postfix pushes them:
                 # a line matching one drops those declared after it; closing one leaves those
                 # declared before it live (mime_state.c).
-                new = active[:index] if closes else active[: index + 1]
-                if new != active:
-                    self.stack[level_here] = active = new
+                if closes or index + 1 < len(active):
+                    active = active[:index] if closes else active[: index + 1]
+                    self.stack[level_here] = active
                     self.last = (-1, -1, -1)
                 if closes and not active:  # the close delimiter of the multipart
                     self.pop()
@@ -665,8 +666,7 @@ class _Walker:
                     found, level = self.next_delimiter(line_end - 2)
                     continue
                 part.children.append(child)
-                found, level = self.entity(child, line_end, nested=False,
-                                           default_type=part.child_default)
+                found, level = self.entity(child, line_end, False, part.child_default)
                 if found >= len(data):
                     found = -1
         finally:
@@ -835,7 +835,7 @@ def walk(data: bytes | bytearray, limits: MimeConfig | None = None, *, stuffed: 
     root = walker.new_part("", 0)
     assert root is not None
     tree.root = root
-    walker.entity(root, 0, nested=False, default_type="text/plain", parsed=headers)
+    walker.entity(root, 0, False, "text/plain", headers)
     return tree
 
 
