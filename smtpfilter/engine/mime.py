@@ -768,8 +768,10 @@ class _Walker:
 
 
 # name=value pairs after the first ";" of a structured header (RFC 2045 §5.1); a quoted value
-# may hold ";" and escaped quotes. Linear: no nested quantifiers.
-_PARAM = re.compile(r'\s*;\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
+# may hold ";" and escaped quotes. Linear: the quoted string is an unrolled loop (a backslash
+# starts each repetition, so nothing matches two ways); sre runs it much faster than a per-character
+# alternation (parse_params on a 40-character boundary: half the instructions).
+_PARAM = re.compile(r'\s*;\s*([^\s=;]+)\s*=\s*("[^"\\]*(?:\\.[^"\\]*)*"?|[^;]*)')
 _UNQUOTE = re.compile(r"\\(.)")
 
 
