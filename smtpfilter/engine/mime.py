@@ -103,42 +103,47 @@ HEAD_CACHE = 256 * 1024  # decoded bytes a part keeps for later rules (type snif
 
 _NO_HEADERS = HeaderBlock([], 0)  # shared, never modified
 
-# A part's header block in wire form, every line a header field or a continuation: what
-# core.message.parse_header_block reads as one (a line runs to CRLF; a leading "." is
-# dot-stuffing; the field name syntax of _FIELD_NAME). A line with a lone CR or LF does not
-# match, and parse_header_block then decides.
-_UNSTUFF = rb"(?:\.|(?!\.))"  # exactly one stuffing dot if the line has one
-_BLOCK = re.compile(
-    rb"(?:" + _UNSTUFF + rb"[\x21-\x39\x3b-\x7e]+[ \t]*:[^\r\n]*\r\n(?:\.?[ \t][^\r\n]*\r\n)*)+"
+# One line of a part's header block in wire form, from the CRLF before it to the CRLF ending
+# it: a header field (group 1 its name, group 2 what follows the colon) or a continuation (no
+# name; group 2 the whole line, its leading white space included). A leading "." is
+# dot-stuffing. These are exactly the lines core.message.parse_header_block reads as fields and
+# continuations (the name syntax of _FIELD_NAME); a line with a lone CR or LF does not match.
+_HEADER_LINE = re.compile(
+    rb"\r\n(?:\.|(?!\.))(?:([\x21-\x39\x3b-\x7e]+)[ \t]*:|(?=[ \t]))([^\r\n]*)(?=\r\n)"
 )
-# In such a block, the fields the walk reads, each with its continuation lines.
-_CONTENT = re.compile(
-    rb"\r\n\.?(?i:content-(type|disposition|transfer-encoding))[ \t]*:"
-    rb"([^\r\n]*(?:\r\n\.?[ \t][^\r\n]*)*)"
-)
-_CONTENT_FIELDS = {b"type": 0, b"disposition": 1, b"transfer-encoding": 2}
-
-
-def _field_text(value: bytes) -> str:
-    """Header.text of a field whose value (with continuation lines) is ``value``."""
-    if b"\r\n" in value:
-        lines = value.split(b"\r\n")
-        value = lines[0] + b"".join(line[1:] if line[:1] == b"." else line for line in lines[1:])
-    return value.decode("utf-8", "replace").strip()
+_CONTENT_FIELDS = {b"content-type": 0, b"content-disposition": 1,
+                   b"content-transfer-encoding": 2}
 
 
 def _scan_fields(data: bytes | bytearray, start: int, end: int) -> list[str | None] | None:
     """The first Content-Type, Content-Disposition and Content-Transfer-Encoding values (as
     Header.text) of the header lines in ``data[start:end]``, which must follow and end with
-    CRLF; None when a line there is not a header field or a continuation (the caller then
-    parses the block in full: Postfix's reading of a malformed block is subtle)."""
-    if _BLOCK.fullmatch(data, start, end) is None or data[start - 2 : start] != b"\r\n":
+    CRLF; None when a line there is not a header field or a continuation, or the first is a
+    continuation (the caller then parses the block in full: Postfix's reading of a malformed
+    block is subtle)."""
+    if data[start - 2 : start] != b"\r\n":
         return None
+    lines = _HEADER_LINE.findall(data, start - 2, end)
+    # One match per line, each starting at the CRLF before its line: as many as there are
+    # lines only if every line matched (a search skips a line it cannot match).
+    if len(lines) != data.count(b"\r\n", start - 2, end) - 1 or not lines[0][0]:
+        return None
+    found: dict[int, list[bytes]] = {}
+    slot = None
+    for name, rest in lines:
+        if name:
+            slot = _CONTENT_FIELDS.get(name.lower())
+            if slot is not None:
+                if slot in found:
+                    slot = None  # the first of each counts, as mail readers take it
+                else:
+                    found[slot] = [rest]
+        elif slot is not None:
+            found[slot].append(rest)  # a continuation: unfolded, as Header.text does
     fields: list[str | None] = [None, None, None]
-    for name, value in _CONTENT.findall(data, start - 2, end):
-        slot = _CONTENT_FIELDS[name.lower()]
-        if fields[slot] is None:
-            fields[slot] = _field_text(value)
+    for slot, pieces in found.items():
+        value = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        fields[slot] = value.decode("utf-8", "replace").strip()
     return fields
 
 
@@ -723,14 +728,14 @@ class _Walker:
         params: list[tuple[str, str]] = []
         names: list[str] = []  # the first filename of the disposition, the first name of the type
         if cd_text is not None:
-            value, disposition_params = parse_params(cd_text)
+            value, disposition_params = _params_of(cd_text)
             part.disposition = value.lower()
             for key, name in disposition_params:
                 if key == "filename":
                     names.append(name)
                     break
         if ct_text is not None:
-            value, params = parse_params(ct_text)
+            value, params = _params_of(ct_text)
             value = value.lower()
             # RFC 2045 §5.2: a syntactically invalid type is text/plain (we keep the default).
             if "/" in value and " " not in value:
@@ -797,6 +802,28 @@ def parse_params(value: str) -> tuple[str, list[tuple[str, str]]]:
         except Exception:  # a malformed continuation: keep the parameters as written
             pass
     return head.strip(), params
+
+
+# parse_params of the short header values that recur from message to message (``text/plain;
+# charset="utf-8"``, ``inline``): a text part's Content-Type costs a dict lookup instead of a
+# parse. Multipart values are not kept (their boundary is new in every message), nor long ones;
+# at _SEEN_MAX values the memory starts again, so it stays a few hundred KB whatever is sent.
+_SEEN: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
+_SEEN_MAX = 512
+_SEEN_LENGTH = 200
+
+
+def _params_of(value: str) -> tuple[str, list[tuple[str, str]]]:
+    """parse_params(value), remembered when it may recur."""
+    known = _SEEN.get(value)
+    if known is not None:
+        return known[0], list(known[1])
+    head, params = parse_params(value)
+    if len(value) <= _SEEN_LENGTH and head[:10].lower() != "multipart/":
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[value] = (head, tuple(params))
+    return head, params
 
 
 def _param_text(value: object) -> str:
