@@ -3,11 +3,12 @@ only as far as a rule asks.
 
 The walk runs over the wire bytes we already hold (CRLF lines, dot-stuffed) and copies nothing
 large: boundaries are found with ``bytes.find`` (C speed) and each part is a pair of offsets into
-that buffer. Only header blocks are copied and parsed (with the same parser as the top-level
-header block), and content is decoded on request, in pieces: the first bytes for type sniffing
-(:meth:`Part.head`), the last bytes for a zip central directory (:meth:`Part.tail`), the first
-N KB of a text part (:meth:`Part.text`). A 25 MB message with ten attachments is walked without
-decoding 25 MB of base64.
+that buffer. A part's header block is read for its Content-* fields only (one regex); it is
+parsed into Header objects (with the same parser as the top-level header block) when a rule
+asks for them (:attr:`Part.headers`). Content is decoded on request, in pieces: the first bytes
+for type sniffing (:meth:`Part.head`), the last bytes for a zip central directory
+(:meth:`Part.tail`), the first N KB of a text part (:meth:`Part.text`). A 25 MB message with ten
+attachments is walked without decoding 25 MB of base64.
 
 The structure follows Postfix's own MIME engine (src/global/mime_state.c), so that this walk,
 Postfix's mime_header_checks/body_checks and the tables imported from Postfix agree on where each
