@@ -3,11 +3,12 @@ only as far as a rule asks.
 
 The walk runs over the wire bytes we already hold (CRLF lines, dot-stuffed) and copies nothing
 large: boundaries are found with ``bytes.find`` (C speed) and each part is a pair of offsets into
-that buffer. Only header blocks are copied and parsed (with the same parser as the top-level
-header block), and content is decoded on request, in pieces: the first bytes for type sniffing
-(:meth:`Part.head`), the last bytes for a zip central directory (:meth:`Part.tail`), the first
-N KB of a text part (:meth:`Part.text`). A 25 MB message with ten attachments is walked without
-decoding 25 MB of base64.
+that buffer. A part's header block is read for its Content-* fields only (one regex); it is
+parsed into Header objects (with the same parser as the top-level header block) when a rule
+asks for them (:attr:`Part.headers`). Content is decoded on request, in pieces: the first bytes
+for type sniffing (:meth:`Part.head`), the last bytes for a zip central directory
+(:meth:`Part.tail`), the first N KB of a text part (:meth:`Part.text`). A 25 MB message with ten
+attachments is walked without decoding 25 MB of base64.
 
 The structure follows Postfix's own MIME engine (src/global/mime_state.c), so that this walk,
 Postfix's mime_header_checks/body_checks and the tables imported from Postfix agree on where each
@@ -97,7 +98,63 @@ _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 _NOT_B64 = bytes(b for b in range(256) if b not in _B64_ALPHABET)
 _NOT_B64_KEEP_PAD = bytes(b for b in range(256) if b not in _B64_ALPHABET + b"=")
 _IDENTITY = ("7bit", "8bit", "binary", "")
+_KNOWN_ENCODINGS = frozenset(("base64", "quoted-printable", *_IDENTITY))
 HEAD_CACHE = 256 * 1024  # decoded bytes a part keeps for later rules (type sniffing, text)
+
+
+_NO_HEADERS = HeaderBlock([], 0)  # shared, never modified
+
+# One line of a part's header block in wire form, from the CRLF before it to the CRLF ending
+# it: a header field (group 1 its name, group 2 what follows the colon) or a continuation (no
+# name; group 2 the whole line, its leading white space included). A leading "." is
+# dot-stuffing. These are exactly the lines core.message.parse_header_block reads as fields and
+# continuations (the name syntax of _FIELD_NAME); a line with a lone CR or LF does not match.
+_HEADER_LINE = re.compile(
+    rb"\r\n(?:\.|(?!\.))(?:([\x21-\x39\x3b-\x7e]+)[ \t]*:|(?=[ \t]))([^\r\n]*)(?=\r\n)"
+)
+_CONTENT_FIELDS = {b"content-type": 0, b"content-disposition": 1,
+                   b"content-transfer-encoding": 2}
+
+
+def _scan_fields(data: bytes | bytearray, start: int, end: int) -> list[str | None] | None:
+    """The first Content-Type, Content-Disposition and Content-Transfer-Encoding values (as
+    Header.text) of the header lines in ``data[start:end]``, which must follow and end with
+    CRLF; None when a line there is not a header field or a continuation, or the first is a
+    continuation (the caller then parses the block in full: Postfix's reading of a malformed
+    block is subtle)."""
+    if data[start - 2 : start] != b"\r\n":
+        return None
+    lines = _HEADER_LINE.findall(data, start - 2, end)
+    # One match per line, each starting at the CRLF before its line: as many as there are
+    # lines only if every line matched (a search skips a line it cannot match).
+    if len(lines) != data.count(b"\r\n", start - 2, end) - 1 or not lines[0][0]:
+        return None
+    found: dict[int, list[bytes]] = {}
+    slot = None
+    for name, rest in lines:
+        if name:
+            slot = _CONTENT_FIELDS.get(name.lower())
+            if slot is not None:
+                if slot in found:
+                    slot = None  # the first of each counts, as mail readers take it
+                else:
+                    found[slot] = [rest]
+        elif slot is not None:
+            found[slot].append(rest)  # a continuation: unfolded, as Header.text does
+    fields: list[str | None] = [None, None, None]
+    for slot, pieces in found.items():
+        value = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        fields[slot] = value.decode("utf-8", "replace").strip()
+    return fields
+
+
+def _header_fields(headers: HeaderBlock) -> list[str | None]:
+    """The same three values from a parsed header block."""
+    found = []
+    for name in ("content-type", "content-disposition", "content-transfer-encoding"):
+        fields = headers.get_all(name)
+        found.append(fields[0].text if fields else None)
+    return found
 
 
 class Part:
@@ -105,24 +162,30 @@ class Part:
 
     ``kind`` is ``leaf``, ``multipart`` or ``message`` (message/rfc822: its one child is the
     attached message). ``path`` numbers parts as IMAP does (``1.2``); the top-level entity is
-    ``""``.
+    ``""``, at ``depth`` 0.
+
+    A part points down (``children``) and at the buffer (``source``), never up at its parent or
+    its tree: without a reference cycle, a judged message and its buffer are freed by reference
+    counting the moment the front door drops them. With the cycle they waited for the cyclic
+    garbage collector, and under load (1m-attach) several megabytes of messages piled up.
     """
 
     __slots__ = (
-        "tree", "path", "depth", "parent", "kind", "header_start", "headers", "start", "end",
+        "source", "path", "depth", "kind", "header_start", "_headers", "_header_region",
+        "start", "end",
         "ctype", "params", "disposition", "cte", "names", "children", "defects", "nested",
         "delimiters", "epilogue", "boundaries", "child_default", "_head", "_head_complete",
         "_text",
     )
 
-    def __init__(self, tree: "MimeTree", path: str, depth: int, parent: "Part | None") -> None:
-        self.tree = tree
+    def __init__(self, source: "_Source", path: str, depth: int) -> None:
+        self.source = source
         self.path = path
         self.depth = depth
-        self.parent = parent
         self.kind = "leaf"
         self.header_start = 0
-        self.headers: HeaderBlock = HeaderBlock([], 0)
+        self._headers: HeaderBlock | None = _NO_HEADERS
+        self._header_region = (0, 0)  # parsed on first use when _headers is None
         self.start = 0  # body: [start, end) in tree.data
         self.end = 0
         self.ctype = "text/plain"
@@ -143,6 +206,17 @@ class Part:
         self._text: str | None = None
 
     # --- what it is ----------------------------------------------------------------------
+    @property
+    def headers(self) -> HeaderBlock:
+        """The part's header block, parsed on first use: the walk itself reads only the
+        Content-* fields it needs (:func:`_scan_fields`), and most rule sets nothing more."""
+        headers = self._headers
+        if headers is None:
+            start, end = self._header_region
+            region = bytes(self.source.data[start:end])
+            headers = self._headers = parse_header_block(region, len(region) + 1)
+        return headers
+
     @property
     def maintype(self) -> str:
         return self.ctype.partition("/")[0]
@@ -176,13 +250,13 @@ class Part:
     # --- content -------------------------------------------------------------------------
     def raw(self) -> bytes:
         """The body as on the wire (dot-stuffed), copied: only for small parts and tests."""
-        return bytes(self.tree.data[self.start : self.end])
+        return bytes(self.source.data[self.start : self.end])
 
     def _unstuffed(self, start: int, end: int) -> bytes:
-        chunk = bytes(self.tree.data[start:end])
-        if self.tree.stuffed:
+        chunk = bytes(self.source.data[start:end])
+        if self.source.stuffed:
             chunk = chunk.replace(b"\r\n..", b"\r\n.")
-            if start == 0 or self.tree.data[start - 2 : start] == CRLF:
+            if start == 0 or self.source.data[start - 2 : start] == CRLF:
                 if chunk[:2] == b"..":
                     chunk = chunk[1:]
         return chunk
@@ -200,7 +274,7 @@ class Part:
         return decoded[:size]
 
     def _decode_prefix(self, size: int) -> tuple[bytes, bool]:
-        data, start, end = self.tree.data, self.start, self.end
+        data, start, end = self.source.data, self.start, self.end
         cte = self.cte
         if cte == "base64":
             want = (size + 2) // 3 * 4  # base64 characters needed
@@ -235,7 +309,7 @@ class Part:
         length is a multiple of four (padding included), so the end is aligned and nothing
         before the tail needs decoding, or even counting.
         """
-        data, start, end = self.tree.data, self.start, self.end
+        data, start, end = self.source.data, self.start, self.end
         if self.cte == "base64":
             want = (size + 2) // 3 * 4 + 4
             span = want + want // 32 + 64
@@ -252,7 +326,7 @@ class Part:
                 clean += b"=" * (-len(clean) % 4)
             return _b64(clean, self)[-size:]
         if self.cte == "quoted-printable":
-            return self.content(self.tree.settings.content_size)[-size:]
+            return self.content(self.source.settings.content_size)[-size:]
         first = max(start, end - size - size // 8 - 64)
         return self._unstuffed(first, end)[-size:]
 
@@ -270,8 +344,8 @@ class Part:
     def text(self, limit: int | None = None) -> str:
         """The first ``limit`` decoded bytes as text: charset decoded with replacement (an
         unknown or unusable charset is read as UTF-8), HTML reduced to its text."""
-        limit = self.tree.settings.text_size if limit is None else limit
-        if self._text is None or limit != self.tree.settings.text_size:
+        limit = self.source.settings.text_size if limit is None else limit
+        if self._text is None or limit != self.source.settings.text_size:
             # The HTML reducer is only needed for text/html.
             from smtpfilter.engine.htmltext import html_to_text
 
@@ -279,7 +353,7 @@ class Part:
             text = decode_charset(raw, self.param("charset"))
             if self.ctype == "text/html":
                 text = html_to_text(text)
-            if limit != self.tree.settings.text_size:
+            if limit != self.source.settings.text_size:
                 return text
             self._text = text
         return self._text
@@ -302,7 +376,7 @@ def _b64(chunk: bytes, part: Part) -> bytes:
         return binascii.a2b_base64(chunk)
     except binascii.Error:
         if "BAD_BASE64" not in part.defects:
-            part.tree.defect(part, "BAD_BASE64")
+            part.source.defect(part, "BAD_BASE64")
         usable = len(chunk) // 4 * 4
         try:
             return binascii.a2b_base64(chunk[:usable])
@@ -353,6 +427,25 @@ def glob_forms(name: str) -> tuple[str, ...]:
 
 
 # --- the tree -------------------------------------------------------------------------------
+class _Source:
+    """What every part of one walk reads (the buffer, how it is written, the limits) and where
+    its defects are listed: shared by the tree and its parts, pointing at neither."""
+
+    __slots__ = ("data", "stuffed", "settings", "defects")
+
+    def __init__(self, data: bytes | bytearray, stuffed: bool, settings: MimeConfig,
+                 defects: list[str]) -> None:
+        self.data = data
+        self.stuffed = stuffed
+        self.settings = settings
+        self.defects = defects  # the tree's own list
+
+    def defect(self, part: Part, what: str) -> None:
+        part.defects.append(what)
+        if what not in self.defects:
+            self.defects.append(what)
+
+
 @dataclass(slots=True)
 class MimeTree:
     """The walk's result: the top-level entity, every part in document order, what stopped it."""
@@ -364,12 +457,20 @@ class MimeTree:
     parts: list[Part] = field(default_factory=list)
     limits: list[str] = field(default_factory=list)  # limits reached: parts, depth, header
     defects: list[str] = field(default_factory=list)
+    source: _Source = field(init=False, repr=False)
+    _attachments: list[Part] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.source = _Source(self.data, self.stuffed, self.settings, self.defects)
 
     def leaves(self) -> Iterator[Part]:
         return (p for p in self.parts if p.kind == "leaf")
 
     def attachments(self) -> Iterator[Part]:
-        return (p for p in self.parts if p.is_attachment)
+        found = self._attachments
+        if found is None:  # every attachment rule asks: the list is made once
+            found = self._attachments = [p for p in self.parts if p.is_attachment]
+        return iter(found)
 
     def text_parts(self) -> Iterator[Part]:
         """text/plain and text/html leaves that are not attachments: the message's own text."""
@@ -384,9 +485,7 @@ class MimeTree:
             log.debug("MIME limit reached: %s", what)
 
     def defect(self, part: Part, what: str) -> None:
-        part.defects.append(what)
-        if what not in self.defects:
-            self.defects.append(what)
+        self.source.defect(part, what)
 
 
 class _Finder:
@@ -418,14 +517,14 @@ class _Finder:
         self.cache[needle] = (start, stop, found)
         return found
 
-    def next_delimiter(self, stack: list[tuple[Part, tuple[bytes, ...]]], start: int) -> tuple[int, int]:
+    def next_delimiter(self, stack: list[tuple[bytes, ...]], start: int) -> tuple[int, int]:
         """(position of the CRLF before ``--boundary``, stack level) of the nearest delimiter
-        at or after ``start``; (-1, -1) when none. Ties go to the innermost level."""
+        at or after ``start``; (-1, -1) when none. Ties go to the innermost level. ``stack``:
+        each level's live delimiters, ``CRLF--boundary``."""
         best, level = -1, -1
         stop = len(self.data)
-        for index, (_, boundaries) in enumerate(stack):  # outermost first
-            for boundary in boundaries:
-                needle = b"\r\n--" + boundary
+        for index, needles in enumerate(stack):  # outermost first
+            for needle in needles:
                 limit = stop if best < 0 else best + len(needle)
                 found = self.find(needle, start, limit)
                 if found >= 0 and (best < 0 or found <= best):
@@ -433,34 +532,50 @@ class _Finder:
         return best, level
 
 
-def _line_end(data: bytes | bytearray, position: int) -> int:
-    """Offset just after the CRLF ending the line at ``position`` (the buffer end if none)."""
-    found = data.find(CRLF, position)
-    return len(data) if found < 0 else found + 2
-
-
 class _Walker:
     def __init__(self, tree: MimeTree) -> None:
         self.tree = tree
         self.data = tree.data
         self.finder = _Finder(tree.data)
-        self.stack: list[tuple[Part, tuple[bytes, ...]]] = []
+        # Each open multipart's live delimiters (CRLF--boundary), outermost first.
+        self.stack: list[tuple[bytes, ...]] = []
         self.stopped = False  # the parts limit: no new parts after this
+        # The last answer of next_delimiter: (from, found, level), good until the stack
+        # changes. A part's header block is bounded by the same delimiter that ends its body.
+        self.last: tuple[int, int, int] = (-1, -1, -1)
 
-    def new_part(self, path: str, depth: int, parent: Part | None) -> Part | None:
+    def next_delimiter(self, start: int) -> tuple[int, int]:
+        """The finder's next_delimiter over the current stack (the last answer when it still
+        holds: no delimiter between where that search began and what it found)."""
+        origin, found, level = self.last
+        if 0 <= origin <= start and (found >= start or found < 0):
+            return found, level
+        found, level = self.finder.next_delimiter(self.stack, start)
+        self.last = (start, found, level)
+        return found, level
+
+    def push(self, needles: tuple[bytes, ...]) -> None:
+        self.stack.append(needles)
+        self.last = (-1, -1, -1)
+
+    def pop(self) -> None:
+        self.stack.pop()
+        self.last = (-1, -1, -1)
+
+    def new_part(self, path: str, depth: int) -> Part | None:
         tree = self.tree
         if len(tree.parts) >= tree.settings.max_parts:
             tree.limit("parts")
             self.stopped = True
             return None
-        part = Part(tree, path, depth, parent)
+        part = Part(tree.source, path, depth)
         tree.parts.append(part)
         return part
 
     # The walk of one entity. ``start`` is where its header block begins; it returns the offset
     # of the CRLF before the delimiter that ended it (or the buffer end) and that delimiter's
     # stack level (-1: the end of the buffer).
-    def entity(self, part: Part, start: int, *, nested: bool, default_type: str,
+    def entity(self, part: Part, start: int, nested: bool, default_type: str,
                parsed: HeaderBlock | None = None) -> tuple[int, int]:
         data, tree = self.data, self.tree
         limits = tree.settings
@@ -468,11 +583,11 @@ class _Walker:
         part.header_start = start
         part.ctype = default_type
         if parsed is not None:  # the top-level block, already parsed by core.message
-            headers, body = parsed, _body_start(data, parsed)
+            part._headers = parsed
+            body, fields = _body_start(data, parsed), _header_fields(parsed)
         else:
-            headers, body = self.header_block(part, start)
-        part.headers = headers
-        self.interpret(part, default_type)
+            body, fields = self.header_block(part, start)
+        self.interpret(part, default_type, fields)
         part.start = body
         depth_ok = part.depth < limits.max_depth
 
@@ -489,15 +604,15 @@ class _Walker:
             if self.stopped:
                 part.kind = "leaf"
             else:
-                child = self.new_part(_child_path(part, 1), part.depth + 1, part)
+                child = self.new_part(_child_path(part, 1), part.depth + 1)
                 if child is not None:
                     part.children.append(child)
-                    end, level = self.entity(child, body, nested=True, default_type="text/plain")
+                    end, level = self.entity(child, body, True, "text/plain")
                     part.end = end
                     return end, level
                 part.kind = "leaf"
         # A leaf: its body runs to the next delimiter of any live boundary.
-        found, level = self.finder.next_delimiter(self.stack, max(body - 2, 0))
+        found, level = self.next_delimiter(max(body - 2, 0))
         part.end = found if found >= 0 else len(data)
         if part.end < part.start:  # the body is empty: the delimiter follows the headers
             part.end = part.start
@@ -505,13 +620,12 @@ class _Walker:
 
     def multipart(self, part: Part, body: int) -> tuple[int, int]:
         data, tree = self.data, self.tree
-        boundaries = part.boundaries
-        self.stack.append((part, boundaries))
+        self.push(tuple(b"\r\n--" + boundary for boundary in part.boundaries))
         level_here = len(self.stack) - 1
         number = 0
         position = max(body - 2, 0)  # the CRLF that ends the header block may start a delimiter
         try:
-            found, level = self.finder.next_delimiter(self.stack, position)
+            found, level = self.next_delimiter(position)
             while True:
                 if found < 0:  # the buffer ends inside this multipart
                     tree.defect(part, "UNTERMINATED_MULTIPART")
@@ -522,57 +636,69 @@ class _Walker:
                     part.end = found
                     return found, level
                 line_start = found + 2
-                line_end = _line_end(data, line_start)
-                active = self.stack[level_here][1]
-                index = _matched(data, line_start, active)
-                boundary_end = line_start + 2 + len(active[index])
+                line_end = data.find(CRLF, line_start)
+                line_end = len(data) if line_end < 0 else line_end + 2
+                active = self.stack[level_here]
+                index = len(active) - 1
+                if index:  # several boundaries: the innermost this line starts with
+                    index = _matched(data, found, active)
+                boundary_end = found + len(active[index])
                 closes = data[boundary_end : boundary_end + 2] == b"--"
                 part.delimiters.append((line_start, line_end, closes))
                 # Several boundary= parameters are stacked in order, as Postfix pushes them:
                 # a line matching one drops those declared after it; closing one leaves those
                 # declared before it live (mime_state.c).
-                active = active[:index] if closes else active[: index + 1]
-                self.stack[level_here] = (part, active)
+                if closes or index + 1 < len(active):
+                    active = active[:index] if closes else active[: index + 1]
+                    self.stack[level_here] = active
+                    self.last = (-1, -1, -1)
                 if closes and not active:  # the close delimiter of the multipart
-                    self.stack.pop()
-                    next_found, next_level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    self.pop()
+                    next_found, next_level = self.next_delimiter(line_end - 2)
                     epilogue_end = next_found if next_found >= 0 else len(data)
                     part.epilogue = (line_end, max(line_end, epilogue_end))
                     part.end = line_end
-                    self.stack.append((part, ()))  # keep the level numbering; nothing matches it
+                    self.push(())  # keep the level numbering; nothing matches it
                     return (next_found, next_level) if next_found >= 0 else (len(data), -1)
                 if closes:  # an inner boundary closed: body text until the next delimiter
-                    found, level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    found, level = self.next_delimiter(line_end - 2)
                     continue
                 if self.stopped:
-                    found, level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    found, level = self.next_delimiter(line_end - 2)
                     continue
                 number += 1
-                child = self.new_part(_child_path(part, number), part.depth + 1, part)
+                child = self.new_part(_child_path(part, number), part.depth + 1)
                 if child is None:
-                    found, level = self.finder.next_delimiter(self.stack, line_end - 2)
+                    found, level = self.next_delimiter(line_end - 2)
                     continue
                 part.children.append(child)
-                found, level = self.entity(child, line_end, nested=False,
-                                           default_type=part.child_default)
+                found, level = self.entity(child, line_end, False, part.child_default)
                 if found >= len(data):
                     found = -1
         finally:
-            self.stack.pop()
+            self.pop()
 
-    def header_block(self, part: Part, start: int) -> tuple[HeaderBlock, int]:
-        """Parse the header block at ``start``; returns it and where the body begins."""
+    def header_block(self, part: Part, start: int) -> tuple[int, list[str | None]]:
+        """The header block at ``start``: where the body begins, and the Content-Type,
+        Content-Disposition and Content-Transfer-Encoding values. A well-formed block is only
+        scanned for those (Part.headers parses it when a rule asks); any other is parsed."""
         data, tree = self.data, self.tree
         if data[start : start + 2] == CRLF:
-            return HeaderBlock([], 0), start + 2
+            part._headers = _NO_HEADERS
+            return start + 2, [None, None, None]
         limit = tree.settings.header_size
         # Headers end at the empty line, at the next delimiter (a part with no body), or at
         # the limit; find the empty line within those bounds only.
-        bound, _ = self.finder.next_delimiter(self.stack, start)
+        bound, _ = self.next_delimiter(start)
         bound = len(data) if bound < 0 else bound + 2
         blank = data.find(b"\r\n\r\n", start, min(bound, start + limit))
         cut = False
         if blank >= 0:
+            fields = _scan_fields(data, start, blank + 2)
+            if fields is not None:  # every line a header field: the body follows the blank
+                part._headers = None
+                part._header_region = (start, blank + 4)
+                return blank + 4, fields
             region = bytes(data[start : blank + 4])
         elif bound > start + limit:  # no end within the limit: headers up to the last line end
             cut = True
@@ -580,9 +706,11 @@ class _Walker:
         else:
             region = bytes(data[start:bound])
         headers = parse_header_block(region, len(region) + 1)
+        part._headers = headers
+        fields = _header_fields(headers)
         if cut and headers.malformed_at is None:
             tree.limit("header")  # the rest is read as body, as Postfix does past its limit
-            return headers, start + headers.end
+            return start + headers.end, fields
         if headers.malformed_at is not None:
             body = start + headers.malformed_at
             tree.defect(part, "MALFORMED_HEADER")
@@ -590,37 +718,43 @@ class _Walker:
             body = start + headers.end + 2
         else:
             body = start + headers.end
-        return headers, body
+        return body, fields
 
-    def interpret(self, part: Part, default_type: str) -> None:
-        """Content-Type, Content-Disposition, Content-Transfer-Encoding and the file names.
-
-        The first of each header counts, as in mail readers. Parameters are split by
+    def interpret(self, part: Part, default_type: str, fields: list[str | None]) -> None:
+        """Content-Type, Content-Disposition, Content-Transfer-Encoding (``fields``: the first
+        of each header, as mail readers take them) and the file names. Parameters are split by
         :func:`parse_params`; RFC 2231 continuations and charsets by the email package."""
-        headers = part.headers
-        ct_headers = headers.get_all("content-type")
-        cd_headers = headers.get_all("content-disposition")
-        cte_headers = headers.get_all("content-transfer-encoding")
+        ct_text, cd_text, cte_text = fields
         ctype = default_type
         params: list[tuple[str, str]] = []
-        if ct_headers:
-            value, params = parse_params(ct_headers[0].text)
+        names: list[str] = []  # the first filename of the disposition, the first name of the type
+        if cd_text is not None:
+            value, disposition_params = _params_of(cd_text)
+            part.disposition = value.lower()
+            for key, name in disposition_params:
+                if key == "filename":
+                    names.append(name)
+                    break
+        if ct_text is not None:
+            value, params = _params_of(ct_text)
             value = value.lower()
             # RFC 2045 §5.2: a syntactically invalid type is text/plain (we keep the default).
-            if "/" in value and all(value.partition("/")[::2]) and " " not in value:
-                ctype = value
+            if "/" in value and " " not in value:
+                main, _, sub = value.partition("/")
+                if main and sub:
+                    ctype = value
+            for key, name in params:
+                if key == "name":
+                    names.append(name)
+                    break
         part.ctype = ctype
         part.params = params
-        disposition_params: list[tuple[str, str]] = []
-        if cd_headers:
-            value, disposition_params = parse_params(cd_headers[0].text)
-            part.disposition = value.lower()
-        part.cte = cte_headers[0].text.strip().lower() if cte_headers else ""
-        if part.cte not in ("base64", "quoted-printable") and part.cte not in _IDENTITY:
-            self.tree.defect(part, "UNKNOWN_ENCODING")
-        names = [v for k, v in disposition_params if k == "filename"][:1]
-        names += [v for k, v in params if k == "name"][:1]
-        part.names = tuple(dict.fromkeys(n for n in (clean_name(x) for x in names) if n))
+        if cte_text is not None:
+            part.cte = cte_text.strip().lower()
+            if part.cte not in _KNOWN_ENCODINGS:
+                self.tree.defect(part, "UNKNOWN_ENCODING")
+        if names:
+            part.names = tuple(dict.fromkeys(n for n in (clean_name(x) for x in names) if n))
         maintype, _, subtype = ctype.partition("/")
         if maintype == "multipart":
             # Every boundary parameter, as Postfix does; the value cut at the boundary limit.
@@ -640,8 +774,10 @@ class _Walker:
 
 
 # name=value pairs after the first ";" of a structured header (RFC 2045 §5.1); a quoted value
-# may hold ";" and escaped quotes. Linear: no nested quantifiers.
-_PARAM = re.compile(r'\s*;\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
+# may hold ";" and escaped quotes. Linear: the quoted string is an unrolled loop (a backslash
+# starts each repetition, so nothing matches two ways); sre runs it much faster than a per-character
+# alternation (parse_params on a 40-character boundary: half the instructions).
+_PARAM = re.compile(r'\s*;\s*([^\s=;]+)\s*=\s*("[^"\\]*(?:\\.[^"\\]*)*"?|[^;]*)')
 _UNQUOTE = re.compile(r"\\(.)")
 
 
@@ -650,23 +786,45 @@ def parse_params(value: str) -> tuple[str, list[tuple[str, str]]]:
     case; RFC 2231 (``name*0*=utf-8''...``) joined and decoded with the email package's own
     functions (email.utils.decode_params), an unknown charset keeping the raw value."""
     head, sep, rest = value.partition(";")
+    if not sep:
+        return head.strip(), []
     params: list[tuple[str, str]] = []
-    extended = False
-    for match in _PARAM.finditer(";" + rest if sep else ""):
-        name, raw = match.group(1).lower(), match.group(2).strip()
+    for name, raw in _PARAM.findall(";" + rest):
+        raw = raw.strip()
         if raw[:1] == '"':
             raw = raw[1:-1] if raw.endswith('"') and len(raw) > 1 else raw[1:]
             if "\\" in raw:  # a quoted-pair (RFC 5322 §3.2.1); most values have none
                 raw = _UNQUOTE.sub(r"\1", raw)
-        extended = extended or name.endswith("*") or "*" in name
-        params.append((name, raw))
-    if extended:
+        params.append((name.lower(), raw))
+    if "*" in rest and any("*" in name for name, _ in params):  # RFC 2231
         try:
             decoded = email.utils.decode_params([("", "")] + params)[1:]
             params = [(k.lower(), _param_text(v)) for k, v in decoded]
         except Exception:  # a malformed continuation: keep the parameters as written
             pass
     return head.strip(), params
+
+
+# parse_params of the short header values that recur from message to message (``text/plain;
+# charset="utf-8"``, ``inline``): a text part's Content-Type costs a dict lookup instead of a
+# parse. Multipart values are not kept (their boundary is new in every message), nor long ones;
+# at _SEEN_MAX values the memory starts again, so it stays a few hundred KB whatever is sent.
+_SEEN: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
+_SEEN_MAX = 512
+_SEEN_LENGTH = 200
+
+
+def _params_of(value: str) -> tuple[str, list[tuple[str, str]]]:
+    """parse_params(value), remembered when it may recur."""
+    known = _SEEN.get(value)
+    if known is not None:
+        return known[0], list(known[1])
+    head, params = parse_params(value)
+    if len(value) <= _SEEN_LENGTH and head[:10].lower() != "multipart/":
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[value] = (head, tuple(params))
+    return head, params
 
 
 def _param_text(value: object) -> str:
@@ -677,11 +835,11 @@ def _param_text(value: object) -> str:
     return email.utils.unquote(str(value))
 
 
-def _matched(data: bytes | bytearray, line_start: int, boundaries: tuple[bytes, ...]) -> int:
-    """Index of the boundary the delimiter line at ``line_start`` belongs to: the last declared
-    one that it starts with (the innermost of Postfix's stack)."""
-    for index in range(len(boundaries) - 1, -1, -1):
-        if data.startswith(boundaries[index], line_start + 2):
+def _matched(data: bytes | bytearray, found: int, needles: tuple[bytes, ...]) -> int:
+    """Index of the boundary the delimiter at ``found`` (its CRLF) belongs to: the last
+    declared one that it starts with (the innermost of Postfix's stack)."""
+    for index in range(len(needles) - 1, -1, -1):
+        if data.startswith(needles[index], found):
             return index
     return 0  # pragma: no cover - the finder found one of them here
 
@@ -704,10 +862,10 @@ def walk(data: bytes | bytearray, limits: MimeConfig | None = None, *, stuffed: 
     its top-level header block when already parsed (MessageContext.headers)."""
     tree = MimeTree(data, stuffed, limits or MimeConfig())
     walker = _Walker(tree)
-    root = walker.new_part("", 0, None)
+    root = walker.new_part("", 0)
     assert root is not None
     tree.root = root
-    walker.entity(root, 0, nested=False, default_type="text/plain", parsed=headers)
+    walker.entity(root, 0, False, "text/plain", headers)
     return tree
 
 
@@ -746,7 +904,7 @@ def postfix_class(part: Part, header: Header) -> str:
     attached message to nested_header_checks."""
     if header.lname in MIME_HEADER_NAMES:
         return "mime_header"
-    if part.parent is None and not part.nested:
+    if part.depth == 0 and not part.nested:
         return "header"
     if part.nested:
         return "nested_header"

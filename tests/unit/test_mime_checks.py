@@ -2,20 +2,27 @@
 classes: the issue's four rule shapes loaded exactly as written, on messages built here."""
 from __future__ import annotations
 
+import gc
+import sys
 import textwrap
 
 import pytest
 
 from smtpfilter.config.options import ConfigError
+from smtpfilter.config.settings import Config, shipped_rules_dir
+from smtpfilter.core.envelope import Client, Envelope
+from smtpfilter.engine.judge import Engine
 from smtpfilter.engine.pipeline import observe
-from smtpfilter.engine.rules import load_rules
+from smtpfilter.engine.rules import load_rules, rules_for
 from tests.support import corpus
 from tests.support.mime import (
     MIME_RULES,
+    RECEIVED,
     attach,
     context,
     encrypted_zip,
     message,
+    ole2,
     ooxml,
     pe_bytes,
     raw_attachment,
@@ -219,6 +226,36 @@ async def test_postfix_forms_see_what_postfix_tables_see(tmp_path):
     m.add_attachment(message("secret plans", "inner\n"))
     assert await labels(ruleset, wire(m)) == [
         "RAW_BODY(MATCH)", "DECODED_BODY(MATCH)", "NESTED_SUBJECT(MATCH)"]
+
+
+async def test_a_judged_message_is_freed_by_reference_counting_alone(tmp_path):
+    """Once the front door drops the message, its buffer goes at once, not at the next cyclic
+    garbage collection: a MIME walk that left parts and tree in a reference cycle kept every
+    judged message alive until then (1m-attach: peak RSS 142 MB where 52 MB did)."""
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n"
+                    "  - {name: FRAUD, check: body, match: ['wire transfer.*today'], score: 1}\n"
+                    "  - {name: PART, check: mime_header, header: '*', match: [zzz], score: 1}\n")
+    config = Config(rules=(path, shipped_rules_dir()))
+    engine = Engine(config, rules_for(config))
+    m = message("wire transfer today", "wire transfer today\n")
+    m.add_alternative("<p>wire transfer <b>today</b></p>", subtype="html")
+    attach(m, ole2(), "sheet.xls", "application/vnd.ms-excel")
+    attach(m, zip_bytes({"inner.zip": zip_bytes({"x.txt": b"1"}), "a/run.exe": pe_bytes(4096)}),
+           "docs.zip", "application/zip")
+    m.add_attachment(message("attached", "inner text\n"))
+    data = bytearray(wire(m))
+    before = sys.getrefcount(data)
+    gc.disable()
+    try:
+        msg, decision, failure = await engine.judge(
+            Envelope(), Client(), data, received_at=RECEIVED)
+        assert decision is not None and decision.rules_hit == "FRAUD(MATCH),BANNED_ATTACHMENT(run.exe)"
+        assert "mime" in msg.memo and sys.getrefcount(data) > before
+        del msg, decision
+        assert sys.getrefcount(data) == before
+    finally:
+        gc.enable()
 
 
 # --- the golden corpus (tests/corpus/) -------------------------------------------------------
