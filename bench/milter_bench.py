@@ -190,6 +190,18 @@ def main() -> int:
         for _ in range(args.rounds):
             for bench in benches:
                 bench.run(args.messages, args.sessions, args.size)
+    except subprocess.CalledProcessError as error:
+        # smtp-source gave up (it says why on stderr): what Postfix and the filter logged
+        # tells the cause, and the instance is removed below.
+        failed = next(b for b in benches if f"127.0.0.1:{b.smtp}" in error.cmd)
+        print(f"milter_bench.py: {failed.name}: smtp-source exited {error.returncode}",
+              file=sys.stderr)
+        for line in failed.postfix.log().splitlines()[-15:]:
+            print(f"  postfix: {line}", file=sys.stderr)
+        if failed.filter_process is not None:
+            for line in failed.filter_process.log().splitlines()[-15:]:
+                print(f"  smtpfilter: {line}", file=sys.stderr)
+        return 1
     finally:
         for bench in benches:
             bench.stop()

@@ -213,7 +213,7 @@ class Daemon:
             self.runtime.pool.prune()
             if self.runtime.metrics is not None:
                 self.runtime.metrics.sample()  # other workers' scrapes read it from the files
-            sdnotify.notify(f"STATUS={self.status()}")
+            sdnotify.notify(f"STATUS={self.status()}", wait=0)  # never holds the loop
 
     def status(self) -> str:
         rt = self.runtime

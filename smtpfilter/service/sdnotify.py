@@ -16,8 +16,18 @@ __all__ = ["listen_sockets", "notify"]
 SD_LISTEN_FDS_START = 3
 
 
-def notify(message: str) -> bool:
-    """Send ``message`` (e.g. "READY=1") to systemd; False when not under systemd."""
+def notify(message: str, *, wait: float = 1.0) -> bool:
+    """Send ``message`` (e.g. "READY=1") to systemd; False when not under systemd, or when it
+    could not be sent within ``wait`` seconds.
+
+    Bounded, because it runs on the event loop: a datagram to a unix socket blocks while the
+    reader's queue is full (net.unix.max_dgram_qlen, 10 by default), and a reader that stops
+    reading (a busy or hung init, a supervisor that only wanted READY=1) froze the whole daemon,
+    SIGTERM included, until Postfix's clients timed out waiting for our greeting (seen under
+    bench/milter_bench.py). State changes (READY=1, RELOADING=1, STOPPING=1) may wait a second:
+    systemd acts on them. The periodic STATUS= passes ``wait=0`` and is dropped when it would
+    wait at all; the next one comes a few seconds later.
+    """
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -25,8 +35,9 @@ def notify(message: str) -> bool:
         address = "\0" + address[1:]  # abstract namespace socket
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(wait)  # 0: non-blocking
             sock.sendto(message.encode(), address)
-    except OSError:
+    except OSError:  # TimeoutError and BlockingIOError (the queue stayed full) among them
         return False
     return True
 
