@@ -111,7 +111,10 @@ async def check_alone(rules, n: int, start: int, probe) -> dict[str, float]:
 async def through_filter(tmp: Path, rules, sink: Sink, n: int, start: int) -> dict[str, float]:
     config_path = tmp / "filter.yaml"
     config_path.write_text(f"listen: 127.0.0.1:0\nforward: 127.0.0.1:{sink.port}\n"
-                           "hostname: filter.test\nrules: []\nlog: {level: warning}\n")
+                           "hostname: filter.test\nrules: []\nlog: {level: warning}\n"
+                           # SENDER_BURST quarantines: into the bench's scratch, never the
+                           # system's default /var/lib/smtpfilter/quarantine.
+                           f"quarantine: {{directory: {tmp / 'quarantine'}}}\n")
     server = Server(load_config(config_path), rules, config_path=config_path)
     await server.start()
     body = message("Subject: bench", body=b"x" * 2000 + b"\n")
