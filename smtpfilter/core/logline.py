@@ -18,10 +18,11 @@ from __future__ import annotations
 from typing import Iterable
 
 from smtpfilter.core.envelope import Client
+from smtpfilter.core.verdict import Decision
 
 __all__ = [
-    "NOQUEUE", "PER_MESSAGE", "addresses", "client_field", "peer", "queue_id", "reply_shown",
-    "value",
+    "NOQUEUE", "PER_MESSAGE", "addresses", "client_field", "decision_fields", "peer", "queue_id",
+    "reply_shown", "value",
 ]
 
 # smtpd(8)'s word for "no queue file yet" (e.g. "NOQUEUE: reject: RCPT from ...").
@@ -57,6 +58,22 @@ def value(text: str) -> str:
 def addresses(name: str, items: Iterable[str]) -> list[str]:
     """``to=<a>``, ``to=<b>``: one field per address, as Postfix repeats ``to=``."""
     return [f"{name}=<{value(item)}>" for item in items]
+
+
+def decision_fields(decision: Decision) -> list[str]:
+    """``action=``, ``by=``, ``score=``, ``rules=`` and, when observing only, ``would=`` and
+    ``would_by=``: what the rules decided, alike in the summary line and the policy service's."""
+    fields = [f"action={decision.action.value}"]
+    if decision.rule:
+        fields.append(f"by={value(decision.rule)}")
+    fields.append(f"score={decision.score:g}")
+    labels = "+".join(value(verdict.label) for verdict in decision.verdicts)
+    fields.append(f"rules={labels or '-'}")
+    if decision.intended is not None and decision.intended is not decision.action:
+        fields.append(f"would={decision.intended.value}")
+        if decision.intended_rule:
+            fields.append(f"would_by={value(decision.intended_rule)}")
+    return fields
 
 
 def peer(address: object) -> str:

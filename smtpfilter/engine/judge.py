@@ -230,17 +230,7 @@ def summary_line(
         fields.append(f"size={size}")
     if message_id is not None:
         fields.append(f"message-id={message_id}")
-    fields.append(f"action={decision.action.value if decision else 'error'}")
-    if decision is not None:
-        if decision.rule:
-            fields.append(f"by={logline.value(decision.rule)}")
-        fields.append(f"score={decision.score:g}")
-        labels = "+".join(logline.value(v.label) for v in decision.verdicts)
-        fields.append(f"rules={labels or '-'}")
-        if decision.intended is not None and decision.intended is not decision.action:
-            fields.append(f"would={decision.intended.value}")
-            if decision.intended_rule:
-                fields.append(f"would_by={logline.value(decision.intended_rule)}")
+    fields.extend(logline.decision_fields(decision) if decision else ["action=error"])
     fields.extend(extra)
     fields.append(f"delay={elapsed:.2f}")
     fields.append(f"status={status_of(decision, reply)} ({logline.reply_shown(reply)})")

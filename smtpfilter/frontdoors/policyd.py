@@ -296,14 +296,7 @@ class PolicyFrontDoor:
             # One line per recipient answered with something else than DUNNO: its outcome
             # differs from the others' (README "Log format").
             fields = [*_who(message, "rcpt"), *logline.addresses("to", [printable(recipient)]),
-                      f"action={decision.action.value}"]
-            if decision.rule:
-                fields.append(f"by={logline.value(decision.rule)}")
-            fields.append(f"score={decision.score:g}")
-            labels = "+".join(logline.value(v.label) for v in decision.verdicts)
-            fields.append(f"rules={labels or '-'}")
-            if decision.intended is not None and decision.intended is not decision.action:
-                fields.append(f"would={decision.intended.value}")
+                      *logline.decision_fields(decision)]
             # Last, as a summary line's status: the answer's text may hold ", ".
             fields.append(f"status=answered ({printable(answer)})")
             log.info("%s: %s", logline.queue_id(message.client), ", ".join(fields))
