@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import ISSUE_RULES
 from tests.support.service import FilterProcess, free_port
+from tests.support.syslog import Syslog
 
 
 @pytest.fixture
@@ -39,3 +40,11 @@ async def service(tmp_path, sink):
 async def start(process: FilterProcess, **kwargs) -> FilterProcess:
     """Start without blocking the event loop (the recording sink runs on it)."""
     return await asyncio.to_thread(lambda: process.start(**kwargs))
+
+
+@pytest.fixture
+def syslog():
+    """A syslog socket the filter can log to (``syslog.config``) and the test reads."""
+    log = Syslog()
+    yield log
+    log.close()

@@ -200,70 +200,43 @@ async def test_sigterm_deadline_closes_a_transaction_that_does_not_finish(servic
     assert "shutdown deadline: closing a session still in a transaction" in process.log()
 
 
-async def test_syslog_target_logs_to_facility_mail_with_ident_smtpfilter(service):
-    directory = Path(tempfile.mkdtemp(prefix="sf-log-"))
-    path = directory / "log"
-    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        syslog.bind(str(path))
-        syslog.setblocking(False)
-        process = await start(service(config=f"log: {{target: syslog, syslog_socket: {path}}}\n"))
-        loop = asyncio.get_running_loop()
-
-        async def next_line() -> str:
-            return (await asyncio.wait_for(loop.sock_recv(syslog, 65536), 10)).decode()
-
-        # <22>: facility mail (2) * 8 + severity info (6), RFC 3164; the tag as Postfix's.
-        assert (await next_line()).startswith(
-            f"<22>smtpfilter[{process.pid}]: smtpfilter listening on 127.0.0.1:{process.port}"
-        )
-        await send_message(process.port, OLD)
-        line = await next_line()
-        # Postfix's shape through the real SysLogHandler: TAG[PID]: QUEUEID: fields; NOQUEUE
-        # and no client= for a message without XFORWARD (README "Log format").
-        assert line.startswith(f"<22>smtpfilter[{process.pid}]: NOQUEUE: from=<"), line
-        [summary] = loglines.summaries([line])
-        assert (summary["action"], summary["by"], summary["rules"]) == (
-            "reject", "OLD_DATE", "OLD_DATE(IN_PAST)")
-        assert summary["status"].startswith("bounced (550 5.7.1 "), line
-        assert summary.names[-2:] == ["delay", "status"]
-        assert process.log() == ""  # nothing on stderr
-    finally:
-        syslog.close()
-        path.unlink(missing_ok=True)
-        directory.rmdir()
+async def test_syslog_target_logs_to_facility_mail_with_ident_smtpfilter(service, syslog):
+    process = await start(service(config=syslog.config))
+    # <22>: facility mail (2) * 8 + severity info (6), RFC 3164; the tag as Postfix's.
+    assert (await syslog.until("listening on")).startswith(
+        f"<22>smtpfilter[{process.pid}]: smtpfilter listening on 127.0.0.1:{process.port}"
+    )
+    await send_message(process.port, OLD)
+    line = await syslog.until("from=<")
+    # Postfix's shape through the real SysLogHandler: TAG[PID]: QUEUEID: fields; NOQUEUE
+    # and no client= for a message without XFORWARD (README "Log format").
+    assert line.startswith(f"<22>smtpfilter[{process.pid}]: NOQUEUE: from=<"), line
+    [summary] = loglines.summaries([line])
+    assert (summary["action"], summary["by"], summary["rules"]) == (
+        "reject", "OLD_DATE", "OLD_DATE(IN_PAST)")
+    assert summary["status"].startswith("bounced (550 5.7.1 "), line
+    assert summary.names[-2:] == ["delay", "status"]
+    assert process.log() == ""  # nothing on stderr
 
 
-async def test_rule_warnings_go_to_syslog_with_the_log(service):
+async def test_rule_warnings_go_to_syslog_with_the_log(service, syslog):
     # Issue 12 asked that a header_checks rule's warnings at load go where the log goes, not
     # to stderr, with log.target: syslog (done in issue 10; this pins it down).
-    directory = Path(tempfile.mkdtemp(prefix="sf-log-"))
-    path = directory / "log"
-    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        syslog.bind(str(path))
-        syslog.setblocking(False)
-        process = service(
-            rules="rules:\n  - name: PASSWORDS\n    check: header_checks\n    table: [pcre:passwd]\n",
-            config=f"log: {{target: syslog, syslog_socket: {path}}}\n",
-        )
-        table = process.rules.parent / "passwd"
-        table.write_text("root:x:0:0:root:/root:/bin/bash\n")
-        await start(process)
-        loop = asyncio.get_running_loop()
-        lines = []
-        while not any("listening on" in line for line in lines):
-            lines.append((await asyncio.wait_for(loop.sock_recv(syslog, 65536), 10)).decode())
-        # <20>: facility mail, severity warning; Postfix's "warning: " prefix.
-        prefix = f"<20>smtpfilter[{process.pid}]: warning: "
-        assert f"{prefix}{table}:1: rule PASSWORDS: not a pattern, if or endif (Postfix ignores this line too)" in lines
-        assert any(line.startswith(f"{prefix}{process.rules}:4: rule PASSWORDS: table: ")
-                   and line.endswith("this rule will never match") for line in lines), lines
-        assert process.log() == ""  # nothing on stderr
-    finally:
-        syslog.close()
-        path.unlink(missing_ok=True)
-        directory.rmdir()
+    process = service(
+        rules="rules:\n  - name: PASSWORDS\n    check: header_checks\n    table: [pcre:passwd]\n",
+        config=syslog.config,
+    )
+    table = process.rules.parent / "passwd"
+    table.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    await start(process)
+    await syslog.until("listening on")
+    lines = syslog.seen
+    # <20>: facility mail, severity warning; Postfix's "warning: " prefix.
+    prefix = f"<20>smtpfilter[{process.pid}]: warning: "
+    assert f"{prefix}{table}:1: rule PASSWORDS: not a pattern, if or endif (Postfix ignores this line too)" in lines
+    assert any(line.startswith(f"{prefix}{process.rules}:4: rule PASSWORDS: table: ")
+               and line.endswith("this rule will never match") for line in lines), lines
+    assert process.log() == ""  # nothing on stderr
 
 
 def _listening_sockets(port: int) -> int:

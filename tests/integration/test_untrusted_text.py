@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -136,35 +133,24 @@ async def test_log_lines_escape_control_characters_and_8bit_bytes(service):
     assert r"Q\x00\xff: client=" in summary
 
 
-async def test_syslog_keeps_lines_with_8bit_envelope_data(service):
+async def test_syslog_keeps_lines_with_8bit_envelope_data(service, syslog):
     """SysLogHandler encodes as UTF-8 and raised on the surrogate of a byte that is not UTF-8:
     the one line of a discarded message was lost. It arrives, the byte escaped."""
-    directory = Path(tempfile.mkdtemp(prefix="sf-log-"))
-    path = directory / "log"
-    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        syslog.bind(str(path))
-        syslog.setblocking(False)
-        process = await start(service(config=f"log: {{target: syslog, syslog_socket: {path}}}\n"))
-        loop = asyncio.get_running_loop()
-        assert b"smtpfilter listening on" in await asyncio.wait_for(loop.sock_recv(syslog, 65536), 10)
+    process = await start(service(config=syslog.config))
+    assert b"smtpfilter listening on" in await syslog.datagram()
 
-        replies = await postfix_8bit_session(
-            process.port, SPAM, mail_from=b"caf\xe9@example.org", rcpts=[b"b\xfcr@example.com"]
-        )
-        assert replies[-2][0].startswith(b"250 2.0.0 Ok: discarded")
+    replies = await postfix_8bit_session(
+        process.port, SPAM, mail_from=b"caf\xe9@example.org", rcpts=[b"b\xfcr@example.com"]
+    )
+    assert replies[-2][0].startswith(b"250 2.0.0 Ok: discarded")
 
-        datagram = await asyncio.wait_for(loop.sock_recv(syslog, 65536), 10)
-        assert datagram.startswith(f"<22>smtpfilter[{process.pid}]: ".encode())
-        assert LOG_CONTROL.search(datagram) is None
-        line = datagram.decode("utf-8")
-        assert r"from=<caf\xe9@example.org>, to=<b\xfcr@example.com>, " in line
-        assert ", action=discard, " in line and ", rules=SPAM_MAILER(MATCH), " in line
-        assert process.log() == ""  # no "--- Logging error ---" on stderr
-    finally:
-        syslog.close()
-        path.unlink(missing_ok=True)
-        directory.rmdir()
+    datagram = await syslog.datagram()
+    assert datagram.startswith(f"<22>smtpfilter[{process.pid}]: ".encode())
+    assert LOG_CONTROL.search(datagram) is None
+    line = datagram.decode("utf-8")
+    assert r"from=<caf\xe9@example.org>, to=<b\xfcr@example.com>, " in line
+    assert ", action=discard, " in line and ", rules=SPAM_MAILER(MATCH), " in line
+    assert process.log() == ""  # no "--- Logging error ---" on stderr
 
 
 QUARANTINE_RULES = r"""
