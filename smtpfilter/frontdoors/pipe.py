@@ -181,11 +181,11 @@ async def filter_message(
     return await reinject(config, parts, envelope, size=msg.size, client=client), decision
 
 
-def _deferred(client: Client, envelope: Envelope, problem: str, reply: str,
-              level: int = logging.WARNING) -> Outcome:
-    """The outcome for ``reply`` (a 4xx: Postfix keeps the message), logged as Postfix logs a
-    problem with one message (the queue id first: ``grep QUEUEID mail.log`` finds it beside
-    pipe(8)'s own line)."""
+def _not_delivered(client: Client, envelope: Envelope, problem: str, reply: str,
+                   level: int = logging.WARNING) -> Outcome:
+    """The outcome for ``reply``, logged as Postfix logs a problem with one message (the queue
+    id first: ``grep QUEUEID mail.log`` finds it beside pipe(8)'s own line). Ours is always a
+    4xx (Postfix keeps the message); a 5xx is 10026's own refusal, relayed."""
     fields = [f"from=<{logline.value(envelope.mail_from)}>"]
     described = logline.client_field(client)
     if described is not None:
@@ -216,13 +216,14 @@ async def reinject(config: Config, parts: list, envelope: Envelope, *, size: int
         elif error.sent_data:
             problem = (f"{config.forward} failed after the final '.' ({error}): it may have "
                        "queued the message; Postfix will retry, so it may be delivered twice")
-            return _deferred(client, envelope, problem, reply, logging.ERROR)
+            return _not_delivered(client, envelope, problem, reply, logging.ERROR)
         else:
             problem = f"{config.forward} failed at {error}"
-        return _deferred(client, envelope, problem, reply)
+        return _not_delivered(client, envelope, problem, reply)
     if sent.smtputf8_unsupported:
-        return _deferred(client, envelope, f"SMTPUTF8 address but {config.forward} does not "
-                         "announce SMTPUTF8", replies.R451_SMTPUTF8_UNSUPPORTED, logging.ERROR)
+        problem = f"SMTPUTF8 address but {config.forward} does not announce SMTPUTF8"
+        return _not_delivered(client, envelope, problem, replies.R451_SMTPUTF8_UNSUPPORTED,
+                              logging.ERROR)
     assert sent.reply is not None or sent.refused  # every other stage leaves 10026's reply
     if sent.stage == "MAIL":
         return _refused(client, envelope, config, "MAIL FROM", sent.reply)
@@ -243,8 +244,8 @@ def _refused(client: Client, envelope: Envelope, config: Config, stage: str,
     """10026 refused the message: its reply decides, logged like a failure (the forward
     address, queue id and client first, what pipe(8) was told last)."""
     relayed = replies.relay(reply)
-    return _deferred(client, envelope, f"{config.forward} refused {stage}: "
-                     f"{logline.reply_shown(str(reply))}", relayed)
+    problem = f"{config.forward} refused {stage}: {logline.reply_shown(str(reply))}"
+    return _not_delivered(client, envelope, problem, relayed)
 
 
 def _load(path: str | None) -> tuple[Config, RuleSet]:
